@@ -1,0 +1,54 @@
+//! The hash chain head.
+
+use super::{compute_hash, AuditEvent, GENESIS_HASH};
+
+/// Position of the chain: the seq the next event gets and the hash it links to.
+///
+/// `Chain` is `Clone`: to keep a failed store write from advancing the head, seal a batch
+/// into a clone and replace the original only after the write succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    next_seq: u64,
+    head: String,
+}
+
+impl Chain {
+    /// Chain continuing after the last stored event; `(0, GENESIS_HASH)` for an empty log.
+    pub fn new(last_seq: u64, last_hash: &str) -> Self {
+        Chain {
+            next_seq: last_seq + 1,
+            head: last_hash.to_string(),
+        }
+    }
+
+    /// Chain of an empty log.
+    pub fn genesis() -> Self {
+        Chain::new(0, GENESIS_HASH)
+    }
+
+    /// Seq the next sealed event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Seq of the last sealed event (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Hash of the last sealed event (GENESIS if none).
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// Sets `seq`, `prev_hash` and `hash` (normalizing `time` to microseconds first so the
+    /// hash survives a JSON round trip) and advances the head.
+    pub fn seal(&mut self, ev: &mut AuditEvent) {
+        ev.normalize();
+        ev.seq = self.next_seq;
+        ev.prev_hash = self.head.clone();
+        ev.hash = compute_hash(&self.head, ev);
+        self.next_seq += 1;
+        self.head = ev.hash.clone();
+    }
+}

@@ -1,0 +1,654 @@
+//! The command line (clap): `serve`, `rules check|test|explain`, `audit
+//! verify|export`, `pending`, `approve`, `deny`, `keys new`.
+//!
+//! Exit codes: 0 success, 1 a check failed (config errors, failing rule tests, a
+//! broken audit chain), 2 the command could not run.
+
+use crate::audit;
+use crate::config::{Config, LogFormat};
+use crate::rules::{self, testing, Body, Check, RequestView};
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Holds privileged API requests from AI agents until a human approves them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy and the admin listener.
+    Serve {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
+    /// Check, test and explain rules.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Verify and export the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// List pending approvals (AIRLOCK_URL, AIRLOCK_TOKEN).
+    Pending {
+        #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:9090")]
+        url: String,
+        #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held request.
+    Approve(VoteArgs),
+    /// Deny a held request; the reason reaches the agent.
+    Deny(VoteArgs),
+    /// Generate keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct VoteArgs {
+    id: String,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long, env = "AIRLOCK_URL", default_value = "http://127.0.0.1:9090")]
+    url: String,
+    #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Load config and rules; print file:line:col for each error; warn about rules that can never match.
+    Check {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+    },
+    /// Run the rules' `tests:` blocks; prints "N passed, N failed".
+    Test {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        /// Rule files to test (default: the rules the config names).
+        files: Vec<PathBuf>,
+    },
+    /// Show the verdict for a request and why each rule matched or not.
+    Explain {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        method: String,
+        url: String,
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain and checkpoint signatures.
+    Verify {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        /// Verify an exported JSONL file instead of the store.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write audit events to stdout.
+    Export {
+        #[arg(short, long, default_value = "airlock.yaml")]
+        config: PathBuf,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyKind {
+    Agent,
+    Reviewer,
+    /// An Ed25519 key for signed audit checkpoints (PKCS#8 PEM on stdout).
+    Audit,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print a fresh key and the sha256: digest for the config.
+    New { kind: KeyKind },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: &PathBuf) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|d| anyhow!("invalid configuration:\n{d}"))
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Serve { config } => serve(&config),
+        Cmd::Rules { cmd } => rules_cmd(cmd),
+        Cmd::Audit { cmd } => audit_cmd(cmd),
+        Cmd::Pending { url, token, json } => pending(&url, &token, json),
+        Cmd::Approve(a) => vote(a, "approve"),
+        Cmd::Deny(a) => vote(a, "deny"),
+        Cmd::Keys {
+            cmd: KeysCmd::New { kind },
+        } => {
+            match kind {
+                KeyKind::Agent | KeyKind::Reviewer => {
+                    let word = if matches!(kind, KeyKind::Agent) {
+                        "agent"
+                    } else {
+                        "reviewer"
+                    };
+                    let (key, digest) = crate::identity::new_key(word);
+                    println!("key:    {key}");
+                    println!("digest: {digest}");
+                    eprintln!("Give the key to the {word} (it is shown once); put the digest in airlock.yaml.");
+                }
+                KeyKind::Audit => print!("{}", audit::generate_signing_key_pem()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("airlock={},warn", cfg.log_level))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log_format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.try_init(),
+    };
+}
+
+fn serve(path: &PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(path)?;
+    init_tracing(&cfg);
+    let rt = runtime(cfg.workers)?;
+    rt.block_on(async move {
+        let running = crate::start(cfg).await?;
+        println!("airlock: proxy listening on http://{}", running.proxy_addr);
+        if let Some(a) = running.admin_addr {
+            println!("airlock: admin listening on http://{a}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.stop().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RulesCmd::Check { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            match rules::load(&cfg) {
+                Ok(l) => {
+                    for w in &l.warnings {
+                        eprintln!("{w}");
+                    }
+                    println!(
+                        "ok: {} rule(s) in {} file(s), {} upstream(s), {} test case(s)",
+                        l.set.rules.len(),
+                        l.files.len(),
+                        cfg.upstreams.len(),
+                        l.tests.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    eprintln!("{d}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        RulesCmd::Test { config, files } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            // The whole rule set decides; FILES only select which tests run.
+            let loaded = match rules::load(&cfg) {
+                Ok(l) => l,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let (set, tests) = if files.is_empty() {
+                (loaded.set, loaded.tests)
+            } else {
+                let extra = match rules::load_files(&cfg, &files) {
+                    Ok(l) => l,
+                    Err(d) => {
+                        eprintln!("{d}");
+                        return Ok(ExitCode::from(1));
+                    }
+                };
+                let in_config = files.iter().all(|f| {
+                    let f = f.canonicalize().ok();
+                    loaded.files.iter().any(|g| g.canonicalize().ok() == f)
+                });
+                if in_config {
+                    (loaded.set, extra.tests)
+                } else {
+                    (extra.set, extra.tests)
+                }
+            };
+            let outcomes = testing::run(&cfg, &set, &tests);
+            let mut failed = 0;
+            for o in &outcomes {
+                if o.passed {
+                    println!("ok    {} {} {}", o.test.location, o.test.method, o.test.url);
+                } else {
+                    failed += 1;
+                    println!(
+                        "FAIL  {} {} {}: {}",
+                        o.test.location, o.test.method, o.test.url, o.detail
+                    );
+                }
+            }
+            println!("{} passed, {} failed", outcomes.len() - failed, failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        RulesCmd::Explain {
+            config,
+            method,
+            url,
+            headers,
+            data,
+            agent,
+        } => {
+            let cfg = load_config(&config)?;
+            let loaded = rules::load(&cfg).map_err(|d| anyhow!("{d}"))?;
+            let mut hs = Vec::new();
+            for h in &headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header {h:?} is not 'name: value'"))?;
+                hs.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            let body = data.unwrap_or_default().into_bytes();
+            let router = crate::proxy::route::Router::new(&cfg.upstreams);
+            let method = method.to_ascii_uppercase();
+            let ev = testing::evaluate_request(
+                &cfg,
+                &loaded.set,
+                &router,
+                &method,
+                &url,
+                &hs,
+                &body,
+                agent.as_deref(),
+            )
+            .map_err(|e| anyhow!(e))?;
+            match ev {
+                testing::Evaluated::Refused(code, msg) => {
+                    println!("verdict: {} ({msg})", code.as_str());
+                }
+                testing::Evaluated::Decided {
+                    upstream,
+                    path,
+                    decision,
+                } => {
+                    println!("verdict: {}", decision.verdict.as_str());
+                    println!("upstream: {upstream}  path: {path}");
+                    if decision.matched.is_empty() {
+                        println!(
+                            "no rule matched: default is {}",
+                            loaded.set.default_verdict().as_str()
+                        );
+                    }
+                    // Explain each rule.
+                    let mut map = http::HeaderMap::new();
+                    for (k, v) in &hs {
+                        if let (Ok(n), Ok(v)) = (
+                            http::HeaderName::from_bytes(k.as_bytes()),
+                            http::HeaderValue::from_str(v),
+                        ) {
+                            map.append(n, v);
+                        }
+                    }
+                    let uri: http::Uri = url.parse()?;
+                    let agent_id = agent.unwrap_or_else(|| "anonymous@127.0.0.1".into());
+                    let m = crate::http::effective_method(&method, &map)
+                        .map(|m| m.to_string())
+                        .unwrap_or(method.clone());
+                    let view = RequestView {
+                        upstream: &upstream,
+                        method: &m,
+                        path: &path,
+                        query: uri.query(),
+                        headers: &map,
+                        agent: &agent_id,
+                    };
+                    let b = if body.len() > cfg.limits.inspect_body {
+                        Body::Uninspectable("the body is larger than limits.inspect_body")
+                    } else {
+                        Body::Bytes(&body)
+                    };
+                    for (i, check) in loaded.set.explain(&view, b) {
+                        let r = &loaded.set.rules[i];
+                        match check {
+                            Check::Matched => {
+                                println!("  match  {} -> {}", r.name, r.verdict.as_str())
+                            }
+                            Check::MatchedFailClosed(why) => println!(
+                                "  match  {} -> {} (fail closed: {why})",
+                                r.name,
+                                r.verdict.as_str()
+                            ),
+                            Check::Missed(why) => println!("  -      {}: {why}", r.name),
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify { config, file } => {
+            let cfg = load_config(&config)?;
+            let key = match &cfg.audit.signing_key {
+                Some(p) => Some(
+                    audit::CheckpointSigner::from_pem_file(p)
+                        .map_err(|e| anyhow!("audit.signing_key: {e}"))?
+                        .verifying_key(),
+                ),
+                None => None,
+            };
+            let (events, checkpoints) = match file {
+                Some(f) => {
+                    let fh = std::fs::File::open(&f).with_context(|| format!("{}", f.display()))?;
+                    (
+                        audit::read_jsonl(std::io::BufReader::new(fh))
+                            .map_err(|e| anyhow!("{e}"))?,
+                        Vec::new(),
+                    )
+                }
+                None => {
+                    let rt = runtime(1)?;
+                    rt.block_on(async {
+                        let store = open_store(&cfg)?;
+                        let ev = store.audit_events(None).await.map_err(|e| anyhow!("{e}"))?;
+                        let cps = store
+                            .audit_checkpoints()
+                            .await
+                            .map_err(|e| anyhow!("{e}"))?;
+                        Ok::<_, anyhow::Error>((ev, cps))
+                    })?
+                }
+            };
+            let report = audit::verify(&events, &checkpoints, key.as_ref());
+            if report.ok() {
+                println!("ok: {report}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("BROKEN: {report}");
+                Ok(ExitCode::from(1))
+            }
+        }
+        AuditCmd::Export {
+            config,
+            since,
+            format: ExportFormat::Jsonl,
+        } => {
+            let cfg = load_config(&config)?;
+            let since = match since {
+                Some(s) => Some(
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .map_err(|e| anyhow!("--since {s:?}: {e}"))?
+                        .with_timezone(&chrono::Utc),
+                ),
+                None => None,
+            };
+            let rt = runtime(1)?;
+            let events = rt.block_on(async {
+                let store = open_store(&cfg)?;
+                store.audit_events(since).await.map_err(|e| anyhow!("{e}"))
+            })?;
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for ev in &events {
+                writeln!(out, "{}", audit::to_jsonl_line(ev))?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<std::sync::Arc<dyn crate::store::Store>> {
+    let base = cfg
+        .file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    crate::store::open(&cfg.store, &base).map_err(|e| anyhow!("{e}"))
+}
+
+fn client() -> anyhow::Result<reqwest::blocking_shim::Client> {
+    reqwest::blocking_shim::Client::new()
+}
+
+mod reqwest_shim {}
+
+/// The reviewer CLI talks to the admin API.
+mod reqwest {
+    pub mod blocking_shim {
+        pub struct Client {
+            rt: tokio::runtime::Runtime,
+            http: ::reqwest::Client,
+        }
+
+        impl Client {
+            pub fn new() -> anyhow::Result<Client> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let http = ::reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(30))
+                    .build()?;
+                Ok(Client { rt, http })
+            }
+
+            pub fn call(
+                &self,
+                method: ::reqwest::Method,
+                url: &str,
+                token: &str,
+                body: Option<serde_json::Value>,
+            ) -> anyhow::Result<(u16, serde_json::Value)> {
+                self.rt.block_on(async {
+                    let mut req = self.http.request(method, url).bearer_auth(token);
+                    if let Some(b) = body {
+                        req = req.json(&b);
+                    }
+                    let resp = req
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+                    let status = resp.status().as_u16();
+                    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+                    Ok((status, v))
+                })
+            }
+        }
+    }
+}
+
+fn api_error(status: u16, v: &serde_json::Value) -> anyhow::Error {
+    anyhow!(
+        "HTTP {status}: {} {}",
+        v["error"].as_str().unwrap_or("error"),
+        v["message"].as_str().unwrap_or("")
+    )
+}
+
+fn pending(url: &str, token: &str, raw: bool) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    let (status, v) = c.call(
+        ::reqwest::Method::GET,
+        &format!(
+            "{}/api/v1/approvals?status=pending",
+            url.trim_end_matches('/')
+        ),
+        token,
+        None,
+    )?;
+    if status != 200 {
+        return Err(api_error(status, &v));
+    }
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = v["approvals"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no pending approvals");
+    }
+    for a in list {
+        let votes = a["votes"].as_array().map(|x| x.len()).unwrap_or(0);
+        println!(
+            "{}  {} {} {}  agent={}  rules={}  votes={}/{}  expires_in={}s",
+            a["id"].as_str().unwrap_or(""),
+            a["upstream"].as_str().unwrap_or(""),
+            a["method"].as_str().unwrap_or(""),
+            a["url"].as_str().unwrap_or(""),
+            a["agent"].as_str().unwrap_or(""),
+            a["rules"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+            votes,
+            a["quorum"],
+            a["expires_in"],
+        );
+        if let Some(j) = a["justification"].as_str() {
+            println!("    justification: {j}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vote(a: VoteArgs, decision: &str) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    let body = serde_json::json!({"decision": decision, "reason": a.reason});
+    let (status, v) = c.call(
+        ::reqwest::Method::POST,
+        &format!(
+            "{}/api/v1/approvals/{}/votes",
+            a.url.trim_end_matches('/'),
+            a.id
+        ),
+        &a.token,
+        Some(body),
+    )?;
+    if status != 200 {
+        eprintln!("airlock: {}", api_error(status, &v));
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "{}: {} (status now {})",
+        a.id,
+        decision,
+        v["status"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,116 @@
+//! Raw configuration as written in `airlock.yaml`: serde types only.
+//!
+//! Every struct rejects unknown keys so a typo is an error with a location, never a
+//! silently ignored setting. Nothing here is validated beyond its YAML shape; that is
+//! [`super::Config::from_raw`]'s job.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub tls: Option<RawTls>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub workers: usize,
+    pub mode: Option<String>,
+    pub default: Option<String>,
+    pub store: Option<String>,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    pub rules: Option<String>,
+    #[serde(default)]
+    pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub reviewers: Vec<RawReviewer>,
+    pub channels: Option<serde_yaml::Value>,
+    pub audit: Option<RawAudit>,
+    pub limits: Option<RawLimits>,
+    pub approval: Option<RawApprovalDefaults>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub prefix: Option<String>,
+    pub host: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub inject: BTreeMap<String, String>,
+    pub ca: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub id: String,
+    pub key: Option<String>,
+    pub header: Option<String>,
+    pub owner: Option<String>,
+    pub jwt: Option<serde_yaml::Value>,
+    pub mtls: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReviewer {
+    pub id: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub token: Option<String>,
+    pub slack: Option<String>,
+    pub teams: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub level: Option<String>,
+    pub file: Option<String>,
+    pub signing_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body: Option<String>,
+    pub inspect_body: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_held: Option<usize>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovalDefaults {
+    pub timeout: Option<String>,
+    pub reuse: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}

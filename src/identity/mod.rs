@@ -1,0 +1,246 @@
+//! Who is calling: agents on the proxy listener, reviewers on the admin listener.
+//!
+//! Keys and tokens are stored only as SHA-256 digests and compared in constant time
+//! against every configured digest (no early exit). This module never logs or returns
+//! a presented secret.
+
+use crate::config::{Agent, Reviewer};
+use http::{HeaderMap, HeaderName};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use subtle::ConstantTimeEq;
+
+/// The identity a request is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Agent id, or `anonymous@<ip>` when no agents are configured.
+    pub id: String,
+    /// The human who answers for the agent.
+    pub owner: Option<String>,
+    pub anonymous: bool,
+}
+
+/// Why a caller was not identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no airlock credential presented")]
+    Missing,
+    #[error("the airlock credential is not valid")]
+    Invalid,
+}
+
+/// The agent table, compiled for lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Agents {
+    agents: Vec<Agent>,
+    /// Distinct headers that carry keys.
+    headers: Vec<HeaderName>,
+}
+
+/// SHA-256 of a presented secret.
+pub fn digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// The secret in a header value: `Bearer <key>` for `Authorization`, the raw value otherwise.
+fn secret_in<'a>(name: &HeaderName, value: &'a str) -> Option<&'a str> {
+    if name == http::header::AUTHORIZATION {
+        let (scheme, rest) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let k = rest.trim();
+            return (!k.is_empty()).then_some(k);
+        }
+        None
+    } else {
+        let k = value.trim();
+        (!k.is_empty()).then_some(k)
+    }
+}
+
+/// Finds which digest in `candidates` equals `d`, comparing against all of them.
+fn find_ct<'a, T>(d: &[u8; 32], candidates: impl Iterator<Item = (&'a [u8; 32], T)>) -> Option<T> {
+    let mut found = None;
+    for (c, item) in candidates {
+        if bool::from(c.ct_eq(d)) && found.is_none() {
+            found = Some(item);
+        }
+    }
+    found
+}
+
+impl Agents {
+    pub fn new(agents: &[Agent]) -> Agents {
+        let mut headers: Vec<HeaderName> = Vec::new();
+        for a in agents {
+            if !headers.contains(&a.header) {
+                headers.push(a.header.clone());
+            }
+        }
+        Agents {
+            agents: agents.to_vec(),
+            headers,
+        }
+    }
+
+    /// Whether callers must present a key.
+    pub fn required(&self) -> bool {
+        !self.agents.is_empty()
+    }
+
+    /// Identifies the caller from its headers.
+    pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, AuthError> {
+        if self.agents.is_empty() {
+            return Ok(Caller {
+                id: format!("anonymous@{peer}"),
+                owner: None,
+                anonymous: true,
+            });
+        }
+        let mut presented = false;
+        for h in &self.headers {
+            for v in headers.get_all(h) {
+                let Some(secret) = v.to_str().ok().and_then(|v| secret_in(h, v)) else {
+                    continue;
+                };
+                presented = true;
+                let d = digest(secret.as_bytes());
+                let cands = self
+                    .agents
+                    .iter()
+                    .filter(|a| &a.header == h)
+                    .filter_map(|a| a.key_digest.as_ref().map(|k| (k, a)));
+                if let Some(a) = find_ct(&d, cands) {
+                    return Ok(Caller {
+                        id: a.id.clone(),
+                        owner: a.owner.clone(),
+                        anonymous: false,
+                    });
+                }
+            }
+        }
+        Err(if presented {
+            AuthError::Invalid
+        } else {
+            AuthError::Missing
+        })
+    }
+
+    /// Removes every header that may carry an airlock credential.
+    pub fn strip_credentials(&self, headers: &mut HeaderMap) {
+        for h in &self.headers {
+            headers.remove(h);
+        }
+    }
+
+    /// Whether a secret is some agent's key (the admin API refuses those).
+    pub fn is_agent_key(&self, secret: &str) -> bool {
+        let d = digest(secret.as_bytes());
+        find_ct(
+            &d,
+            self.agents
+                .iter()
+                .filter_map(|a| a.key_digest.as_ref().map(|k| (k, ()))),
+        )
+        .is_some()
+    }
+
+    /// The agent with this id.
+    pub fn get(&self, id: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.id == id)
+    }
+}
+
+/// The reviewer table.
+#[derive(Debug, Clone, Default)]
+pub struct Reviewers {
+    reviewers: Vec<Reviewer>,
+}
+
+impl Reviewers {
+    pub fn new(reviewers: &[Reviewer]) -> Reviewers {
+        Reviewers {
+            reviewers: reviewers.to_vec(),
+        }
+    }
+
+    /// The reviewer whose API token this is.
+    pub fn by_token(&self, token: &str) -> Option<&Reviewer> {
+        let d = digest(token.as_bytes());
+        find_ct(
+            &d,
+            self.reviewers
+                .iter()
+                .filter_map(|r| r.token_digest.as_ref().map(|t| (t, r))),
+        )
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Reviewer> {
+        self.reviewers.iter().find(|r| r.id == id)
+    }
+
+    pub fn all(&self) -> &[Reviewer] {
+        &self.reviewers
+    }
+
+    /// Whether `reviewer` is named by an approvers list (directly or by `group:`).
+    pub fn eligible(reviewer: &Reviewer, approvers: &[String]) -> bool {
+        approvers.iter().any(|ap| match ap.strip_prefix("group:") {
+            Some(g) => reviewer.groups.iter().any(|x| x == g),
+            None => *ap == reviewer.id,
+        })
+    }
+}
+
+/// A fresh random key: 32 bytes, URL-safe base64 with a prefix naming its kind.
+pub fn new_key(kind: &str) -> (String, String) {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let prefix = if kind == "reviewer" { "alr" } else { "ala" };
+    let key = format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    );
+    let d = format!("sha256:{}", hex::encode(digest(key.as_bytes())));
+    (key, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, key: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            key_digest: Some(digest(key.as_bytes())),
+            header: http::header::AUTHORIZATION,
+            owner: Some("alice@example.com".into()),
+        }
+    }
+
+    #[test]
+    fn bearer_keys() {
+        let a = Agents::new(&[agent("bot", "k1"), agent("other", "k2")]);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut h = HeaderMap::new();
+        assert_eq!(a.identify(&h, ip), Err(AuthError::Missing));
+        h.insert("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(a.identify(&h, ip).unwrap().id, "other");
+        h.insert("authorization", "Bearer nope".parse().unwrap());
+        assert_eq!(a.identify(&h, ip), Err(AuthError::Invalid));
+        h.insert("authorization", "Basic k1".parse().unwrap());
+        assert_eq!(a.identify(&h, ip), Err(AuthError::Missing));
+        assert!(a.is_agent_key("k1"));
+        assert!(!a.is_agent_key("k3"));
+    }
+
+    #[test]
+    fn fresh_keys_hash_to_their_digest() {
+        let (k, d) = new_key("agent");
+        assert_eq!(
+            crate::config::parse_digest(&d).unwrap(),
+            digest(k.as_bytes())
+        );
+    }
+}

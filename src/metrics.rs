@@ -1,0 +1,146 @@
+//! Prometheus metrics: requests by verdict and upstream, holds, votes, decisions,
+//! upstream latency and audit append latency. Rendered by the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verdict: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// All of airlock's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub held_now: Gauge,
+    pub hold_wait: Histogram,
+    pub votes: Family<OutcomeLabels, Counter>,
+    pub decisions: Family<OutcomeLabels, Counter>,
+    pub upstream_latency: Family<UpstreamLabels, Histogram>,
+    pub audit_append: Histogram,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("airlock");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by verdict and upstream",
+            requests.clone(),
+        );
+        let held_now = Gauge::default();
+        registry.register(
+            "held",
+            "Requests held for approval right now",
+            held_now.clone(),
+        );
+        let hold_wait = Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        registry.register(
+            "hold_wait_seconds",
+            "Time a held request waited for its decision",
+            hold_wait.clone(),
+        );
+        let votes = Family::<OutcomeLabels, Counter>::default();
+        registry.register("votes", "Votes cast, by decision", votes.clone());
+        let decisions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Approvals decided, by outcome",
+            decisions.clone(),
+        );
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            latency_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time to upstream response headers",
+            upstream_latency.clone(),
+        );
+        let audit_append = latency_buckets();
+        registry.register(
+            "audit_append_seconds",
+            "Audit append latency (durable)",
+            audit_append.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            held_now,
+            hold_wait,
+            votes,
+            decisions,
+            upstream_latency,
+            audit_append,
+        }
+    }
+
+    pub fn request(&self, verdict: &str, upstream: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                verdict: verdict.to_string(),
+                upstream: upstream.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_time(&self, upstream: &str, d: Duration) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn vote(&self, decision: &str) {
+        self.votes
+            .get_or_create(&OutcomeLabels {
+                outcome: decision.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

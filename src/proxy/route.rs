@@ -1,0 +1,86 @@
+//! Routing: which upstream a request is for, by `Host` header or path prefix.
+//! Pure and allocation-free per request.
+
+use crate::config::{Route, Upstream};
+use std::collections::HashMap;
+
+/// The routing table built once from the configured upstreams.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    hosts: HashMap<String, usize>,
+    /// Prefix routes, longest prefix first.
+    prefixes: Vec<(String, usize)>,
+}
+
+impl Router {
+    pub fn new(upstreams: &[Upstream]) -> Router {
+        let mut r = Router::default();
+        for (i, u) in upstreams.iter().enumerate() {
+            match &u.route {
+                Route::Host(h) => {
+                    r.hosts.insert(h.clone(), i);
+                }
+                Route::Prefix(p) => r.prefixes.push((p.clone(), i)),
+            }
+        }
+        r.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r
+    }
+
+    /// The upstream index and the path it will see (prefix removed). `path` must
+    /// already be normalized; `host` is the request's host without port.
+    pub fn route<'p>(&self, host: Option<&str>, path: &'p str) -> Option<(usize, &'p str)> {
+        if let Some(h) = host {
+            let h = h.trim_end_matches('.');
+            let found = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.hosts.get(&h.to_ascii_lowercase())
+            } else {
+                self.hosts.get(h)
+            };
+            if let Some(&i) = found {
+                return Some((i, path));
+            }
+        }
+        for (p, i) in &self.prefixes {
+            if let Some(rest) = path.strip_prefix(p.as_str()) {
+                if rest.is_empty() {
+                    return Some((*i, "/"));
+                }
+                if rest.starts_with('/') {
+                    return Some((*i, rest));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The host a request names: `Host` header, or the URI authority (HTTP/2), without port.
+/// Both present and different is ambiguous and refused.
+pub fn request_host<'a>(
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+) -> Result<Option<&'a str>, ()> {
+    let header = match headers.get(http::header::HOST) {
+        Some(v) => Some(v.to_str().map_err(|_| ())?),
+        None => None,
+    };
+    let strip = |h: &'a str| -> &'a str {
+        if h.starts_with('[') {
+            return h.split(']').next().map(|s| &h[..s.len() + 1]).unwrap_or(h);
+        }
+        h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
+    };
+    match (header, uri.host()) {
+        (Some(h), Some(a)) => {
+            let h = strip(h);
+            if !h.eq_ignore_ascii_case(a) {
+                return Err(());
+            }
+            Ok(Some(h))
+        }
+        (Some(h), None) => Ok(Some(strip(h))),
+        (None, Some(a)) => Ok(Some(a)),
+        (None, None) => Ok(None),
+    }
+}

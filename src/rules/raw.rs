@@ -1,0 +1,81 @@
+//! Raw rule files as written in `rules/*.yaml`: serde shapes, unknown keys rejected.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub when: RawWhen,
+    pub then: String,
+    pub approval: Option<RawApproval>,
+    #[serde(default)]
+    pub tests: Vec<RawTest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub upstream: Option<Value>,
+    pub method: Option<Value>,
+    pub path: Option<Value>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub json: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub form: BTreeMap<String, Value>,
+    pub agent: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub quorum: Option<u32>,
+    pub timeout: Option<String>,
+    pub reuse: Option<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub show: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub request: RawTestRequest,
+    pub expect: String,
+    /// Optional: the rule names that must match (in any order).
+    pub rules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestRequest {
+    pub method: String,
+    pub url: String,
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Raw body text.
+    pub body: Option<String>,
+    /// A JSON body given as YAML; sent with `content-type: application/json`.
+    pub json: Option<Value>,
+    /// A form body; sent as `application/x-www-form-urlencoded`.
+    pub form: Option<BTreeMap<String, String>>,
+}

@@ -1,0 +1,232 @@
+//! Persistence behind one trait: approvals, votes, audit events and checkpoints.
+//!
+//! The proxy and the approvals engine only see [`Store`]; the embedded default is
+//! SQLite ([`sqlite`]). A PostgreSQL backend implements the same trait for several
+//! replicas. Every state change of an approval is a compare-and-set in one
+//! transaction, so two replicas (or two reviewers) can never both decide it.
+//! A store error is never papered over: callers fail closed.
+
+pub mod sqlite;
+
+use crate::audit::{AuditEvent, Checkpoint};
+use crate::rules::ApprovalPolicy;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Where an approval is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// Approved and forwarded: can never be used again.
+    Consumed,
+    /// Abandoned before anyone was asked (the audit log could not be written).
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Expired => "expired",
+            Status::Consumed => "consumed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "approved" => Status::Approved,
+            "denied" => Status::Denied,
+            "expired" => Status::Expired,
+            "consumed" => Status::Consumed,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A reviewer's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approve,
+    Deny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+/// One vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub reviewer: String,
+    pub decision: Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub time: DateTime<Utc>,
+}
+
+/// A held request's approval, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub status: Status,
+    pub agent: String,
+    pub owner: Option<String>,
+    pub digest: String,
+    pub body_sha256: String,
+    pub rules: Vec<String>,
+    pub policy: ApprovalPolicy,
+    pub method: String,
+    pub upstream: String,
+    pub host: Option<String>,
+    pub url: String,
+    pub justification: Option<String>,
+    pub show: Option<serde_json::Value>,
+    pub request_id: String,
+    pub created: DateTime<Utc>,
+    pub expires: DateTime<Utc>,
+    pub decided: Option<DateTime<Utc>>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub consumed: Option<DateTime<Utc>>,
+    pub votes: Vec<Vote>,
+}
+
+/// What casting a vote did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoteResult {
+    /// Recorded; the approval is now in this status (still pending, approved or denied).
+    Recorded(Status),
+    /// The approval was already decided (or had expired): nothing recorded.
+    AlreadyDecided(Status),
+    /// This reviewer already voted on it.
+    AlreadyVoted,
+    NotFound,
+}
+
+/// A store failure. Always fail closed on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Everything airlock persists.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reachable and writable enough to serve (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError>;
+    /// One approval with its votes.
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Approvals, newest first, optionally of one status.
+    async fn approvals(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError>;
+    /// The newest pending or approved (not yet consumed) approval of this agent and digest.
+    async fn find_active(&self, agent: &str, digest: &str) -> Result<Option<Approval>, StoreError>;
+    /// Records a vote and decides the approval in one transaction: any deny denies,
+    /// `quorum` distinct approves approve. An approval past its expiry is expired instead.
+    async fn vote(
+        &self,
+        id: &str,
+        vote: &Vote,
+        quorum: u32,
+        now: DateTime<Utc>,
+    ) -> Result<VoteResult, StoreError>;
+    /// Compare-and-set of the status; true when this call made the change.
+    async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Pending approvals whose expiry has passed.
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+
+    /// Appends sealed audit events (and a checkpoint) atomically.
+    async fn audit_append(
+        &self,
+        events: &[AuditEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError>;
+    /// (last seq, last hash) of the audit log.
+    async fn audit_head(&self) -> Result<(u64, String), StoreError>;
+    /// Audit events in seq order, optionally from a time on.
+    async fn audit_events(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+}
+
+/// Opens the store a config names (`sqlite://PATH`, `sqlite::memory:`).
+pub fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        if path == ":memory:" || path.is_empty() {
+            return Ok(Arc::new(sqlite::SqliteStore::open_memory()?));
+        }
+        let p = std::path::Path::new(path);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        return Ok(Arc::new(sqlite::SqliteStore::open(&p)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError(
+            "the PostgreSQL store is not in this build yet; use sqlite://".into(),
+        ));
+    }
+    Err(StoreError(format!("unknown store url {url:?}")))
+}
+
+/// Adapts a [`Store`] to the audit writer's sink.
+pub struct StoreSink(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl crate::audit::AuditSink for StoreSink {
+    async fn append(
+        &self,
+        events: &[AuditEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), crate::audit::AuditError> {
+        self.0
+            .audit_append(events, checkpoint)
+            .await
+            .map_err(|e| crate::audit::AuditError::Store(e.0))
+    }
+
+    async fn head(&self) -> Result<(u64, String), crate::audit::AuditError> {
+        self.0
+            .audit_head()
+            .await
+            .map_err(|e| crate::audit::AuditError::Store(e.0))
+    }
+}

@@ -1,0 +1,512 @@
+//! The embedded SQLite store (`store: sqlite://airlock.db`), created on first start.
+//!
+//! One connection in WAL mode behind a mutex; every call runs on tokio's blocking
+//! pool, so the async runtime never waits on disk. Schema migrations are the numbered
+//! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
+
+use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
+use crate::audit::{format_time, AuditEvent, Checkpoint, GENESIS_HASH};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Schema migrations, in order. Never edit one that has shipped; add a new file.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// How long a write waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    format_time(t)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    crate::audit::parse_time(s).map_err(|e| StoreError(format!("bad time {s:?}: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+            }
+        }
+        let conn =
+            Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        SqliteStore::init(conn)
+    }
+
+    /// An in-memory database (tests, `rules` tooling).
+    pub fn open_memory() -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")?;
+        let current: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        for (version, sql) in MIGRATIONS {
+            if *version <= current {
+                continue;
+            }
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied) VALUES (?1, ?2)",
+                params![version, ts(&Utc::now())],
+            )?;
+            tx.commit()?;
+        }
+        let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > latest {
+            return Err(StoreError(format!(
+                "database schema version {current} is newer than this airlock ({latest}); refusing to run"
+            )));
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError("store mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+    }
+}
+
+const APPROVAL_COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed";
+
+fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
+    Ok(RawApproval {
+        id: r.get(0)?,
+        status: r.get(1)?,
+        agent: r.get(2)?,
+        owner: r.get(3)?,
+        digest: r.get(4)?,
+        body_sha256: r.get(5)?,
+        rules: r.get(6)?,
+        policy: r.get(7)?,
+        method: r.get(8)?,
+        upstream: r.get(9)?,
+        host: r.get(10)?,
+        url: r.get(11)?,
+        justification: r.get(12)?,
+        show: r.get(13)?,
+        request_id: r.get(14)?,
+        created: r.get(15)?,
+        expires: r.get(16)?,
+        decided: r.get(17)?,
+        decided_by: r.get(18)?,
+        reason: r.get(19)?,
+        consumed: r.get(20)?,
+    })
+}
+
+/// Columns as stored, before decoding.
+struct RawApproval {
+    id: String,
+    status: String,
+    agent: String,
+    owner: Option<String>,
+    digest: String,
+    body_sha256: String,
+    rules: String,
+    policy: String,
+    method: String,
+    upstream: String,
+    host: Option<String>,
+    url: String,
+    justification: Option<String>,
+    show: Option<String>,
+    request_id: String,
+    created: String,
+    expires: String,
+    decided: Option<String>,
+    decided_by: Option<String>,
+    reason: Option<String>,
+    consumed: Option<String>,
+}
+
+impl RawApproval {
+    fn decode(self, votes: Vec<Vote>) -> Result<Approval, StoreError> {
+        let json_err = |what: &str, e: serde_json::Error| {
+            StoreError(format!("approval {}: bad {what}: {e}", self.id))
+        };
+        Ok(Approval {
+            status: Status::parse(&self.status)
+                .ok_or_else(|| StoreError(format!("bad status {:?}", self.status)))?,
+            rules: serde_json::from_str(&self.rules).map_err(|e| json_err("rules", e))?,
+            policy: serde_json::from_str(&self.policy).map_err(|e| json_err("policy", e))?,
+            show: match &self.show {
+                Some(s) => Some(serde_json::from_str(s).map_err(|e| json_err("show", e))?),
+                None => None,
+            },
+            created: parse_ts(&self.created)?,
+            expires: parse_ts(&self.expires)?,
+            decided: self.decided.as_deref().map(parse_ts).transpose()?,
+            consumed: self.consumed.as_deref().map(parse_ts).transpose()?,
+            id: self.id,
+            agent: self.agent,
+            owner: self.owner,
+            digest: self.digest,
+            body_sha256: self.body_sha256,
+            method: self.method,
+            upstream: self.upstream,
+            host: self.host,
+            url: self.url,
+            justification: self.justification,
+            request_id: self.request_id,
+            decided_by: self.decided_by,
+            reason: self.reason,
+            votes,
+        })
+    }
+}
+
+fn load_votes(conn: &Connection, id: &str) -> Result<Vec<Vote>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT reviewer, decision, reason, time FROM votes WHERE approval_id = ?1 ORDER BY time, reviewer")?;
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (reviewer, decision, reason, time) = row?;
+        out.push(Vote {
+            reviewer,
+            decision: if decision == "deny" {
+                Decision::Deny
+            } else {
+                Decision::Approve
+            },
+            reason,
+            time: parse_ts(&time)?,
+        });
+    }
+    Ok(out)
+}
+
+fn load_approval(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
+    let raw = conn
+        .prepare_cached(&format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?1"
+        ))?
+        .query_row([id], row_to_approval)
+        .optional()?;
+    match raw {
+        Some(raw) => {
+            let votes = load_votes(conn, &raw.id)?;
+            Ok(Some(raw.decode(votes)?))
+        }
+        None => Ok(None),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.with(move |c| {
+            let rules = serde_json::to_string(&a.rules).map_err(|e| StoreError(e.to_string()))?;
+            let policy = serde_json::to_string(&a.policy).map_err(|e| StoreError(e.to_string()))?;
+            let show = a.show.as_ref().map(|s| s.to_string());
+            c.execute(
+                &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL)"),
+                params![
+                    a.id, a.status.as_str(), a.agent, a.owner, a.digest, a.body_sha256, rules, policy,
+                    a.method, a.upstream, a.host, a.url, a.justification, show, a.request_id,
+                    ts(&a.created), ts(&a.expires)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| load_approval(c, &id)).await
+    }
+
+    async fn approvals(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError> {
+        self.with(move |c| {
+            let limit = limit as i64;
+            let raws: Vec<RawApproval> = match status {
+                Some(s) => {
+                    let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE status = ?1 ORDER BY created DESC, id LIMIT ?2"))?;
+                    let rows = st.query_map(params![s.as_str(), limit], row_to_approval)?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                }
+                None => {
+                    let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals ORDER BY created DESC, id LIMIT ?1"))?;
+                    let rows = st.query_map(params![limit], row_to_approval)?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                }
+            };
+            raws.into_iter()
+                .map(|r| {
+                    let votes = load_votes(c, &r.id)?;
+                    r.decode(votes)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn find_active(&self, agent: &str, digest: &str) -> Result<Option<Approval>, StoreError> {
+        let (agent, digest) = (agent.to_string(), digest.to_string());
+        self.with(move |c| {
+            let id: Option<String> = c
+                .prepare_cached("SELECT id FROM approvals WHERE agent = ?1 AND digest = ?2 AND status IN ('pending', 'approved') ORDER BY created DESC LIMIT 1")?
+                .query_row(params![agent, digest], |r| r.get(0))
+                .optional()?;
+            match id {
+                Some(id) => load_approval(c, &id),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn vote(
+        &self,
+        id: &str,
+        vote: &Vote,
+        quorum: u32,
+        now: DateTime<Utc>,
+    ) -> Result<VoteResult, StoreError> {
+        let (id, vote) = (id.to_string(), vote.clone());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(String, String)> = tx
+                .query_row("SELECT status, expires FROM approvals WHERE id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((status, expires)) = row else {
+                return Ok(VoteResult::NotFound);
+            };
+            let status = Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
+            if status != Status::Pending {
+                return Ok(VoteResult::AlreadyDecided(status));
+            }
+            if parse_ts(&expires)? <= now {
+                tx.execute(
+                    "UPDATE approvals SET status = 'expired', decided = ?2 WHERE id = ?1 AND status = 'pending'",
+                    params![id, ts(&now)],
+                )?;
+                tx.commit()?;
+                return Ok(VoteResult::AlreadyDecided(Status::Expired));
+            }
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO votes (approval_id, reviewer, decision, reason, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, vote.reviewer, vote.decision.as_str(), vote.reason, ts(&vote.time)],
+            )?;
+            if inserted == 0 {
+                return Ok(VoteResult::AlreadyVoted);
+            }
+            let approves: i64 = tx.query_row(
+                "SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = ?1 AND decision = 'approve'",
+                [&id],
+                |r| r.get(0),
+            )?;
+            let new = if vote.decision == Decision::Deny {
+                Status::Denied
+            } else if approves >= i64::from(quorum) {
+                Status::Approved
+            } else {
+                Status::Pending
+            };
+            if new != Status::Pending {
+                tx.execute(
+                    "UPDATE approvals SET status = ?2, decided = ?3, decided_by = ?4, reason = ?5 WHERE id = ?1 AND status = 'pending'",
+                    params![id, new.as_str(), ts(&now), vote.reviewer, vote.reason],
+                )?;
+            }
+            tx.commit()?;
+            Ok(VoteResult::Recorded(new))
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (id, reason) = (id.to_string(), reason.map(str::to_string));
+        self.with(move |c| {
+            let n = if to == Status::Consumed {
+                c.execute(
+                    "UPDATE approvals SET status = ?3, consumed = ?4 WHERE id = ?1 AND status = ?2",
+                    params![id, from.as_str(), to.as_str(), ts(&now)],
+                )?
+            } else {
+                c.execute(
+                    "UPDATE approvals SET status = ?3, decided = ?4, reason = COALESCE(?5, reason) WHERE id = ?1 AND status = ?2",
+                    params![id, from.as_str(), to.as_str(), ts(&now), reason],
+                )?
+            };
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        self.with(move |c| {
+            // Times are fixed-width RFC 3339 UTC strings, so text order is time order.
+            let mut st = c.prepare_cached(
+                "SELECT id FROM approvals WHERE status = 'pending' AND expires <= ?1",
+            )?;
+            let rows = st.query_map([ts(&now)], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn audit_append(
+        &self,
+        events: &[AuditEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let events = events.to_vec();
+        let checkpoint = checkpoint.cloned();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let last: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| r.get(0))?;
+            if let Some(first) = events.first() {
+                if first.seq as i64 != last + 1 {
+                    return Err(StoreError(format!(
+                        "audit chain out of step: next seq is {} but the batch starts at {}",
+                        last + 1,
+                        first.seq
+                    )));
+                }
+            }
+            {
+                let mut st = tx.prepare_cached("INSERT INTO audit_events (seq, time, event, hash, line) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                for ev in &events {
+                    st.execute(params![ev.seq as i64, format_time(&ev.time), ev.event, ev.hash, crate::audit::to_jsonl_line(ev)])?;
+                }
+            }
+            if let Some(cp) = &checkpoint {
+                tx.execute(
+                    "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, signature) VALUES (?1, ?2, ?3, ?4)",
+                    params![cp.seq as i64, cp.hash, format_time(&cp.time), cp.signature],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        self.with(|c| {
+            let row: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row
+                .map(|(s, h)| (s as u64, h))
+                .unwrap_or((0, GENESIS_HASH.to_string())))
+        })
+        .await
+    }
+
+    async fn audit_events(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.with(move |c| {
+            let mut st =
+                c.prepare("SELECT line FROM audit_events WHERE time >= ?1 ORDER BY seq")?;
+            let from = since.map(|t| ts(&t)).unwrap_or_default();
+            let rows = st.query_map([from], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for line in rows {
+                let line = line?;
+                let ev: AuditEvent = serde_json::from_str(&line)
+                    .map_err(|e| StoreError(format!("unreadable audit event: {e}")))?;
+                out.push(ev);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, hash, time, signature) = row?;
+                out.push(Checkpoint {
+                    seq: seq as u64,
+                    hash,
+                    time: parse_ts(&time)?,
+                    signature,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
