@@ -1,0 +1,348 @@
+//! Shared test harness: a real upstream (a small hyper server) and the real `airlock`
+//! binary, both on 127.0.0.1 ephemeral ports, plus a temporary directory with a config.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub const AGENT_KEY: &str = "test-agent-key-deploy-bot";
+pub const OTHER_AGENT_KEY: &str = "test-agent-key-etl";
+pub const BOB: &str = "test-token-bob";
+pub const CAROL: &str = "test-token-carol";
+pub const ALICE: &str = "test-token-alice";
+pub const DAVE: &str = "test-token-dave";
+
+pub fn digest(s: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(s.as_bytes())))
+}
+
+/// What the test upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A boxed handler for custom upstream behaviour.
+pub type Handler = Arc<dyn Fn(Seen) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A real HTTP upstream that records every request and echoes it back as JSON.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts an echo upstream.
+    pub async fn start() -> Upstream {
+        Upstream::with_handler(Arc::new(|s: Seen| {
+            let v = serde_json::json!({
+                "method": s.method,
+                "uri": s.uri,
+                "body": String::from_utf8_lossy(&s.body),
+            });
+            Response::new(Full::new(Bytes::from(v.to_string())))
+        }))
+        .await
+    }
+
+    /// Starts an upstream answering with `handler`.
+    pub async fn with_handler(handler: Handler) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let seen = seen2.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            seen.lock().unwrap().push(s.clone());
+                            Ok::<_, std::convert::Infallible>(handler(s))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// A temporary directory holding `airlock.yaml`, `rules/` and the store.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("airlock.yaml")
+    }
+
+    /// A standard config: upstream `api` at `/api` → `upstream_url`, agents
+    /// deploy-bot (owner alice) and etl-agent, reviewers bob/carol (sre), alice (sre,
+    /// owner of deploy-bot), dave (no groups). `extra` is appended verbatim.
+    pub fn standard_config(&self, upstream_url: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            r#"listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+store: sqlite://airlock.db
+rules: rules/
+upstreams:
+  - name: api
+    prefix: /api
+    url: {upstream_url}
+    timeout: 5s
+agents:
+  - id: deploy-bot
+    key: {agent}
+    owner: alice@example.com
+  - id: etl-agent
+    key: {other}
+reviewers:
+  - id: bob@example.com
+    groups: [sre]
+    token: {bob}
+  - id: carol@example.com
+    groups: [sre]
+    token: {carol}
+  - id: alice@example.com
+    groups: [sre]
+    token: {alice}
+  - id: dave@example.com
+    token: {dave}
+{extra}
+"#,
+            agent = digest(AGENT_KEY),
+            other = digest(OTHER_AGENT_KEY),
+            bob = digest(BOB),
+            carol = digest(CAROL),
+            alice = digest(ALICE),
+            dave = digest(DAVE),
+        );
+        self.write("airlock.yaml", &text)
+    }
+}
+
+/// The `airlock` binary built for this test run.
+pub fn airlock_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_airlock")
+}
+
+/// Runs `airlock ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(airlock_bin());
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `airlock serve` process.
+pub struct Airlock {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Airlock {
+    /// Starts `airlock serve -c config` and waits for its "listening" lines.
+    pub fn start(config: &Path) -> Airlock {
+        Airlock::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, envs: &[(&str, &str)]) -> Airlock {
+        let mut cmd = Command::new(airlock_bin());
+        cmd.args(["serve", "-c"]).arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err_buf = Arc::new(Mutex::new(String::new()));
+        let eb = err_buf.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eb.lock().unwrap().push_str(&line);
+                eb.lock().unwrap().push('\n');
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let mut proxy = None;
+        let mut admin = None;
+        let has_admin = std::fs::read_to_string(config).unwrap().contains("admin:");
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(a) = line.strip_prefix("airlock: proxy listening on http://") {
+                proxy = Some(a.parse().unwrap());
+            }
+            if let Some(a) = line.strip_prefix("airlock: admin listening on http://") {
+                admin = Some(a.parse().unwrap());
+            }
+            if proxy.is_some() && (admin.is_some() || !has_admin) {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let Some(proxy) = proxy else {
+            let _ = child.wait();
+            panic!("airlock did not start:\n{}", err_buf.lock().unwrap());
+        };
+        Airlock {
+            child,
+            proxy,
+            admin,
+            stderr: err_buf,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("admin listener"), path)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+
+    /// Kills the process at once (a crash).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Airlock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reqwest client for agents (with the agent key) and reviewers.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Waits until `f` returns Some, polling the admin API (an external observer has no
+/// other signal); panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("condition not met within {secs}s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pending approvals as the admin API lists them.
+pub async fn pending(a: &Airlock, token: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = client()
+        .get(a.admin_url("/api/v1/approvals?status=pending"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["approvals"].as_array().cloned().unwrap_or_default()
+}
+
+/// Casts a vote: (status, body).
+pub async fn vote(a: &Airlock, token: &str, id: &str, decision: &str, reason: Option<&str>) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(a.admin_url(&format!("/api/v1/approvals/{id}/votes")))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"decision": decision, "reason": reason}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
