@@ -154,7 +154,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: &PathBuf) -> anyhow::Result<Config> {
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|d| anyhow!("invalid configuration:\n{d}"))
 }
 
@@ -209,7 +209,7 @@ fn init_tracing(cfg: &Config) {
     };
 }
 
-fn serve(path: &PathBuf) -> anyhow::Result<ExitCode> {
+fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let cfg = load_config(path)?;
     init_tracing(&cfg);
     let rt = runtime(cfg.workers)?;

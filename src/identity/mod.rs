@@ -107,7 +107,7 @@ impl Agents {
                 let cands = self
                     .agents
                     .iter()
-                    .filter(|a| &a.header == h)
+                    .filter(|a| a.header == *h)
                     .filter_map(|a| a.key_digest.as_ref().map(|k| (k, a)));
                 if let Some(a) = find_ct(&d, cands) {
                     return Ok(Caller {

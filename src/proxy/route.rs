@@ -23,7 +23,7 @@ impl Router {
                 Route::Prefix(p) => r.prefixes.push((p.clone(), i)),
             }
         }
-        r.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         r
     }
 
@@ -55,14 +55,19 @@ impl Router {
     }
 }
 
+/// The `Host` header and the request target name different hosts (ambiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the Host header and the request target name different hosts")]
+pub struct HostMismatch;
+
 /// The host a request names: `Host` header, or the URI authority (HTTP/2), without port.
 /// Both present and different is ambiguous and refused.
 pub fn request_host<'a>(
     uri: &'a http::Uri,
     headers: &'a http::HeaderMap,
-) -> Result<Option<&'a str>, ()> {
+) -> Result<Option<&'a str>, HostMismatch> {
     let header = match headers.get(http::header::HOST) {
-        Some(v) => Some(v.to_str().map_err(|_| ())?),
+        Some(v) => Some(v.to_str().map_err(|_| HostMismatch)?),
         None => None,
     };
     let strip = |h: &'a str| -> &'a str {
@@ -75,7 +80,7 @@ pub fn request_host<'a>(
         (Some(h), Some(a)) => {
             let h = strip(h);
             if !h.eq_ignore_ascii_case(a) {
-                return Err(());
+                return Err(HostMismatch);
             }
             Ok(Some(h))
         }

@@ -68,7 +68,9 @@ impl Upstream {
         let seen2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let seen = seen2.clone();
                 let handler = handler.clone();
                 tokio::spawn(async move {
@@ -77,7 +79,11 @@ impl Upstream {
                         let handler = handler.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let s = Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -221,7 +227,10 @@ impl Airlock {
 
     pub fn start_with_env(config: &Path, envs: &[(&str, &str)]) -> Airlock {
         let mut cmd = Command::new(airlock_bin());
-        cmd.args(["serve", "-c"]).arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["serve", "-c"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -274,7 +283,10 @@ impl Airlock {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().unwrap()
     }
 
@@ -335,7 +347,13 @@ pub async fn pending(a: &Airlock, token: &str) -> Vec<serde_json::Value> {
 }
 
 /// Casts a vote: (status, body).
-pub async fn vote(a: &Airlock, token: &str, id: &str, decision: &str, reason: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn vote(
+    a: &Airlock,
+    token: &str,
+    id: &str,
+    decision: &str,
+    reason: Option<&str>,
+) -> (u16, serde_json::Value) {
     let r = client()
         .post(a.admin_url(&format!("/api/v1/approvals/{id}/votes")))
         .bearer_auth(token)
