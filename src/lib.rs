@@ -68,6 +68,19 @@ impl Running {
     }
 }
 
+/// Re-reads a config file and its rules and puts them in force; returns the number of
+/// rules. Any error leaves the running configuration untouched.
+pub fn reload(airlock: &Airlock, path: &std::path::Path) -> anyhow::Result<usize> {
+    let cfg = Config::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let loaded = rules::load(&cfg).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let n = loaded.set.rules.len();
+    airlock.approvals.set_max_held(cfg.limits.max_held);
+    airlock
+        .reload(Arc::new(cfg), Arc::new(loaded.set))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(n)
+}
+
 /// Loads everything a config names and starts the listeners.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let loaded = rules::load(&cfg).map_err(|d| anyhow::anyhow!("{d}"))?;

@@ -221,12 +221,33 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        spawn_reload_on_sighup(running.airlock.clone(), path.to_path_buf());
         wait_for_signal().await;
         tracing::info!("shutting down");
         running.stop().await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads config and rules on `SIGHUP`; an invalid new set is refused and logged,
+/// and the old one stays in force. Listener addresses and the store are not reloaded.
+fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::airlock::Airlock>, path: PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match crate::reload(&airlock, &path) {
+                Ok(n) => tracing::info!(rules = n, "configuration reloaded"),
+                Err(e) => tracing::error!("reload refused, the previous configuration stays in force:\n{e}"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (airlock, path);
 }
 
 async fn wait_for_signal() {

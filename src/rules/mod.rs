@@ -79,7 +79,8 @@ pub fn load_files(cfg: &Config, files: &[PathBuf]) -> Result<LoadedRules, Diagno
     let mut rules = Vec::new();
     let mut regexes = Vec::new();
     let mut tests = Vec::new();
-    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    // Conditions already seen (as written), to warn about shadowed rules.
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for file in files {
         let src = match Source::read(file) {
             Ok(s) => s,
@@ -115,10 +116,11 @@ pub fn load_files(cfg: &Config, files: &[PathBuf]) -> Result<LoadedRules, Diagno
             if let Some((rule, paths)) = c.rule(cfg, &r) {
                 // Shadowing: the same conditions as an earlier rule.
                 let key = format!("{:?}", r.when);
-                if let Some((other, _)) = seen.iter().find(|(_, k)| k.first() == Some(&key)) {
-                    c.warn(None, format!("rule {} has the same conditions as rule {}; only the stricter verdict can ever take effect", r.name, other));
+                if let Some(other) = seen.get(&key) {
+                    c.warn(None, format!("rule {} has the same conditions as rule {other}; only the stricter verdict can ever take effect", r.name));
+                } else {
+                    seen.insert(key, r.name.clone());
                 }
-                seen.push((r.name.clone(), vec![key]));
                 for (n, t) in r.tests.iter().enumerate() {
                     tests.push(testing::RuleTest::from_raw(&src, &r.name, n, t));
                 }
