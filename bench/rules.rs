@@ -1,1 +1,277 @@
-fn main() {}
+//! Criterion benchmarks of airlock's pure request-time code: the rule engine
+//! (`airlock::rules::RuleSet`) over 10, 100 and 1000 generated rules, and path
+//! normalization (`airlock::http::normalize::normalize_path`).
+//!
+//! Run: `cargo bench --bench rules` (see bench/README.md). Criterion is built with
+//! `default-features = false`: no plots, no HTML, text summary only. Every group uses
+//! short warm-up and measurement times so the whole run stays well under a minute.
+//!
+//! The rules are generated as YAML and loaded through `airlock::rules::load_files`, the
+//! same path `airlock serve` takes (globs become regexes in one `RegexSet`).
+
+use airlock::config::{Config, Source};
+use airlock::http::normalize::normalize_path;
+use airlock::rules::{load_files, Body, Decision, RequestView, RuleSet};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
+use http::{HeaderMap, HeaderValue};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SIZES: [usize; 3] = [10, 100, 1000];
+
+const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+default: allow
+store: "memory:"
+upstreams:
+  - name: cloud
+    prefix: /cloud
+    url: http://127.0.0.1:9
+reviewers:
+  - id: bob@example.com
+    groups: [sre]
+  - id: carol@example.com
+    groups: [sre]
+"#;
+
+/// `n` rules of five kinds, cycling, all on the `cloud` upstream:
+///
+/// * `i % 5 == 0`: glob path + method list → approve
+/// * `i % 5 == 1`: `**` glob + method + header `x-environment: prod` → deny
+/// * `i % 5 == 2`: `re:` path + method + JSON body matcher → approve (inspects the body)
+/// * `i % 5 == 3`: glob path + methods + query `force=true` → deny
+/// * `i % 5 == 4`: glob path + method + header regex → approve
+///
+/// plus, every 50th rule, one with no path at all (header + method only), which is a
+/// candidate for every request and so is checked linearly.
+fn rules_yaml(n: usize) -> String {
+    let mut y = String::from("rules:\n");
+    for i in 0..n {
+        let _ = writeln!(y, "  - name: r{i}");
+        y.push_str("    when:\n      upstream: cloud\n");
+        let approval = "    then: approve\n    approval: {approvers: [group:sre], quorum: 1}\n";
+        if i % 50 == 49 {
+            y.push_str("      method: DELETE\n      headers: {x-break-glass: \"re:(?i)^yes$\"}\n    then: deny\n");
+            continue;
+        }
+        match i % 5 {
+            0 => {
+                let _ = writeln!(y, "      method: [DELETE, POST]\n      path: /v1/svc{i}/items/*/actions/**");
+                y.push_str(approval);
+            }
+            1 => {
+                let _ = writeln!(y, "      method: DELETE\n      path: /v1/svc{i}/**\n      headers: {{x-environment: prod}}\n    then: deny");
+            }
+            2 => {
+                let _ = writeln!(y, "      method: POST\n      path: \"re:^/v1/svc{i}/jobs/[0-9]+$\"\n      json: {{/spec/tier: prod}}");
+                y.push_str(approval);
+            }
+            3 => {
+                let _ = writeln!(y, "      method: [PUT, PATCH]\n      path: /v1/svc{i}/users/*\n      query: {{force: \"true\"}}\n    then: deny");
+            }
+            _ => {
+                let _ = writeln!(y, "      method: PATCH\n      path: /v1/svc{i}/config/*/keys/*\n      headers: {{x-scope: \"re:^(admin|root)$\"}}");
+                y.push_str(approval);
+            }
+        }
+    }
+    y
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cfg: Config,
+    files: Vec<PathBuf>,
+}
+
+fn fixture(n: usize) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = dir.path().join("airlock.yaml");
+    std::fs::write(&cfg_path, CONFIG).expect("write config");
+    let cfg = Config::parse(&Source {
+        file: cfg_path,
+        text: CONFIG.to_string(),
+    })
+    .unwrap_or_else(|d| panic!("bench config does not parse:\n{d}"));
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, rules_yaml(n)).expect("write rules");
+    Fixture {
+        _dir: dir,
+        cfg,
+        files: vec![rules_path],
+    }
+}
+
+fn load(f: &Fixture) -> RuleSet {
+    load_files(&f.cfg, &f.files)
+        .unwrap_or_else(|d| panic!("generated rules do not load:\n{d}"))
+        .set
+}
+
+/// The decision exactly as `proxy::handle` takes it: head, then body only if needed.
+fn decide(rules: &RuleSet, view: &RequestView<'_>, body: &[u8]) -> Decision {
+    let head = rules.head(view);
+    let encoding = view
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    if rules.needs_body(&head) {
+        rules.finish(head, Body::Bytes(body), encoding)
+    } else {
+        rules.finish(head, Body::NotRead, encoding)
+    }
+}
+
+fn headers(extra: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "127.0.0.1:8080"),
+        ("user-agent", "agent-sdk/1.4 python/3.12"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("x-environment", "staging"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    query: Option<&'static str>,
+    headers: HeaderMap,
+    body: &'static [u8],
+    /// Expected verdict, checked once before measuring.
+    expect: &'static str,
+}
+
+/// Requests for a set of `n` rules: one matching nothing, one matching an approve glob
+/// rule (no body needed), one matching a JSON-body approve rule (body parsed).
+fn cases(n: usize) -> Vec<Case> {
+    // A rule index of each kind in the middle of the set.
+    let mid = |kind: usize| (n / 2) / 5 * 5 + kind;
+    vec![
+        Case {
+            name: "miss",
+            method: "GET",
+            path: "/v2/projects/p1/instances/vm-7".into(),
+            query: Some("view=full&page=2"),
+            headers: headers(&[]),
+            body: b"",
+            expect: "allow",
+        },
+        Case {
+            name: "hit",
+            method: "DELETE",
+            path: format!("/v1/svc{}/items/abc/actions/run", mid(0)),
+            query: None,
+            headers: headers(&[]),
+            body: b"",
+            expect: "approve",
+        },
+        Case {
+            name: "hit_json_body",
+            method: "POST",
+            path: format!("/v1/svc{}/jobs/42", mid(2)),
+            query: None,
+            headers: headers(&[]),
+            body: br#"{"spec":{"tier":"prod","name":"nightly-etl","replicas":3},"labels":{"team":"data"}}"#,
+            expect: "approve",
+        },
+    ]
+}
+
+fn bench_rules(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rules_eval");
+    for &n in &SIZES {
+        let f = fixture(n);
+        let rules = load(&f);
+        assert_eq!(rules.rules.len(), n);
+        for case in cases(n) {
+            let view = RequestView {
+                upstream: "cloud",
+                method: case.method,
+                path: &case.path,
+                query: case.query,
+                headers: &case.headers,
+                agent: "deploy-bot",
+            };
+            let d = decide(&rules, &view, case.body);
+            assert_eq!(
+                d.verdict.as_str(),
+                case.expect,
+                "{} with {n} rules: matched {:?}",
+                case.name,
+                rules.names(&d.matched)
+            );
+            g.bench_with_input(BenchmarkId::new(case.name, n), &n, |b, _| {
+                b.iter(|| decide(black_box(&rules), black_box(&view), black_box(case.body)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_load(c: &mut Criterion) {
+    // Compiling a rule set (what a reload costs): seconds-scale work per iteration at
+    // 1000 rules, so flat sampling with few samples.
+    let mut g = c.benchmark_group("rules_load");
+    g.sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    for &n in &[100usize, 1000] {
+        let f = fixture(n);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| load(black_box(&f)))
+        });
+    }
+    g.finish();
+}
+
+fn bench_normalize(c: &mut Criterion) {
+    let mut g = c.benchmark_group("normalize_path");
+    let cases: [(&str, &str); 3] = [
+        // Fast path: already canonical.
+        ("plain", "/v1/projects/p1/instances/vm-7/disks/0"),
+        // Slow path: encoded unreserved chars, lowercase hex, `.`/`..`, `//`, UTF-8.
+        (
+            "encoded",
+            "/v1/projects/p%31/./instances//%76m-7/caf%c3%a9/%7Euser/../disks/%30",
+        ),
+        // A long canonical path (fast path, 16 segments).
+        (
+            "plain_long",
+            "/api/v2/organizations/acme-corp/projects/prod-eu-west-1/clusters/c-42/namespaces/payments/deployments/ledger-writer/replicas/3/status",
+        ),
+    ];
+    for (name, p) in cases {
+        assert!(normalize_path(p).is_ok(), "{name}: {p}");
+        g.bench_with_input(BenchmarkId::from_parameter(name), p, |b, p| {
+            b.iter(|| normalize_path(black_box(p)))
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(50)
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_rules, bench_normalize, bench_load
+}
+criterion_main!(benches);

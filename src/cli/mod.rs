@@ -482,7 +482,7 @@ fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 None => {
                     let rt = runtime(1)?;
                     rt.block_on(async {
-                        let store = open_store(&cfg)?;
+                        let store = open_store(&cfg).await?;
                         let ev = store.audit_events(None).await.map_err(|e| anyhow!("{e}"))?;
                         let cps = store
                             .audit_checkpoints()
@@ -517,7 +517,7 @@ fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             };
             let rt = runtime(1)?;
             let events = rt.block_on(async {
-                let store = open_store(&cfg)?;
+                let store = open_store(&cfg).await?;
                 store.audit_events(since).await.map_err(|e| anyhow!("{e}"))
             })?;
             use std::io::Write;
@@ -531,13 +531,13 @@ fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_store(cfg: &Config) -> anyhow::Result<std::sync::Arc<dyn crate::store::Store>> {
+async fn open_store(cfg: &Config) -> anyhow::Result<std::sync::Arc<dyn crate::store::Store>> {
     let base = cfg
         .file
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    crate::store::open(&cfg.store, &base).map_err(|e| anyhow!("{e}"))
+    crate::store::open(&cfg.store, &base).await.map_err(|e| anyhow!("{e}"))
 }
 
 fn client() -> anyhow::Result<reqwest::blocking_shim::Client> {

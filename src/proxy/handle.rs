@@ -308,6 +308,14 @@ impl Airlock {
     ) -> Result<Response<ProxyBody>, AirlockError> {
         let snap = ctx.snap;
         let max = snap.cfg.limits.max_body;
+        // The slot is taken before buffering, so max_held also bounds held memory.
+        let Some(slot) = self.approvals.reserve() else {
+            return Err(AirlockError::new(
+                Code::TooManyHeld,
+                "too many requests are held for approval; try again later",
+            )
+            .with_rules(rules.clone()));
+        };
         let too_large = || {
             AirlockError::new(
                 Code::BodyTooLarge,
@@ -338,13 +346,6 @@ impl Airlock {
                     ))
                 }
             },
-        };
-        let Some(slot) = self.approvals.reserve() else {
-            return Err(AirlockError::new(
-                Code::TooManyHeld,
-                "too many requests are held for approval; try again later",
-            )
-            .with_rules(rules));
         };
         strip_agent_credential(snap, &mut parts.headers);
         let justification = parts
@@ -513,7 +514,14 @@ impl Airlock {
             if let Err(e) = &result {
                 ev.reason = Some(e.message.clone());
             }
-            self.audit.record(ev);
+            if approval.is_some() {
+                // An approved request's outcome is durable before the agent sees it.
+                if let Err(e) = self.audit.append(ev).await {
+                    tracing::error!(error = %e, "could not write the forwarded event to the audit log");
+                }
+            } else {
+                self.audit.record(ev);
+            }
         }
         result
     }

@@ -6,6 +6,7 @@
 //! transaction, so two replicas (or two reviewers) can never both decide it.
 //! A store error is never papered over: callers fail closed.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::audit::{AuditEvent, Checkpoint};
@@ -184,8 +185,9 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
 }
 
-/// Opens the store a config names (`sqlite://PATH`, `sqlite::memory:`).
-pub fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the store a config names (`sqlite://PATH`, `sqlite::memory:`,
+/// `postgres://…`); relative SQLite paths are relative to `base`.
+pub async fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(rest) = url.strip_prefix("sqlite:") {
         let path = rest.trim_start_matches("//");
         if path == ":memory:" || path.is_empty() {
@@ -200,9 +202,7 @@ pub fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, StoreEr
         return Ok(Arc::new(sqlite::SqliteStore::open(&p)?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError(
-            "the PostgreSQL store is not in this build yet; use sqlite://".into(),
-        ));
+        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
     }
     Err(StoreError(format!("unknown store url {url:?}")))
 }

@@ -364,3 +364,267 @@ pub async fn vote(
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+// ---------------------------------------------------------------------------------
+// Helpers for the proxy / rule-engine tests (streaming bodies, raw upstreams,
+// hand-written configs). Appended; nothing above depends on them.
+// ---------------------------------------------------------------------------------
+
+/// The error type of [`TestBody`].
+pub type TestBodyError = Box<dyn std::error::Error + Send + Sync>;
+/// A boxed body for hand-built requests and responses (streaming or complete).
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, TestBodyError>;
+
+/// A complete [`TestBody`].
+pub fn test_body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A streaming [`TestBody`] fed chunk by chunk through the returned sender; the body
+/// ends when the sender is dropped. It has no length, so HTTP/1.1 sends it chunked.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, TestBodyError>(hyper::body::Frame::data(b)), rx))
+    });
+    (tx, http_body_util::StreamBody::new(stream).boxed())
+}
+
+/// Starts an upstream whose handler gets the raw hyper request (its body unread), for
+/// streaming responses, early signals and upgrades. Connections are served with
+/// upgrades enabled. Returns the bound address.
+pub async fn raw_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let fut = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection with hyper (no URL rewriting,
+/// streaming bodies allowed). `req`'s URI is the origin-form target.
+pub async fn h1_send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.unwrap()
+}
+
+/// Sends one request over a fresh HTTP/2 prior-knowledge (h2c) connection.
+pub async fn h2c_send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.unwrap()
+}
+
+/// The `agents:` and `reviewers:` blocks of [`Workspace::standard_config`], for tests
+/// that write the rest of the config themselves.
+pub fn identities_yaml() -> String {
+    format!(
+        r#"agents:
+  - id: deploy-bot
+    key: {agent}
+    owner: alice@example.com
+  - id: etl-agent
+    key: {other}
+reviewers:
+  - id: bob@example.com
+    groups: [sre]
+    token: {bob}
+  - id: carol@example.com
+    groups: [sre]
+    token: {carol}
+  - id: alice@example.com
+    groups: [sre]
+    token: {alice}
+  - id: dave@example.com
+    token: {dave}
+"#,
+        agent = digest(AGENT_KEY),
+        other = digest(OTHER_AGENT_KEY),
+        bob = digest(BOB),
+        carol = digest(CAROL),
+        alice = digest(ALICE),
+        dave = digest(DAVE),
+    )
+}
+
+/// Sends raw bytes as one HTTP/1.1 request (the test writes `Connection: close`) and
+/// returns (status, head, body). Nothing is normalized on the way: the request target
+/// reaches airlock byte for byte.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("raw_http: no complete answer within 20s");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+// ---- Helpers for the hold / approval / audit tests (approvals.rs, restart.rs,
+// ---- audit_verify.rs, store_outage.rs). Appended; nothing above is changed.
+
+/// What an agent got back from airlock.
+#[derive(Debug, Clone)]
+pub struct AgentReply {
+    pub status: u16,
+    /// The `X-Airlock-Approval-Id` response header, if any.
+    pub approval_header: Option<String>,
+    pub text: String,
+}
+
+impl AgentReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends one agent request (bearer `key`, JSON `body`) and reads the whole answer.
+pub async fn agent_send(
+    c: &reqwest::Client,
+    url: &str,
+    method: &str,
+    key: &str,
+    body: &str,
+) -> AgentReply {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = c
+        .request(m, url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("agent request {method} {url} failed: {e}"));
+    let status = r.status().as_u16();
+    let approval_header = r
+        .headers()
+        .get("x-airlock-approval-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = r.text().await.unwrap_or_default();
+    AgentReply {
+        status,
+        approval_header,
+        text,
+    }
+}
+
+/// Starts deploy-bot's request `method path` with `body` in the background (it may be held).
+pub fn agent_spawn(
+    a: &Airlock,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> tokio::task::JoinHandle<AgentReply> {
+    let url = a.url(path);
+    let (method, body) = (method.to_string(), body.to_string());
+    tokio::spawn(async move { agent_send(&client(), &url, &method, AGENT_KEY, &body).await })
+}
+
+/// The `airlock_held` gauge (requests parked right now) from the admin `/metrics`.
+pub async fn held_gauge(a: &Airlock) -> Option<i64> {
+    let text = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("airlock_held "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
+/// Waits until the `airlock_held` gauge reads `n`.
+pub async fn wait_held_gauge(a: &Airlock, n: i64) {
+    eventually(10, || async move { (held_gauge(a).await == Some(n)).then_some(()) }).await
+}
+
+/// Waits until exactly `n` approvals are pending and returns them.
+pub async fn wait_pending(a: &Airlock, n: usize) -> Vec<serde_json::Value> {
+    eventually(20, || async move {
+        let p = pending(a, BOB).await;
+        (p.len() == n).then_some(p)
+    })
+    .await
+}
+
+/// Casts a vote with a given client: (status, body).
+pub async fn vote_with(
+    c: &reqwest::Client,
+    a: &Airlock,
+    token: &str,
+    id: &str,
+    decision: &str,
+    reason: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let r = c
+        .post(a.admin_url(&format!("/api/v1/approvals/{id}/votes")))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"decision": decision, "reason": reason}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `GET /api/v1/approvals/{id}` as `token`: (status, body).
+pub async fn approval_get(a: &Airlock, token: &str, id: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(a.admin_url(&format!("/api/v1/approvals/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Hex SHA-256 of `s` (no prefix), as approvals show `body_sha256`.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}

@@ -1,0 +1,371 @@
+//! The PostgreSQL store (`store: postgres://…`), for several airlock replicas sharing
+//! one database. Same contract as SQLite: every approval state change is a
+//! compare-and-set inside a transaction (`SELECT … FOR UPDATE`), and audit appends
+//! take a transaction-scoped advisory lock and check that the batch continues the
+//! stored chain, so two replicas can never interleave or fork it.
+//!
+//! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
+
+use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
+use crate::audit::{AuditEvent, Checkpoint, GENESIS_HASH};
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls, Row};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+/// Advisory lock keys (arbitrary constants): migrations and the audit chain.
+const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
+const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
+const POOL_SIZE: usize = 4;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError(match e.as_db_error() {
+            Some(db) => format!("postgres: {}", db.message()),
+            None => format!("postgres: {e}"),
+        })
+    }
+}
+
+pub struct PostgresStore {
+    url: String,
+    clients: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+impl PostgresStore {
+    /// Connects and migrates.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let mut first = connect(url).await?;
+        migrate(&mut first).await?;
+        let mut clients = vec![Mutex::new(Some(first))];
+        for _ in 1..POOL_SIZE {
+            clients.push(Mutex::new(None));
+        }
+        Ok(PostgresStore {
+            url: url.to_string(),
+            clients,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A pooled connection, reconnecting a closed one.
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let mut guard = self.clients[i].lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(connect(&self.url).await?);
+        }
+        Ok(guard)
+    }
+}
+
+async fn migrate(c: &mut Client) -> Result<(), StoreError> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied TIMESTAMPTZ NOT NULL)")
+        .await?;
+    let current: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+        .await?
+        .get(0);
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > latest {
+        return Err(StoreError(format!(
+            "database schema version {current} is newer than this airlock ({latest}); refusing to run"
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if *version > current {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO schema_migrations (version, applied) VALUES ($1, now())", &[version])
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed";
+
+fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
+    let bad = |what: &str, e: String| StoreError(format!("approval: bad {what}: {e}"));
+    let status: String = r.try_get(1)?;
+    Ok(Approval {
+        id: r.try_get(0)?,
+        status: Status::parse(&status).ok_or_else(|| bad("status", status.clone()))?,
+        agent: r.try_get(2)?,
+        owner: r.try_get(3)?,
+        digest: r.try_get(4)?,
+        body_sha256: r.try_get(5)?,
+        rules: serde_json::from_value(r.try_get(6)?).map_err(|e| bad("rules", e.to_string()))?,
+        policy: serde_json::from_value(r.try_get(7)?).map_err(|e| bad("policy", e.to_string()))?,
+        method: r.try_get(8)?,
+        upstream: r.try_get(9)?,
+        host: r.try_get(10)?,
+        url: r.try_get(11)?,
+        justification: r.try_get(12)?,
+        show: r.try_get(13)?,
+        request_id: r.try_get(14)?,
+        created: r.try_get(15)?,
+        expires: r.try_get(16)?,
+        decided: r.try_get(17)?,
+        decided_by: r.try_get(18)?,
+        reason: r.try_get(19)?,
+        consumed: r.try_get(20)?,
+        votes,
+    })
+}
+
+async fn votes_of(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Vec<Vote>, StoreError> {
+    let rows = c
+        .query("SELECT reviewer, decision, reason, time FROM votes WHERE approval_id = $1 ORDER BY time, reviewer", &[&id])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let d: String = r.try_get(1)?;
+            Ok(Vote {
+                reviewer: r.try_get(0)?,
+                decision: if d == "deny" { Decision::Deny } else { Decision::Approve },
+                reason: r.try_get(2)?,
+                time: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+async fn load(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Option<Approval>, StoreError> {
+    let row = c.query_opt(&format!("SELECT {COLS} FROM approvals WHERE id = $1"), &[&id]).await?;
+    match row {
+        Some(r) => {
+            let votes = votes_of(c, id).await?;
+            Ok(Some(decode(&r, votes)?))
+        }
+        None => Ok(None),
+    }
+}
+
+macro_rules! client {
+    ($self:ident, $g:ident) => {
+        let mut $g = $self.client().await?;
+        #[allow(unused_mut)]
+        let $g = $g.as_mut().ok_or_else(|| StoreError("postgres: no connection".into()))?;
+    };
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        client!(self, c);
+        c.query_one("SELECT COUNT(*) FROM schema_migrations", &[]).await?;
+        Ok(())
+    }
+
+    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
+        client!(self, c);
+        let rules = serde_json::to_value(&a.rules).map_err(|e| StoreError(e.to_string()))?;
+        let policy = serde_json::to_value(&a.policy).map_err(|e| StoreError(e.to_string()))?;
+        c.execute(
+            &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL)"),
+            &[
+                &a.id, &a.status.as_str(), &a.agent, &a.owner, &a.digest, &a.body_sha256, &rules, &policy,
+                &a.method, &a.upstream, &a.host, &a.url, &a.justification, &a.show, &a.request_id,
+                &a.created, &a.expires,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        client!(self, c);
+        load(&*c, id).await
+    }
+
+    async fn approvals(&self, status: Option<Status>, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        client!(self, c);
+        let limit = limit as i64;
+        let rows = match status {
+            Some(s) => {
+                c.query(&format!("SELECT {COLS} FROM approvals WHERE status = $1 ORDER BY created DESC, id LIMIT $2"), &[&s.as_str(), &limit])
+                    .await?
+            }
+            None => c.query(&format!("SELECT {COLS} FROM approvals ORDER BY created DESC, id LIMIT $1"), &[&limit]).await?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            let votes = votes_of(&*c, &id).await?;
+            out.push(decode(r, votes)?);
+        }
+        Ok(out)
+    }
+
+    async fn find_active(&self, agent: &str, digest: &str) -> Result<Option<Approval>, StoreError> {
+        client!(self, c);
+        let row = c
+            .query_opt(
+                "SELECT id FROM approvals WHERE agent = $1 AND digest = $2 AND status IN ('pending', 'approved') ORDER BY created DESC LIMIT 1",
+                &[&agent, &digest],
+            )
+            .await?;
+        match row {
+            Some(r) => {
+                let id: String = r.try_get(0)?;
+                load(&*c, &id).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn vote(&self, id: &str, vote: &Vote, quorum: u32, now: DateTime<Utc>) -> Result<VoteResult, StoreError> {
+        client!(self, c);
+        let tx = c.transaction().await?;
+        let Some(row) = tx.query_opt("SELECT status, expires FROM approvals WHERE id = $1 FOR UPDATE", &[&id]).await? else {
+            return Ok(VoteResult::NotFound);
+        };
+        let status: String = row.try_get(0)?;
+        let expires: DateTime<Utc> = row.try_get(1)?;
+        let status = Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
+        if status != Status::Pending {
+            return Ok(VoteResult::AlreadyDecided(status));
+        }
+        if expires <= now {
+            tx.execute("UPDATE approvals SET status = 'expired', decided = $2 WHERE id = $1 AND status = 'pending'", &[&id, &now])
+                .await?;
+            tx.commit().await?;
+            return Ok(VoteResult::AlreadyDecided(Status::Expired));
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO votes (approval_id, reviewer, decision, reason, time) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&id, &vote.reviewer, &vote.decision.as_str(), &vote.reason, &vote.time],
+            )
+            .await?;
+        if inserted == 0 {
+            return Ok(VoteResult::AlreadyVoted);
+        }
+        let approves: i64 = tx
+            .query_one("SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
+            .await?
+            .get(0);
+        let new = if vote.decision == Decision::Deny {
+            Status::Denied
+        } else if approves >= i64::from(quorum) {
+            Status::Approved
+        } else {
+            Status::Pending
+        };
+        if new != Status::Pending {
+            tx.execute(
+                "UPDATE approvals SET status = $2, decided = $3, decided_by = $4, reason = $5 WHERE id = $1 AND status = 'pending'",
+                &[&id, &new.as_str(), &now, &vote.reviewer, &vote.reason],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(VoteResult::Recorded(new))
+    }
+
+    async fn transition(&self, id: &str, from: Status, to: Status, now: DateTime<Utc>, reason: Option<&str>) -> Result<bool, StoreError> {
+        client!(self, c);
+        let n = if to == Status::Consumed {
+            c.execute("UPDATE approvals SET status = $3, consumed = $4 WHERE id = $1 AND status = $2", &[&id, &from.as_str(), &to.as_str(), &now])
+                .await?
+        } else {
+            c.execute(
+                "UPDATE approvals SET status = $3, decided = $4, reason = COALESCE($5, reason) WHERE id = $1 AND status = $2",
+                &[&id, &from.as_str(), &to.as_str(), &now, &reason],
+            )
+            .await?
+        };
+        Ok(n == 1)
+    }
+
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        client!(self, c);
+        let rows = c.query("SELECT id FROM approvals WHERE status = 'pending' AND expires <= $1", &[&now]).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    async fn audit_append(&self, events: &[AuditEvent], checkpoint: Option<&Checkpoint>) -> Result<(), StoreError> {
+        client!(self, c);
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
+        let last: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM audit_events", &[]).await?.get(0);
+        if let Some(first) = events.first() {
+            if first.seq as i64 != last + 1 {
+                return Err(StoreError(format!(
+                    "audit chain out of step: next seq is {} but the batch starts at {}",
+                    last + 1,
+                    first.seq
+                )));
+            }
+        }
+        let st = tx.prepare("INSERT INTO audit_events (seq, time, event, hash, line) VALUES ($1, $2, $3, $4, $5)").await?;
+        for ev in events {
+            tx.execute(&st, &[&(ev.seq as i64), &ev.time, &ev.event, &ev.hash, &crate::audit::to_jsonl_line(ev)])
+                .await?;
+        }
+        if let Some(cp) = checkpoint {
+            tx.execute(
+                "INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO UPDATE SET hash = EXCLUDED.hash, time = EXCLUDED.time, signature = EXCLUDED.signature",
+                &[&(cp.seq as i64), &cp.hash, &cp.time, &cp.signature],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        client!(self, c);
+        let row = c.query_opt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", &[]).await?;
+        Ok(match row {
+            Some(r) => (r.try_get::<_, i64>(0)? as u64, r.try_get(1)?),
+            None => (0, GENESIS_HASH.to_string()),
+        })
+    }
+
+    async fn audit_events(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditEvent>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query(
+                "SELECT line FROM audit_events WHERE $1::timestamptz IS NULL OR time >= $1 ORDER BY seq",
+                &[&since],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let line: String = r.try_get(0)?;
+                serde_json::from_str(&line).map_err(|e| StoreError(format!("unreadable audit event: {e}")))
+            })
+            .collect()
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        client!(self, c);
+        let rows = c.query("SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq", &[]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    seq: r.try_get::<_, i64>(0)? as u64,
+                    hash: r.try_get(1)?,
+                    time: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,262 @@
+//! The store contract, run against both backends: the embedded SQLite store and
+//! PostgreSQL (127.0.0.1:5432, database `test`, one fresh schema per test).
+
+use airlock::audit::{verify, AuditEvent, Chain, GENESIS_HASH};
+use airlock::rules::ApprovalPolicy;
+use airlock::store::{self, Approval, Decision, Status, Store, Vote, VoteResult};
+use chrono::{Duration as CDuration, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL store in a schema of its own.
+async fn postgres_store(name: &str) -> (Arc<dyn Store>, String) {
+    let schema = format!("airlock_t_{name}_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be reachable at 127.0.0.1:5432 (database test)");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let url = format!("{PG}?options=-csearch_path%3D{schema}");
+    let tmp = std::env::temp_dir();
+    (store::open(&url, &tmp).await.unwrap(), url)
+}
+
+fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let s: Arc<dyn Store> = Arc::new(store::sqlite::SqliteStore::open(&path).unwrap());
+    (s, dir)
+}
+
+fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
+    let now = Utc::now();
+    Approval {
+        id: id.into(),
+        status: Status::Pending,
+        agent: "deploy-bot".into(),
+        owner: Some("alice@example.com".into()),
+        digest: format!("digest-{id}"),
+        body_sha256: "e3b0".into(),
+        rules: vec!["prod-delete".into()],
+        policy: ApprovalPolicy {
+            approvers: vec!["group:sre".into()],
+            quorum,
+            timeout: Duration::from_secs(60),
+            reuse: Duration::from_secs(600),
+            channels: vec!["api".into()],
+            show: vec![],
+        },
+        method: "DELETE".into(),
+        upstream: "cloud".into(),
+        host: None,
+        url: "/v1/x".into(),
+        justification: Some("why".into()),
+        show: Some(serde_json::json!({"/name": "vm-7"})),
+        request_id: "req_1".into(),
+        created: now,
+        expires: now + CDuration::seconds(expires_in),
+        decided: None,
+        decided_by: None,
+        reason: None,
+        consumed: None,
+        votes: vec![],
+    }
+}
+
+fn vote(who: &str, d: Decision) -> Vote {
+    Vote {
+        reviewer: who.into(),
+        decision: d,
+        reason: Some(format!("{who} says so")),
+        time: Utc::now(),
+    }
+}
+
+async fn lifecycle(s: Arc<dyn Store>) {
+    s.ping().await.unwrap();
+    let a = approval("ap_1", 2, 60);
+    s.insert_approval(&a).await.unwrap();
+    let got = s.approval("ap_1").await.unwrap().unwrap();
+    assert_eq!(got.show, a.show);
+    assert_eq!(got.policy, a.policy);
+    assert_eq!(s.find_active("deploy-bot", "digest-ap_1").await.unwrap().unwrap().id, "ap_1");
+    assert!(s.find_active("other", "digest-ap_1").await.unwrap().is_none());
+
+    let now = Utc::now();
+    assert_eq!(s.vote("ap_1", &vote("bob", Decision::Approve), 2, now).await.unwrap(), VoteResult::Recorded(Status::Pending));
+    assert_eq!(s.vote("ap_1", &vote("bob", Decision::Approve), 2, now).await.unwrap(), VoteResult::AlreadyVoted);
+    assert_eq!(s.vote("ap_1", &vote("carol", Decision::Approve), 2, now).await.unwrap(), VoteResult::Recorded(Status::Approved));
+    assert_eq!(
+        s.vote("ap_1", &vote("dan", Decision::Deny), 2, now).await.unwrap(),
+        VoteResult::AlreadyDecided(Status::Approved)
+    );
+    let got = s.approval("ap_1").await.unwrap().unwrap();
+    assert_eq!(got.status, Status::Approved);
+    assert_eq!(got.votes.len(), 2);
+    assert_eq!(got.decided_by.as_deref(), Some("carol"));
+    assert_eq!(s.approvals(Some(Status::Approved), 10).await.unwrap().len(), 1);
+    assert_eq!(s.approvals(Some(Status::Pending), 10).await.unwrap().len(), 0);
+
+    // Consumed exactly once, even when raced.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.transition("ap_1", Status::Approved, Status::Consumed, Utc::now(), None).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += t.await.unwrap() as usize;
+    }
+    assert_eq!(won, 1, "an approval must be consumed exactly once");
+    assert!(s.find_active("deploy-bot", "digest-ap_1").await.unwrap().is_none());
+
+    // One deny denies; the reason is kept.
+    s.insert_approval(&approval("ap_2", 2, 60)).await.unwrap();
+    assert_eq!(
+        s.vote("ap_2", &vote("bob", Decision::Deny), 2, Utc::now()).await.unwrap(),
+        VoteResult::Recorded(Status::Denied)
+    );
+    assert_eq!(s.approval("ap_2").await.unwrap().unwrap().reason.as_deref(), Some("bob says so"));
+
+    // Past its expiry: a vote expires it instead of counting.
+    s.insert_approval(&approval("ap_3", 1, -1)).await.unwrap();
+    assert_eq!(s.due(Utc::now()).await.unwrap(), vec!["ap_3".to_string()]);
+    assert_eq!(
+        s.vote("ap_3", &vote("bob", Decision::Approve), 1, Utc::now()).await.unwrap(),
+        VoteResult::AlreadyDecided(Status::Expired)
+    );
+    assert!(s.due(Utc::now()).await.unwrap().is_empty());
+    assert_eq!(s.vote("nope", &vote("bob", Decision::Approve), 1, Utc::now()).await.unwrap(), VoteResult::NotFound);
+
+    // Racing reviewers on quorum 1: exactly one decides it.
+    s.insert_approval(&approval("ap_4", 1, 60)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.vote("ap_4", &vote(&format!("r{i}"), Decision::Approve), 1, Utc::now()).await.unwrap()
+        }));
+    }
+    let mut approved = 0;
+    for t in tasks {
+        if t.await.unwrap() == VoteResult::Recorded(Status::Approved) {
+            approved += 1;
+        }
+    }
+    assert_eq!(approved, 1);
+}
+
+async fn audit_chain(s: Arc<dyn Store>) {
+    assert_eq!(s.audit_head().await.unwrap(), (0, GENESIS_HASH.to_string()));
+    let mut chain = Chain::genesis();
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        let mut ev = AuditEvent::new("held");
+        ev.approval_id = Some(format!("ap_{i}"));
+        chain.seal(&mut ev);
+        batch.push(ev);
+    }
+    s.audit_append(&batch, None).await.unwrap();
+    let (seq, hash) = s.audit_head().await.unwrap();
+    assert_eq!((seq, hash.as_str()), (5, chain.head()));
+    // A batch that does not continue the chain is refused (another writer got there first).
+    assert!(s.audit_append(&batch[..1], None).await.is_err());
+    let events = s.audit_events(None).await.unwrap();
+    assert_eq!(events, batch);
+    assert!(verify(&events, &[], None).ok());
+    let later = s.audit_events(Some(Utc::now() + CDuration::hours(1))).await.unwrap();
+    assert!(later.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_the_contract() {
+    let (s, _dir) = sqlite_store();
+    lifecycle(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_audit_chain() {
+    let (s, _dir) = sqlite_store();
+    audit_chain(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_survives_reopen() {
+    let (s, dir) = sqlite_store();
+    s.insert_approval(&approval("ap_r", 1, 60)).await.unwrap();
+    drop(s);
+    let again = store::sqlite::SqliteStore::open(&dir.path().join("airlock.db")).unwrap();
+    assert_eq!(again.approval("ap_r").await.unwrap().unwrap().status, Status::Pending);
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract() {
+    let (s, _) = postgres_store("contract").await;
+    lifecycle(s).await;
+}
+
+#[tokio::test]
+async fn postgres_audit_chain() {
+    let (s, _) = postgres_store("audit").await;
+    audit_chain(s).await;
+}
+
+#[tokio::test]
+async fn postgres_survives_reconnect_and_migrates_once() {
+    let (s, url) = postgres_store("reopen").await;
+    s.insert_approval(&approval("ap_r", 1, 60)).await.unwrap();
+    drop(s);
+    let again = store::open(&url, &std::env::temp_dir()).await.unwrap();
+    assert_eq!(again.approval("ap_r").await.unwrap().unwrap().status, Status::Pending);
+}
+
+mod common;
+
+/// The proxy runs unchanged on PostgreSQL: hold, approve, forward, verify.
+#[tokio::test]
+async fn airlock_holds_and_forwards_with_a_postgres_store() {
+    use common::*;
+    let (_, url) = postgres_store("e2e").await;
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write(
+        "rules/r.yaml",
+        "rules:\n  - name: del\n    when: {method: DELETE}\n    then: approve\n    approval: {approvers: [group:sre]}\n",
+    );
+    let cfg = ws.standard_config(&up.url(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("store: sqlite://airlock.db", &format!("store: \"{url}\""));
+    std::fs::write(&cfg, text).unwrap();
+    let a = Airlock::start(&cfg);
+    let held = tokio::spawn({
+        let u = a.url("/api/things/1");
+        async move { client().delete(u).bearer_auth(AGENT_KEY).send().await.unwrap() }
+    });
+    let list = eventually(10, || async {
+        let l = pending(&a, BOB).await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(up.count(), 0);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let (status, _) = vote(&a, BOB, &id, "approve", None).await;
+    assert_eq!(status, 200);
+    let resp = held.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.count(), 1);
+    a.stop();
+    let (code, out, _) = run_cli(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}");
+    let (_, export, _) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
+    let kinds: Vec<String> = export
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["held", "vote", "approved", "forwarded"]);
+}

@@ -1,0 +1,130 @@
+//! When the store cannot be written, held requests are refused, never forwarded (fail
+//! closed); plain pass-through traffic is not affected; once the store is writable
+//! again holds work normally. The outage is a real one: the test takes SQLite's write
+//! lock on the workspace database with `BEGIN EXCLUSIVE` and keeps it.
+
+mod common;
+use common::*;
+use rusqlite::Connection;
+use std::time::Duration;
+
+const RULES: &str = r#"rules:
+  - name: thing-change
+    when:
+      upstream: api
+      method: POST
+      path: /v1/things/**
+    then: approve
+    approval:
+      approvers: [group:sre]
+      timeout: 60s
+"#;
+
+fn id_of(v: &serde_json::Value) -> String {
+    v["id"].as_str().expect("approval id").to_string()
+}
+
+/// Takes the database's write lock and keeps it until the connection is dropped.
+fn lock_store(ws: &Workspace) -> Connection {
+    let c = Connection::open(ws.path().join("airlock.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_fail_closed_while_the_store_is_locked() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = ws.standard_config(&up.url(), "audit:\n  level: held\n");
+    let a = Airlock::start(&cfg);
+
+    // Held before the outage.
+    let early = agent_spawn(&a, "POST", "/api/v1/things/early", r#"{"n":"early"}"#);
+    let early_id = id_of(&wait_pending(&a, 1).await[0]);
+
+    let lock = lock_store(&ws);
+
+    // A request that needs approval cannot be held: 503, nothing forwarded.
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        agent_send(
+            &client(),
+            &a.url("/api/v1/things/during"),
+            "POST",
+            AGENT_KEY,
+            r#"{"n":"during"}"#,
+        ),
+    )
+    .await
+    .expect("refused, not held forever");
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json()["error"], "store_unavailable");
+    assert_eq!(up.count(), 0);
+
+    // A vote cannot be recorded either, so the early request stays held.
+    let (s, v) = vote(&a, BOB, &early_id, "approve", None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"], "store_unavailable");
+    assert!(!early.is_finished());
+    assert_eq!(up.count(), 0);
+
+    // Pass-through traffic with `audit.level: held` needs no store write.
+    let r = agent_send(&client(), &a.url("/api/v1/status"), "GET", AGENT_KEY, "").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.requests()[0].uri, "/v1/status");
+
+    // The lock goes away: everything works again.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    let list = pending(&a, BOB).await;
+    assert_eq!(list.len(), 1, "the refused request left no approval: {list:?}");
+    assert_eq!(id_of(&list[0]), early_id);
+
+    let (s, v) = vote(&a, BOB, &early_id, "approve", None).await;
+    assert_eq!(s, 200, "{v}");
+    let r = early.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let after = agent_spawn(&a, "POST", "/api/v1/things/after", r#"{"n":"after"}"#);
+    let id = id_of(&wait_pending(&a, 1).await[0]);
+    assert_ne!(id, early_id);
+    assert!(!after.is_finished());
+    assert_eq!(vote(&a, CAROL, &id, "approve", None).await.0, 200);
+    assert_eq!(after.await.unwrap().status, 200);
+
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        !seen.iter().any(|s| &s.body[..] == br#"{"n":"during"}"#),
+        "the request refused during the outage never reached the upstream"
+    );
+
+    // The audit chain is intact after the outage.
+    let c = cfg.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["audit", "verify", "-c", &c], &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reflects_store_reachability() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = ws.standard_config(&up.url(), "");
+    let a = Airlock::start(&cfg);
+    let r = client().get(a.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["rules"], 1);
+    assert_eq!(v["store"], "ok");
+    let r = client().get(a.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
