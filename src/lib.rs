@@ -57,14 +57,10 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Everything recorded so far is written before we return; the writer task
+        // itself ends when the last handle to the log is dropped.
         self.airlock.audit.flush().await;
-        let Running {
-            airlock,
-            audit_task,
-            ..
-        } = self;
-        drop(airlock);
-        let _ = tokio::time::timeout(Duration::from_secs(5), audit_task).await;
+        drop(self.audit_task);
     }
 }
 

@@ -217,7 +217,8 @@ impl Airlock {
                 headers: &parts.headers,
                 agent: &ctx.caller.id,
             };
-            let head = snap.rules.head(&view);
+            // With a method override, the rules weigh the request line's method too.
+            let head = snap.rules.head_with_line_method(&view, parts.method.as_str());
             let encoding = parts
                 .headers
                 .get(header::CONTENT_ENCODING)

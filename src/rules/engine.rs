@@ -268,6 +268,36 @@ impl RuleSet {
         }
     }
 
+    /// Step one for a request whose method-override header names another method
+    /// (`req.method`) than its request line (`line_method`). The upstream may act on
+    /// either, so a strict rule (deny, approve) is a candidate when it matches either
+    /// method, an allow rule only when it matches both.
+    pub fn head_with_line_method(&self, req: &RequestView<'_>, line_method: &str) -> Head {
+        if line_method.eq_ignore_ascii_case(req.method) {
+            return self.head(req);
+        }
+        let a = self.head(req);
+        let b = self.head(&RequestView {
+            method: line_method,
+            ..*req
+        });
+        let pick = |x: &[usize], y: &[usize]| -> Vec<usize> {
+            let mut out: Vec<usize> = x
+                .iter()
+                .chain(y)
+                .copied()
+                .filter(|&i| self.rules[i].strict() || (x.contains(&i) && y.contains(&i)))
+                .collect();
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        Head {
+            matched: pick(&a.matched, &b.matched),
+            body_candidates: pick(&a.body_candidates, &b.body_candidates),
+        }
+    }
+
     /// Whether reading the body could change the decision.
     pub fn needs_body(&self, head: &Head) -> bool {
         let current = head
@@ -383,7 +413,16 @@ fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
         }
     }
     if let Some(m) = &rule.methods {
-        if !m.is_match(req.method) {
+        // Rules name methods in uppercase; a `delete` on the wire is matched as DELETE,
+        // since an upstream may well read it so.
+        let upper;
+        let method = if req.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            upper = req.method.to_ascii_uppercase();
+            upper.as_str()
+        } else {
+            req.method
+        };
+        if !m.is_match(method) {
             return Err(format!("method {} does not match", req.method));
         }
     }

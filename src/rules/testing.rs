@@ -125,6 +125,7 @@ pub fn evaluate_request(
             format!("no upstream for {path}"),
         ));
     };
+    let line_method = method;
     let method = match effective_method(method, &map) {
         Ok(m) => m,
         Err(e) => return Ok(Evaluated::Refused(e.error, e.message)),
@@ -143,7 +144,11 @@ pub fn evaluate_request(
     } else {
         Body::Bytes(body)
     };
-    let decision = rules.evaluate(&view, body);
+    let encoding = map
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let head = rules.head_with_line_method(&view, line_method);
+    let decision = rules.finish(head, body, encoding);
     Ok(Evaluated::Decided {
         upstream: upstream.name.clone(),
         path: upstream_path.to_string(),
