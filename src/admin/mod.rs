@@ -172,7 +172,15 @@ async fn api(
                     AirlockError::new(Code::BadRequest, format!("unknown status {s:?}"))
                 })?),
             };
-            let list = airlock.approvals_list(status).await?;
+            let limit = match query_param(req.uri().query(), "limit") {
+                None => 500,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| AirlockError::new(Code::BadRequest, "limit must be 1..10000"))?,
+            };
+            let list = airlock.approvals_list(status, limit).await?;
             let items: Vec<Value> = list.iter().map(|a| approval_json(a, false, &who)).collect();
             Ok(json_response(
                 StatusCode::OK,
@@ -238,9 +246,9 @@ async fn api(
 }
 
 impl Airlock {
-    async fn approvals_list(&self, status: Option<Status>) -> Result<Vec<Approval>, AirlockError> {
+    async fn approvals_list(&self, status: Option<Status>, limit: usize) -> Result<Vec<Approval>, AirlockError> {
         self.store
-            .approvals(status, 500)
+            .approvals(status, limit)
             .await
             .map_err(|e| AirlockError::new(Code::StoreUnavailable, e.to_string()))
     }

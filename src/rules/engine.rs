@@ -306,9 +306,14 @@ impl RuleSet {
             .map(|&i| self.rules[i].verdict)
             .max()
             .unwrap_or(Verdict::Allow);
+        // With nothing matched yet the default decides; under `default: deny` an allow
+        // rule that inspects the body is what may let the request through.
+        let opens_default_deny = head.matched.is_empty() && self.default != Verdict::Allow;
         head.body_candidates.iter().any(|&i| {
             let v = self.rules[i].verdict;
-            v > current || (v == Verdict::Approve && current == Verdict::Approve)
+            v > current
+                || (v == Verdict::Approve && current == Verdict::Approve)
+                || (v == Verdict::Allow && opens_default_deny)
         })
     }
 

@@ -42,7 +42,8 @@ impl SqliteStore {
         let conn =
             Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a commit (a vote, a held event) survives power loss, not just a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         SqliteStore::init(conn)
     }
 
