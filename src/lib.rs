@@ -89,7 +89,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let store = store::open(&cfg.store, &base).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = store::open(&cfg.store, &base)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let signer = match &cfg.audit.signing_key {
         Some(p) => Some(
             CheckpointSigner::from_pem_file(p)

@@ -54,6 +54,8 @@ async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
         (plain, Denied),
         ("/api/v1//projects/p1/instances/vm-7", Denied),
         ("/api/v1/projects/p1/instances//vm-7", Denied),
+        ("//api/v1/projects/p1/instances/vm-7", Denied),
+        ("/api/v1/projects/p1/instances/vm-7#fragment", Denied),
         ("/api///v1///projects//p1//instances///vm-7", Denied),
         ("/api/./v1/projects/p1/instances/vm-7", Denied),
         ("/api/v1/projects/./p1/instances/vm-7", Denied),
@@ -73,7 +75,10 @@ async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
         ("/api/v1/projects/p1/x/%2E%2E/instances/vm-7", Denied),
         ("/api/v1/projects/p1/x/.%2e/instances/vm-7", Denied),
         ("/api/v1/projects/p1/x/%2e./instances/vm-7", Denied),
-        ("/api/v1///projects//p1/./instances/../instances/vm-7", Denied),
+        (
+            "/api/v1///projects//p1/./instances/../instances/vm-7",
+            Denied,
+        ),
         ("/api/v1/projects/p1/instances/%252Fvm-7", Denied),
         (absolute.as_str(), Denied),
         ("/api/v1/projects/p1/instances%2Fvm-7", BadPath),
@@ -88,6 +93,10 @@ async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
         ("/api/v1/projects/p1/instances/.%3B/vm-7", BadPath),
         ("/api/../../v1/projects/p1/instances/vm-7", BadPath),
         ("/../api/v1/projects/p1/instances/vm-7", BadPath),
+        ("/api/v1\\projects/p1/instances/vm-7", BadPath),
+        ("/api/v1/projects/p1/instances\\vm-7", BadPath),
+        ("/api/v1/projects/p1/instances/vm-7\\", BadPath),
+        ("*", BadPath),
     ];
     assert!(variants.len() >= 30);
     let mut failures = Vec::new();
@@ -111,25 +120,17 @@ async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
 }
 
 #[tokio::test]
-async fn raw_backslashes_and_control_bytes_never_reach_the_upstream() {
+async fn targets_the_http_parser_refuses_never_reach_the_upstream() {
+    // Raw spaces and control bytes are refused before airlock sees a request.
     let up = Upstream::start().await;
     let (_ws, a) = start(&up);
     for target in [
-        "/api/v1\\projects/p1/instances/vm-7",
-        "/api/v1/projects/p1/instances\\vm-7",
-        "/api/v1/projects/p1/instances/vm-7\\",
+        "/api/v1/projects/p1/instances/vm 7",
+        "/api/v1/projects/p1/instances/vm-7\x01",
+        "/api/v1/projects/p1/instances/vm-7\x7f",
     ] {
         let (status, body) = send(a.proxy, "DELETE", target, "").await;
-        assert!(
-            status == 400 || status == 403,
-            "{target}: expected a refusal, got {status} {body}"
-        );
-        if !body.is_empty() {
-            assert!(
-                body.contains("bad_path") || body.contains("denied_by_rule"),
-                "{target}: {body}"
-            );
-        }
+        assert_eq!(status, 400, "{target:?}: {body}");
     }
     assert_eq!(up.count(), 0);
 }
@@ -145,7 +146,10 @@ async fn the_normalized_path_is_what_the_upstream_receives() {
         ("/api/caf%c3%a9/%7euser", "/caf%C3%A9/~user"),
         ("/api/a%20b?q=%2F..%2F", "/a%20b?q=%2F..%2F"),
         ("/api/%252F", "/%252F"),
-        ("/%61pi/v1/projects/p1/instances/vm-7", "/v1/projects/p1/instances/vm-7"),
+        (
+            "/%61pi/v1/projects/p1/instances/vm-7",
+            "/v1/projects/p1/instances/vm-7",
+        ),
     ] {
         let before = up.count();
         let (status, body) = send(a.proxy, "GET", target, "").await;
@@ -203,10 +207,24 @@ async fn an_override_cannot_hide_the_request_line_method() {
         "X-HTTP-Method-Override: GET\r\n",
     )
     .await;
-    assert!(matches!(status, 400 | 403), "DELETE disguised as GET: {status} {body}");
+    assert!(
+        matches!(status, 400 | 403),
+        "DELETE disguised as GET: {status} {body}"
+    );
     let (status, body) = send(a.proxy, "POST", "/api/v1/sql", "X-HTTP-Method: GET\r\n").await;
-    assert!(matches!(status, 400 | 403), "POST disguised as GET: {status} {body}");
-    assert_eq!(up.count(), 0, "{:?}", up.requests().iter().map(|s| (&s.method, &s.uri)).collect::<Vec<_>>());
+    assert!(
+        matches!(status, 400 | 403),
+        "POST disguised as GET: {status} {body}"
+    );
+    assert_eq!(
+        up.count(),
+        0,
+        "{:?}",
+        up.requests()
+            .iter()
+            .map(|s| (&s.method, &s.uri))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -216,6 +234,9 @@ async fn a_lowercase_method_is_not_a_way_around_a_method_rule() {
     let up = Upstream::start().await;
     let (_ws, a) = start(&up);
     let (status, body) = send(a.proxy, "delete", "/api/v1/projects/p1/instances/vm-7", "").await;
-    assert!(matches!(status, 400 | 403 | 405), "lowercase delete: {status} {body}");
+    assert!(
+        matches!(status, 400 | 403 | 405),
+        "lowercase delete: {status} {body}"
+    );
     assert_eq!(up.count(), 0);
 }

@@ -121,7 +121,11 @@ async fn large_chunked_upload_streams_through_intact() {
     feeder.await.unwrap();
     assert_eq!(resp.status(), 200);
     let got = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&got), want, "upstream hashed a different body");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        want,
+        "upstream hashed a different body"
+    );
 
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
@@ -129,7 +133,10 @@ async fn large_chunked_upload_streams_through_intact() {
     assert_eq!(sha_hex(&seen[0].body), want);
     // Streamed, not buffered into a fixed-length body.
     assert_eq!(
-        seen[0].headers.get("transfer-encoding").map(|v| v.to_str().unwrap()),
+        seen[0]
+            .headers
+            .get("transfer-encoding")
+            .map(|v| v.to_str().unwrap()),
         Some("chunked"),
         "headers upstream saw: {:?}",
         seen[0].headers
@@ -177,7 +184,10 @@ async fn slow_chunked_response_outlasting_the_timeout_arrives_intact() {
         pieces += 1;
     }
     assert_eq!(got, "chunk-0;chunk-1;chunk-2;chunk-3;chunk-4;chunk-5;");
-    assert!(pieces >= 2, "the body arrived in one piece: it was buffered");
+    assert!(
+        pieces >= 2,
+        "the body arrived in one piece: it was buffered"
+    );
 }
 
 #[tokio::test]
@@ -273,7 +283,10 @@ async fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("x-resp-hop").is_none(), "response hop-by-hop header leaked");
+    assert!(
+        r.headers().get("x-resp-hop").is_none(),
+        "response hop-by-hop header leaked"
+    );
     assert_eq!(r.headers()["x-resp-keep"], "1");
     assert!(
         r.headers()
@@ -297,10 +310,17 @@ async fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
         assert!(h.get(gone).is_none(), "{gone} was forwarded: {h:?}");
     }
     if let Some(c) = h.get("connection") {
-        assert!(!c.to_str().unwrap().contains("x-foo"), "Connection forwarded: {c:?}");
+        assert!(
+            !c.to_str().unwrap().contains("x-foo"),
+            "Connection forwarded: {c:?}"
+        );
     }
     assert_eq!(h["x-bar"], "end-to-end");
-    assert_eq!(h["host"], up.addr.to_string().as_str(), "Host not rewritten");
+    assert_eq!(
+        h["host"],
+        up.addr.to_string().as_str(),
+        "Host not rewritten"
+    );
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(
@@ -356,9 +376,7 @@ async fn websocket_upgrade_passes_through_on_an_allowed_route() {
                 .header("upgrade", "websocket")
                 .header(
                     "sec-websocket-accept",
-                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-                        key.as_bytes(),
-                    ),
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
                 )
                 .body(test_body(""))
                 .unwrap()
@@ -400,8 +418,14 @@ async fn websocket_upgrade_passes_through_on_an_allowed_route() {
     {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
-        assert!(seen[0].get("authorization").is_none(), "agent key forwarded");
-        assert_eq!(seen[0]["upgrade"].to_str().unwrap().to_ascii_lowercase(), "websocket");
+        assert!(
+            seen[0].get("authorization").is_none(),
+            "agent key forwarded"
+        );
+        assert_eq!(
+            seen[0]["upgrade"].to_str().unwrap().to_ascii_lowercase(),
+            "websocket"
+        );
     }
 
     // The rules still apply to upgrades: a denied path never reaches the upstream.
@@ -414,7 +438,10 @@ async fn websocket_upgrade_passes_through_on_an_allowed_route() {
     );
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
-        other => panic!("expected a 403 refusal, got {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "expected a 403 refusal, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
@@ -464,7 +491,10 @@ async fn h2c_prior_knowledge_client_gets_through() {
     assert_eq!(&seen[1].body[..], b"h2 body");
     assert!(seen[0].headers.get("authorization").is_none());
     assert!(
-        seen[0].headers["via"].to_str().unwrap().contains("2 airlock"),
+        seen[0].headers["via"]
+            .to_str()
+            .unwrap()
+            .contains("2 airlock"),
         "Via: {:?}",
         seen[0].headers["via"]
     );
@@ -563,7 +593,13 @@ async fn routing_by_prefix_and_host() {
     // Host routes keep the path, ignore case and port.
     assert_eq!(get("/x", Some("svc.internal")).await.unwrap().status(), 200);
     assert_eq!(svc.requests().last().unwrap().uri, "/x");
-    assert_eq!(get("/api/x", Some("SVC.Internal:8080")).await.unwrap().status(), 200);
+    assert_eq!(
+        get("/api/x", Some("SVC.Internal:8080"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(svc.requests().last().unwrap().uri, "/api/x");
     assert_eq!(svc.count(), 2);
     assert_eq!(api.count(), 2);
@@ -604,18 +640,31 @@ async fn agent_keys_are_required_checked_and_never_forwarded() {
             .await
             .unwrap();
         let (s, v) = json_of(r).await;
-        assert_eq!((s, v["error"].as_str()), (401, Some("unauthenticated")), "{bad}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("unauthenticated")),
+            "{bad}"
+        );
     }
     assert_eq!(up.count(), 0, "an unauthenticated request was forwarded");
 
     for key in [AGENT_KEY, OTHER_AGENT_KEY] {
-        let r = c.get(a.url("/api/x")).bearer_auth(key).send().await.unwrap();
+        let r = c
+            .get(a.url("/api/x"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let seen = up.requests();
     assert_eq!(seen.len(), 2);
     for s in &seen {
-        assert!(s.headers.get("authorization").is_none(), "agent key forwarded: {:?}", s.headers);
+        assert!(
+            s.headers.get("authorization").is_none(),
+            "agent key forwarded: {:?}",
+            s.headers
+        );
     }
 }
 
@@ -647,9 +696,16 @@ async fn injected_headers_come_from_the_environment() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = up.requests();
-    assert_eq!(seen[0].headers["authorization"], "Bearer real-upstream-secret");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        "Bearer real-upstream-secret"
+    );
     let keys: Vec<_> = seen[0].headers.get_all("x-api-key").iter().collect();
-    assert_eq!(keys, ["key-123-v1"], "the agent must not override an injected header");
+    assert_eq!(
+        keys,
+        ["key-123-v1"],
+        "the agent must not override an injected header"
+    );
 }
 
 #[tokio::test]
@@ -677,7 +733,12 @@ async fn agent_key_in_a_custom_header() {
     assert!(up.requests()[0].headers.get("x-airlock-key").is_none());
 
     // The key in the wrong header is no key at all.
-    let r = c.get(a.url("/api/x")).bearer_auth(key).send().await.unwrap();
+    let r = c
+        .get(a.url("/api/x"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
         .get(a.url("/api/x"))

@@ -83,7 +83,10 @@ impl Case {
         let r = rb.send().await.unwrap();
         let s = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     fn label(&self) -> String {
@@ -107,8 +110,15 @@ async fn assert_denied(a: &Airlock, up: &Upstream, case: Case, rule: &str) {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(rules.contains(&rule), "{label}: rule {rule} not in {rules:?}");
-    assert_eq!(up.count(), before, "{label}: a denied request reached the upstream");
+    assert!(
+        rules.contains(&rule),
+        "{label}: rule {rule} not in {rules:?}"
+    );
+    assert_eq!(
+        up.count(),
+        before,
+        "{label}: a denied request reached the upstream"
+    );
 }
 
 /// Sends `case` and checks it was forwarded to the upstream as `upstream_uri`.
@@ -204,8 +214,20 @@ async fn every_matcher_kind_denies_its_match_and_passes_its_near_miss() {
     assert_denied(&a, &up, req("GET", "/api/re/42"), "path-regex").await;
     assert_passes(&a, &up, req("GET", "/api/re/42a"), "/re/42a").await;
     // headers: name case-insensitive, value exact; any of several values
-    assert_denied(&a, &up, req("GET", "/api/h/1").header("x-env", "prod"), "header-exact").await;
-    assert_denied(&a, &up, req("GET", "/api/h/1").header("X-ENV", "prod"), "header-exact").await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/h/1").header("x-env", "prod"),
+        "header-exact",
+    )
+    .await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/h/1").header("X-ENV", "prod"),
+        "header-exact",
+    )
+    .await;
     assert_denied(
         &a,
         &up,
@@ -215,24 +237,102 @@ async fn every_matcher_kind_denies_its_match_and_passes_its_near_miss() {
         "header-exact",
     )
     .await;
-    assert_passes(&a, &up, req("GET", "/api/h/1").header("x-env", "Prod"), "/h/1").await;
-    assert_passes(&a, &up, req("GET", "/api/h/1").header("x-env", "staging"), "/h/1").await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/h/1").header("x-env", "Prod"),
+        "/h/1",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/h/1").header("x-env", "staging"),
+        "/h/1",
+    )
+    .await;
     assert_passes(&a, &up, req("GET", "/api/h/1"), "/h/1").await;
     // headers: regex value
-    assert_denied(&a, &up, req("GET", "/api/hr/1").header("x-team", "ops-db"), "header-regex").await;
-    assert_passes(&a, &up, req("GET", "/api/hr/1").header("x-team", "dev-ops-db"), "/hr/1").await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/hr/1").header("x-team", "ops-db"),
+        "header-regex",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/hr/1").header("x-team", "dev-ops-db"),
+        "/hr/1",
+    )
+    .await;
     // query: decoded, any of repeated values
     assert_denied(&a, &up, req("GET", "/api/q/1?force=true"), "query-force").await;
-    assert_denied(&a, &up, req("GET", "/api/q/1?x=1&forc%65=tru%65"), "query-force").await;
-    assert_denied(&a, &up, req("GET", "/api/q/1?force=false&force=true"), "query-force").await;
-    assert_passes(&a, &up, req("GET", "/api/q/1?force=false"), "/q/1?force=false").await;
-    assert_passes(&a, &up, req("GET", "/api/q/1?forced=true"), "/q/1?forced=true").await;
-    assert_passes(&a, &up, req("GET", "/api/q/1?force=TRUE"), "/q/1?force=TRUE").await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/q/1?x=1&forc%65=tru%65"),
+        "query-force",
+    )
+    .await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/q/1?force=false&force=true"),
+        "query-force",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/q/1?force=false"),
+        "/q/1?force=false",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/q/1?forced=true"),
+        "/q/1?forced=true",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/q/1?force=TRUE"),
+        "/q/1?force=TRUE",
+    )
+    .await;
     // json: nested pointer
-    assert_denied(&a, &up, req("POST", "/api/j/1").json(r#"{"spec":{"tier":"prod","n":1}}"#), "json-nested").await;
-    assert_passes(&a, &up, req("POST", "/api/j/1").json(r#"{"spec":{"tier":"dev"}}"#), "/j/1").await;
-    assert_passes(&a, &up, req("POST", "/api/j/1").json(r#"{"tier":"prod"}"#), "/j/1").await;
-    assert_passes(&a, &up, req("PUT", "/api/j/1").json(r#"{"spec":{"tier":"prod"}}"#), "/j/1").await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/j/1").json(r#"{"spec":{"tier":"prod","n":1}}"#),
+        "json-nested",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/j/1").json(r#"{"spec":{"tier":"dev"}}"#),
+        "/j/1",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/j/1").json(r#"{"tier":"prod"}"#),
+        "/j/1",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("PUT", "/api/j/1").json(r#"{"spec":{"tier":"prod"}}"#),
+        "/j/1",
+    )
+    .await;
     // json: `*` over array elements and object members
     assert_denied(
         &a,
@@ -256,8 +356,20 @@ async fn every_matcher_kind_denies_its_match_and_passes_its_near_miss() {
     )
     .await;
     // json: a number is matched by its text
-    assert_denied(&a, &up, req("POST", "/api/jn/1").json(r#"{"replicas":0}"#), "json-number").await;
-    assert_passes(&a, &up, req("POST", "/api/jn/1").json(r#"{"replicas":10}"#), "/jn/1").await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/jn/1").json(r#"{"replicas":0}"#),
+        "json-number",
+    )
+    .await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/jn/1").json(r#"{"replicas":10}"#),
+        "/jn/1",
+    )
+    .await;
     // form: decoded fields
     assert_denied(
         &a,
@@ -273,12 +385,30 @@ async fn every_matcher_kind_denies_its_match_and_passes_its_near_miss() {
         "form-action",
     )
     .await;
-    assert_passes(&a, &up, req("POST", "/api/f/1").form("Action=DescribeInstances"), "/f/1").await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/f/1").form("Action=DescribeInstances"),
+        "/f/1",
+    )
+    .await;
     // agent: exact id and regex
-    assert_denied(&a, &up, req("GET", "/api/a/1").key(OTHER_AGENT_KEY), "agent-exact").await;
+    assert_denied(
+        &a,
+        &up,
+        req("GET", "/api/a/1").key(OTHER_AGENT_KEY),
+        "agent-exact",
+    )
+    .await;
     assert_passes(&a, &up, req("GET", "/api/a/1"), "/a/1").await;
     assert_denied(&a, &up, req("GET", "/api/ar/1"), "agent-regex").await;
-    assert_passes(&a, &up, req("GET", "/api/ar/1").key(OTHER_AGENT_KEY), "/ar/1").await;
+    assert_passes(
+        &a,
+        &up,
+        req("GET", "/api/ar/1").key(OTHER_AGENT_KEY),
+        "/ar/1",
+    )
+    .await;
 }
 
 const LAYERED: &str = r#"rules:
@@ -303,10 +433,22 @@ async fn the_strictest_verdict_wins() {
 
     // allow + approve + deny → deny (file order does not matter).
     let (s, v) = req("DELETE", "/api/w/secret/1").send(&a).await;
-    assert_eq!((s, v["error"].as_str()), (403, Some("denied_by_rule")), "{v}");
-    let rules: Vec<&str> = v["rule"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("denied_by_rule")),
+        "{v}"
+    );
+    let rules: Vec<&str> = v["rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(rules.contains(&"w-deny"), "{rules:?}");
-    assert!(pending(&a, BOB).await.is_empty(), "a denied request was held");
+    assert!(
+        pending(&a, BOB).await.is_empty(),
+        "a denied request was held"
+    );
 
     // allow only → forwarded.
     assert_passes(&a, &up, req("GET", "/api/w/job"), "/w/job").await;
@@ -327,7 +469,12 @@ async fn the_strictest_verdict_wins() {
     let item = eventually(10, || async { pending(&a, BOB).await.into_iter().next() }).await;
     assert_eq!(item["method"], "POST");
     assert_eq!(item["agent"], "deploy-bot");
-    let rules: Vec<&str> = item["rules"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let rules: Vec<&str> = item["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(rules.contains(&"w-approve"), "{rules:?}");
     assert!(!rules.contains(&"w-deny"), "{rules:?}");
     assert_eq!(up.count(), 1, "a held request reached the upstream");
@@ -365,7 +512,13 @@ async fn default_deny_lets_only_allowed_requests_through() {
     );
     let a = Airlock::start(&config(&ws, &up.url(), "default: deny"));
     assert_passes(&a, &up, req("GET", "/api/open/1"), "/open/1").await;
-    assert_passes(&a, &up, req("POST", "/api/jsafe").json(r#"{"safe":"yes"}"#), "/jsafe").await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/jsafe").json(r#"{"safe":"yes"}"#),
+        "/jsafe",
+    )
+    .await;
     for case in [
         req("GET", "/api/closed"),
         req("POST", "/api/jsafe").json(r#"{"safe":"no"}"#),
@@ -378,7 +531,12 @@ async fn default_deny_lets_only_allowed_requests_through() {
     ] {
         let before = up.count();
         let (s, v) = case.send(&a).await;
-        assert_eq!((s, v["error"].as_str()), (403, Some("denied_by_rule")), "{}: {v}", case.label());
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (403, Some("denied_by_rule")),
+            "{}: {v}",
+            case.label()
+        );
         assert_eq!(up.count(), before, "{}", case.label());
     }
 }
@@ -404,7 +562,13 @@ async fn uninspectable_bodies_fail_closed() {
         "limits: {max_body: 1MiB, inspect_body: 1KiB}",
     ));
 
-    assert_passes(&a, &up, req("POST", "/api/sql").json(r#"{"sql":"select 1"}"#), "/sql").await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/sql").json(r#"{"sql":"select 1"}"#),
+        "/sql",
+    )
+    .await;
     assert_passes(&a, &up, req("POST", "/api/sql"), "/sql").await;
     assert_passes(
         &a,
@@ -415,12 +579,17 @@ async fn uninspectable_bodies_fail_closed() {
         "/sql",
     )
     .await;
-    assert_denied(&a, &up, req("POST", "/api/sql").json(r#"{"sql":"DROP TABLE t"}"#), "sql-drop").await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/sql").json(r#"{"sql":"DROP TABLE t"}"#),
+        "sql-drop",
+    )
+    .await;
 
     // Larger than inspect_body, with a harmless statement: fail closed.
-    let big: &'static str = Box::leak(
-        format!(r#"{{"sql":"select 1","pad":"{}"}}"#, "x".repeat(2048)).into_boxed_str(),
-    );
+    let big: &'static str =
+        Box::leak(format!(r#"{{"sql":"select 1","pad":"{}"}}"#, "x".repeat(2048)).into_boxed_str());
     assert_denied(&a, &up, req("POST", "/api/sql").json(big), "sql-drop").await;
     // Compressed: airlock cannot read it, so the rule applies.
     assert_denied(
@@ -442,8 +611,20 @@ async fn uninspectable_bodies_fail_closed() {
     )
     .await;
     // Not JSON, or JSON two parsers could read differently.
-    assert_denied(&a, &up, req("POST", "/api/sql").json(r#"{"sql": "select 1""#), "sql-drop").await;
-    assert_denied(&a, &up, req("POST", "/api/sql").body("sql=select 1"), "sql-drop").await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/sql").json(r#"{"sql": "select 1""#),
+        "sql-drop",
+    )
+    .await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/sql").body("sql=select 1"),
+        "sql-drop",
+    )
+    .await;
     assert_denied(
         &a,
         &up,
@@ -462,7 +643,9 @@ async fn uninspectable_bodies_fail_closed() {
     // Larger than inspect_body and streamed without a length: still fail closed.
     let (tx, body) = channel_body();
     let feeder = tokio::spawn(async move {
-        tx.send(Bytes::from(r#"{"sql":"select 1","pad":""#)).await.unwrap();
+        tx.send(Bytes::from(r#"{"sql":"select 1","pad":""#))
+            .await
+            .unwrap();
         tx.send(Bytes::from("y".repeat(4096))).await.unwrap();
         tx.send(Bytes::from(r#""}"#)).await.unwrap();
     });
@@ -487,13 +670,22 @@ async fn uninspectable_bodies_fail_closed() {
     // A json rule does not hold a request that has no body.
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        client().get(a.url("/api/g/1")).bearer_auth(AGENT_KEY).send(),
+        client()
+            .get(a.url("/api/g/1"))
+            .bearer_auth(AGENT_KEY)
+            .send(),
     )
     .await
     .expect("a GET without a body was held by a json rule")
     .unwrap();
     assert_eq!(r.status(), 200);
-    assert_passes(&a, &up, req("POST", "/api/g/1").json(r#"{"op":"read"}"#), "/g/1").await;
+    assert_passes(
+        &a,
+        &up,
+        req("POST", "/api/g/1").json(r#"{"op":"read"}"#),
+        "/g/1",
+    )
+    .await;
     assert!(pending(&a, BOB).await.is_empty());
 }
 
@@ -535,7 +727,9 @@ async fn the_body_is_not_read_when_no_candidate_rule_inspects_it() {
         .expect("upstream got nothing before the body was complete: airlock read the body")
         .unwrap();
     assert_eq!(uri, "/upload");
-    tx.send(Bytes::from(r#""sql":"drop table t"}"#)).await.unwrap();
+    tx.send(Bytes::from(r#""sql":"drop table t"}"#))
+        .await
+        .unwrap();
     drop(tx);
     let resp = send.await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -563,7 +757,10 @@ async fn observe_mode_forwards_and_records_what_it_would_have_done() {
     let a = Airlock::start(&cfg);
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        client().delete(a.url("/api/danger/1")).bearer_auth(AGENT_KEY).send(),
+        client()
+            .delete(a.url("/api/danger/1"))
+            .bearer_auth(AGENT_KEY)
+            .send(),
     )
     .await
     .unwrap()
@@ -571,7 +768,11 @@ async fn observe_mode_forwards_and_records_what_it_would_have_done() {
     assert_eq!(r.status(), 200);
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        client().post(a.url("/api/hold/1")).bearer_auth(AGENT_KEY).body("x").send(),
+        client()
+            .post(a.url("/api/hold/1"))
+            .bearer_auth(AGENT_KEY)
+            .body("x")
+            .send(),
     )
     .await
     .expect("observe mode held a request")
@@ -579,18 +780,27 @@ async fn observe_mode_forwards_and_records_what_it_would_have_done() {
     assert_eq!(r.status(), 200);
     let seen = up.requests();
     assert_eq!(seen.len(), 2);
-    assert_eq!((seen[0].method.as_str(), seen[0].uri.as_str()), ("DELETE", "/danger/1"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].uri.as_str()),
+        ("DELETE", "/danger/1")
+    );
     assert!(pending(&a, BOB).await.is_empty());
 
     let stderr = a.stderr.clone();
     let status = a.stop();
     assert!(status.success(), "airlock exited with {status:?}");
     let log = stderr.lock().unwrap().clone();
-    assert!(log.contains("observe mode"), "stderr says nothing about observe mode:\n{log}");
+    assert!(
+        log.contains("observe mode"),
+        "stderr says nothing about observe mode:\n{log}"
+    );
 
     let (code, out, err) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "audit export failed: {err}");
-    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let observed = |rule: &str| {
         events.iter().any(|e| {
             e["event"] == "observed"
@@ -599,10 +809,18 @@ async fn observe_mode_forwards_and_records_what_it_would_have_done() {
                     .is_some_and(|r| r.iter().any(|x| x == rule))
         })
     };
-    assert!(observed("danger-deny"), "no observed event for danger-deny in:\n{out}");
-    assert!(observed("hold-me"), "no observed event for hold-me in:\n{out}");
     assert!(
-        !events.iter().any(|e| e["event"] == "denied_by_rule" || e["event"] == "held"),
+        observed("danger-deny"),
+        "no observed event for danger-deny in:\n{out}"
+    );
+    assert!(
+        observed("hold-me"),
+        "no observed event for hold-me in:\n{out}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "denied_by_rule" || e["event"] == "held"),
         "observe mode denied or held:\n{out}"
     );
 }

@@ -246,7 +246,11 @@ async fn api(
 }
 
 impl Airlock {
-    async fn approvals_list(&self, status: Option<Status>, limit: usize) -> Result<Vec<Approval>, AirlockError> {
+    async fn approvals_list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, AirlockError> {
         self.store
             .approvals(status, limit)
             .await

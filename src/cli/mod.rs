@@ -242,7 +242,9 @@ fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::airlock::Airlock>, path
         while hup.recv().await.is_some() {
             match crate::reload(&airlock, &path) {
                 Ok(n) => tracing::info!(rules = n, "configuration reloaded"),
-                Err(e) => tracing::error!("reload refused, the previous configuration stays in force:\n{e}"),
+                Err(e) => tracing::error!(
+                    "reload refused, the previous configuration stays in force:\n{e}"
+                ),
             }
         }
     });
@@ -537,7 +539,9 @@ async fn open_store(cfg: &Config) -> anyhow::Result<std::sync::Arc<dyn crate::st
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    crate::store::open(&cfg.store, &base).await.map_err(|e| anyhow!("{e}"))
+    crate::store::open(&cfg.store, &base)
+        .await
+        .map_err(|e| anyhow!("{e}"))
 }
 
 fn client() -> anyhow::Result<reqwest::blocking_shim::Client> {

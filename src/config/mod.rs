@@ -445,8 +445,7 @@ impl Config {
         };
         if !(store.starts_with("sqlite:")
             || store.starts_with("postgres://")
-            || store.starts_with("postgresql://")
-            || store == "memory:")
+            || store.starts_with("postgresql://"))
         {
             err(
                 Some("store:"),

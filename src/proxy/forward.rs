@@ -177,7 +177,12 @@ pub fn rewrite_request_headers(
         "x-forwarded-proto",
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
-    if let Some(host) = client.host.and_then(|x| HeaderValue::from_str(x).ok()) {
+    // The Host the client asked for, port included (HTTP/2: the authority's host).
+    let original = h
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| client.host.and_then(|x| HeaderValue::from_str(x).ok()));
+    if let Some(host) = original {
         h.insert("x-forwarded-host", host);
     }
     append_via(h, version);

@@ -218,7 +218,9 @@ impl Airlock {
                 agent: &ctx.caller.id,
             };
             // With a method override, the rules weigh the request line's method too.
-            let head = snap.rules.head_with_line_method(&view, parts.method.as_str());
+            let head = snap
+                .rules
+                .head_with_line_method(&view, parts.method.as_str());
             let encoding = parts
                 .headers
                 .get(header::CONTENT_ENCODING)

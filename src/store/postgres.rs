@@ -73,11 +73,15 @@ impl PostgresStore {
 
 async fn migrate(c: &mut Client) -> Result<(), StoreError> {
     let tx = c.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied TIMESTAMPTZ NOT NULL)")
         .await?;
     let current: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+            &[],
+        )
         .await?
         .get(0);
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
@@ -89,8 +93,11 @@ async fn migrate(c: &mut Client) -> Result<(), StoreError> {
     for (version, sql) in MIGRATIONS {
         if *version > current {
             tx.batch_execute(sql).await?;
-            tx.execute("INSERT INTO schema_migrations (version, applied) VALUES ($1, now())", &[version])
-                .await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied) VALUES ($1, now())",
+                &[version],
+            )
+            .await?;
         }
     }
     tx.commit().await?;
@@ -128,7 +135,10 @@ fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
     })
 }
 
-async fn votes_of(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Vec<Vote>, StoreError> {
+async fn votes_of(
+    c: &impl tokio_postgres::GenericClient,
+    id: &str,
+) -> Result<Vec<Vote>, StoreError> {
     let rows = c
         .query("SELECT reviewer, decision, reason, time FROM votes WHERE approval_id = $1 ORDER BY time, reviewer", &[&id])
         .await?;
@@ -137,7 +147,11 @@ async fn votes_of(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Ve
             let d: String = r.try_get(1)?;
             Ok(Vote {
                 reviewer: r.try_get(0)?,
-                decision: if d == "deny" { Decision::Deny } else { Decision::Approve },
+                decision: if d == "deny" {
+                    Decision::Deny
+                } else {
+                    Decision::Approve
+                },
                 reason: r.try_get(2)?,
                 time: r.try_get(3)?,
             })
@@ -145,8 +159,16 @@ async fn votes_of(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Ve
         .collect()
 }
 
-async fn load(c: &impl tokio_postgres::GenericClient, id: &str) -> Result<Option<Approval>, StoreError> {
-    let row = c.query_opt(&format!("SELECT {COLS} FROM approvals WHERE id = $1"), &[&id]).await?;
+async fn load(
+    c: &impl tokio_postgres::GenericClient,
+    id: &str,
+) -> Result<Option<Approval>, StoreError> {
+    let row = c
+        .query_opt(
+            &format!("SELECT {COLS} FROM approvals WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
     match row {
         Some(r) => {
             let votes = votes_of(c, id).await?;
@@ -160,7 +182,9 @@ macro_rules! client {
     ($self:ident, $g:ident) => {
         let mut $g = $self.client().await?;
         #[allow(unused_mut)]
-        let $g = $g.as_mut().ok_or_else(|| StoreError("postgres: no connection".into()))?;
+        let $g = $g
+            .as_mut()
+            .ok_or_else(|| StoreError("postgres: no connection".into()))?;
     };
 }
 
@@ -168,7 +192,8 @@ macro_rules! client {
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         client!(self, c);
-        c.query_one("SELECT COUNT(*) FROM schema_migrations", &[]).await?;
+        c.query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+            .await?;
         Ok(())
     }
 
@@ -193,7 +218,11 @@ impl Store for PostgresStore {
         load(&*c, id).await
     }
 
-    async fn approvals(&self, status: Option<Status>, limit: usize) -> Result<Vec<Approval>, StoreError> {
+    async fn approvals(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError> {
         client!(self, c);
         let limit = limit as i64;
         let rows = match status {
@@ -229,15 +258,28 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn vote(&self, id: &str, vote: &Vote, quorum: u32, now: DateTime<Utc>) -> Result<VoteResult, StoreError> {
+    async fn vote(
+        &self,
+        id: &str,
+        vote: &Vote,
+        quorum: u32,
+        now: DateTime<Utc>,
+    ) -> Result<VoteResult, StoreError> {
         client!(self, c);
         let tx = c.transaction().await?;
-        let Some(row) = tx.query_opt("SELECT status, expires FROM approvals WHERE id = $1 FOR UPDATE", &[&id]).await? else {
+        let Some(row) = tx
+            .query_opt(
+                "SELECT status, expires FROM approvals WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+        else {
             return Ok(VoteResult::NotFound);
         };
         let status: String = row.try_get(0)?;
         let expires: DateTime<Utc> = row.try_get(1)?;
-        let status = Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
+        let status =
+            Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
         if status != Status::Pending {
             return Ok(VoteResult::AlreadyDecided(status));
         }
@@ -278,11 +320,21 @@ impl Store for PostgresStore {
         Ok(VoteResult::Recorded(new))
     }
 
-    async fn transition(&self, id: &str, from: Status, to: Status, now: DateTime<Utc>, reason: Option<&str>) -> Result<bool, StoreError> {
+    async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
         client!(self, c);
         let n = if to == Status::Consumed {
-            c.execute("UPDATE approvals SET status = $3, consumed = $4 WHERE id = $1 AND status = $2", &[&id, &from.as_str(), &to.as_str(), &now])
-                .await?
+            c.execute(
+                "UPDATE approvals SET status = $3, consumed = $4 WHERE id = $1 AND status = $2",
+                &[&id, &from.as_str(), &to.as_str(), &now],
+            )
+            .await?
         } else {
             c.execute(
                 "UPDATE approvals SET status = $3, decided = $4, reason = COALESCE($5, reason) WHERE id = $1 AND status = $2",
@@ -295,15 +347,31 @@ impl Store for PostgresStore {
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         client!(self, c);
-        let rows = c.query("SELECT id FROM approvals WHERE status = 'pending' AND expires <= $1", &[&now]).await?;
+        let rows = c
+            .query(
+                "SELECT id FROM approvals WHERE status = 'pending' AND expires <= $1",
+                &[&now],
+            )
+            .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    async fn audit_append(&self, events: &[AuditEvent], checkpoint: Option<&Checkpoint>) -> Result<(), StoreError> {
+    async fn audit_append(
+        &self,
+        events: &[AuditEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
         client!(self, c);
         let tx = c.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
-        let last: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM audit_events", &[]).await?.get(0);
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await?;
+        let last: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM audit_events",
+                &[],
+            )
+            .await?
+            .get(0);
         if let Some(first) = events.first() {
             if first.seq as i64 != last + 1 {
                 return Err(StoreError(format!(
@@ -315,8 +383,17 @@ impl Store for PostgresStore {
         }
         let st = tx.prepare("INSERT INTO audit_events (seq, time, event, hash, line) VALUES ($1, $2, $3, $4, $5)").await?;
         for ev in events {
-            tx.execute(&st, &[&(ev.seq as i64), &ev.time, &ev.event, &ev.hash, &crate::audit::to_jsonl_line(ev)])
-                .await?;
+            tx.execute(
+                &st,
+                &[
+                    &(ev.seq as i64),
+                    &ev.time,
+                    &ev.event,
+                    &ev.hash,
+                    &crate::audit::to_jsonl_line(ev),
+                ],
+            )
+            .await?;
         }
         if let Some(cp) = checkpoint {
             tx.execute(
@@ -331,14 +408,22 @@ impl Store for PostgresStore {
 
     async fn audit_head(&self) -> Result<(u64, String), StoreError> {
         client!(self, c);
-        let row = c.query_opt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", &[]).await?;
+        let row = c
+            .query_opt(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await?;
         Ok(match row {
             Some(r) => (r.try_get::<_, i64>(0)? as u64, r.try_get(1)?),
             None => (0, GENESIS_HASH.to_string()),
         })
     }
 
-    async fn audit_events(&self, since: Option<DateTime<Utc>>) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn audit_events(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         client!(self, c);
         let rows = c
             .query(
@@ -349,14 +434,20 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| {
                 let line: String = r.try_get(0)?;
-                serde_json::from_str(&line).map_err(|e| StoreError(format!("unreadable audit event: {e}")))
+                serde_json::from_str(&line)
+                    .map_err(|e| StoreError(format!("unreadable audit event: {e}")))
             })
             .collect()
     }
 
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         client!(self, c);
-        let rows = c.query("SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq", &[]).await?;
+        let rows = c
+            .query(
+                "SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq",
+                &[],
+            )
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(Checkpoint {

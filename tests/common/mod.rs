@@ -405,7 +405,9 @@ where
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -579,7 +581,10 @@ pub async fn held_gauge(a: &Airlock) -> Option<i64> {
 
 /// Waits until the `airlock_held` gauge reads `n`.
 pub async fn wait_held_gauge(a: &Airlock, n: i64) {
-    eventually(10, || async move { (held_gauge(a).await == Some(n)).then_some(()) }).await
+    eventually(10, || async move {
+        (held_gauge(a).await == Some(n)).then_some(())
+    })
+    .await
 }
 
 /// Waits until exactly `n` approvals are pending and returns them.
