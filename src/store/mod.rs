@@ -54,6 +54,18 @@ impl Status {
     }
 }
 
+impl Status {
+    /// The status after a vote, given the distinct approvals counted so far (this
+    /// vote included): any deny denies, `quorum` approvals approve.
+    pub fn after_vote(decision: Decision, approves: i64, quorum: u32) -> Status {
+        match decision {
+            Decision::Deny => Status::Denied,
+            Decision::Approve if approves >= i64::from(quorum) => Status::Approved,
+            Decision::Approve => Status::Pending,
+        }
+    }
+}
+
 /// A reviewer's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

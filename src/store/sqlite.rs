@@ -353,13 +353,7 @@ impl Store for SqliteStore {
                 [&id],
                 |r| r.get(0),
             )?;
-            let new = if vote.decision == Decision::Deny {
-                Status::Denied
-            } else if approves >= i64::from(quorum) {
-                Status::Approved
-            } else {
-                Status::Pending
-            };
+            let new = Status::after_vote(vote.decision, approves, quorum);
             if new != Status::Pending {
                 tx.execute(
                     "UPDATE approvals SET status = ?2, decided = ?3, decided_by = ?4, reason = ?5 WHERE id = ?1 AND status = 'pending'",
