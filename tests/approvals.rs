@@ -89,7 +89,11 @@ async fn held_request_is_forwarded_once_after_approval() {
 
     // Held: the client is still waiting and nothing reached the upstream.
     assert!(!held.is_finished(), "the held client must still be waiting");
-    assert_eq!(up.count(), 0, "nothing may be forwarded before the approval");
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing may be forwarded before the approval"
+    );
 
     let (s, v) = vote(&a, BOB, &id, "approve", Some("looks fine")).await;
     assert_eq!(s, 200, "vote: {v}");
@@ -160,7 +164,10 @@ async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
     .await;
     let ids: HashSet<String> = list.iter().map(id_of).collect();
     assert_eq!(ids.len(), N, "every distinct request has its own approval");
-    assert!(handles.iter().all(|h| !h.is_finished()), "all clients are held");
+    assert!(
+        handles.iter().all(|h| !h.is_finished()),
+        "all clients are held"
+    );
     assert_eq!(up.count(), 0);
 
     // Which approval belongs to which body (by body_sha256), to check that each
@@ -214,7 +221,11 @@ async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
         );
     }
     let seen = up.requests();
-    assert_eq!(seen.len(), N, "each approved request forwarded exactly once");
+    assert_eq!(
+        seen.len(),
+        N,
+        "each approved request forwarded exactly once"
+    );
     let bodies: HashSet<_> = seen.iter().map(|s| s.body.clone()).collect();
     assert_eq!(bodies.len(), N);
     assert!(pending(&a, BOB).await.is_empty());
@@ -228,7 +239,10 @@ async fn quorum_of_two_needs_two_distinct_approvers() {
 
     let (s, v) = vote(&a, BOB, &id, "approve", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["status"], "pending", "one approve of two leaves it pending");
+    assert_eq!(
+        v["status"], "pending",
+        "one approve of two leaves it pending"
+    );
     assert_eq!(v["votes"].as_array().unwrap().len(), 1);
     assert_eq!(v["quorum"], 2);
 
@@ -249,7 +263,10 @@ async fn quorum_of_two_needs_two_distinct_approvers() {
 
     let (s, v) = vote(&a, CAROL, &id, "approve", None).await;
     assert_eq!(s, 200, "{v}");
-    assert!(v["status"] == "approved" || v["status"] == "consumed", "{v}");
+    assert!(
+        v["status"] == "approved" || v["status"] == "consumed",
+        "{v}"
+    );
 
     let r = tokio::time::timeout(Duration::from_secs(10), held)
         .await
@@ -309,6 +326,11 @@ async fn ineligible_owner_agent_and_anonymous_votes_are_refused() {
     assert_eq!(s, 401, "{v}");
     assert_eq!(v["error"], "unauthenticated");
 
+    // An approval that does not exist.
+    let (s, v) = vote(&a, BOB, "ap_doesnotexist2345", "approve", None).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"], "not_found");
+
     // None of that counted.
     let list = pending(&a, BOB).await;
     assert_eq!(list.len(), 1);
@@ -352,12 +374,16 @@ async fn votes_after_the_decision_conflict() {
     assert_eq!(v["error"], "already_decided");
     let (_, full) = approval_get(&a, BOB, &id).await;
     assert_eq!(full["status"], "denied");
-    assert_eq!(up.count(), 1, "the denied request never reached the upstream");
+    assert_eq!(
+        up.count(),
+        1,
+        "the denied request never reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_approval_expires_and_refuses_late_votes() {
-    let (up, _ws, a) = setup().await;
+    let (up, ws, a) = setup().await;
     let started = Instant::now();
     let held = agent_spawn(&a, "POST", "/api/v1/expiring/job", r#"{"x":1}"#);
     let id = id_of(&wait_pending(&a, 1).await[0]);
@@ -385,6 +411,26 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"], "already_decided");
     assert_eq!(up.count(), 0);
+
+    // The audit log says so: held, then expired, and no vote.
+    let cfg = ws.config().to_str().unwrap().to_string();
+    let (id_ref, cfg_ref) = (&id, &cfg);
+    let kinds = eventually(10, || async move {
+        let cfg = cfg_ref.clone();
+        let (code, out, _) =
+            tokio::task::spawn_blocking(move || run_cli(&["audit", "export", "-c", &cfg], &[]))
+                .await
+                .unwrap();
+        let kinds: Vec<String> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["approval_id"] == id_ref.as_str())
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        (code == 0 && kinds.iter().any(|k| k == "expired")).then_some(kinds)
+    })
+    .await;
+    assert_eq!(kinds, ["held", "expired"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +464,8 @@ async fn identical_pending_requests_join_one_approval_and_forward_once() {
     let id = id_of(&wait_pending(&a, 1).await[0]);
     let second = agent_spawn(&a, "POST", "/api/v1/things/same", body);
     // Both are parked (the gauge counts parked requests), yet one approval is listed.
+    // (The gauge counts a request from just before it looks for an identical pending
+    // approval; the lookup is one local SQLite read, far shorter than the poll below.)
     wait_held_gauge(&a, 2).await;
     let list = pending(&a, BOB).await;
     assert_eq!(list.len(), 1, "the identical request joined: {list:?}");
@@ -475,7 +523,10 @@ async fn approval_is_reused_once_after_the_client_left() {
 
     let (s, v) = vote(&a, BOB, &id, "approve", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["status"], "approved", "approved but nobody to forward it yet");
+    assert_eq!(
+        v["status"], "approved",
+        "approved but nobody to forward it yet"
+    );
     assert_eq!(up.count(), 0, "nothing forwarded while the client is gone");
 
     // The retry of the identical request is forwarded at once on that approval.
@@ -489,7 +540,10 @@ async fn approval_is_reused_once_after_the_client_left() {
     assert_eq!(retry.approval_header.as_deref(), Some(id.as_str()));
     assert_eq!(up.count(), 1);
     assert_eq!(&up.requests()[0].body[..], body.as_bytes());
-    assert!(pending(&a, BOB).await.is_empty(), "no new approval was opened");
+    assert!(
+        pending(&a, BOB).await.is_empty(),
+        "no new approval was opened"
+    );
     assert_eq!(approval_get(&a, BOB, &id).await.1["status"], "consumed");
 
     // Used once: the next identical request is held again, on a new approval.
@@ -580,7 +634,10 @@ async fn reviewer_cli_lists_and_approves() {
     let (code, out, err) = cli(vec!["pending".into()], BOB).await.unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "{out}");
-    assert!(out.contains("DELETE") && out.contains("/v1/things/cli"), "{out}");
+    assert!(
+        out.contains("DELETE") && out.contains("/v1/things/cli"),
+        "{out}"
+    );
 
     let (code, _, err) = cli(vec!["approve".into(), id.clone()], DAVE).await.unwrap();
     assert_eq!(code, 1, "dave may not approve: {err}");
@@ -601,5 +658,8 @@ async fn reviewer_cli_lists_and_approves() {
 
     let (code, _, err) = cli(vec!["deny".into(), id.clone()], BOB).await.unwrap();
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("409") && err.contains("already_decided"), "{err}");
+    assert!(
+        err.contains("409") && err.contains("already_decided"),
+        "{err}"
+    );
 }

@@ -315,8 +315,14 @@ async fn truncated_tail_is_detected_by_signed_checkpoints() {
     let l = lifecycle(true).await;
     let (code, out) = verify(&l.cfg).await;
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains(" 0 checkpoints"), "checkpoints were written: {out}");
-    assert!(!out.contains("NOT checked"), "signatures checked with the key: {out}");
+    assert!(
+        !out.contains(" 0 checkpoints"),
+        "checkpoints were written: {out}"
+    );
+    assert!(
+        !out.contains("NOT checked"),
+        "signatures checked with the key: {out}"
+    );
 
     let n = events(&export(&l.cfg).await).len() as i64;
     let keep = n - 2;

@@ -28,7 +28,15 @@ async fn a_held_body_over_max_body_is_refused_with_413() {
     // Within the limit it is held as usual.
     let held = tokio::spawn({
         let u = a.url("/api/things");
-        async move { client().post(u).bearer_auth(AGENT_KEY).body(vec![b'x'; 1000]).send().await.unwrap() }
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(AGENT_KEY)
+                .body(vec![b'x'; 1000])
+                .send()
+                .await
+                .unwrap()
+        }
     });
     let list = eventually(10, || async {
         let l = pending(&a, BOB).await;
@@ -50,33 +58,70 @@ async fn more_than_max_held_gets_429_and_a_slot_frees_when_one_is_decided() {
     let mut held = Vec::new();
     for i in 0..3 {
         let u = a.url(&format!("/api/things/{i}"));
-        held.push(tokio::spawn(async move { client().delete(u).bearer_auth(AGENT_KEY).send().await.unwrap() }));
+        held.push(tokio::spawn(async move {
+            client()
+                .delete(u)
+                .bearer_auth(AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }));
     }
     let list = eventually(10, || async {
         let l = pending(&a, BOB).await;
         (l.len() == 3).then_some(l)
     })
     .await;
-    let r = client().delete(a.url("/api/things/4")).bearer_auth(AGENT_KEY).send().await.unwrap();
+    let r = client()
+        .delete(a.url("/api/things/4"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "too_many_held");
 
     // The metrics show three held right now.
-    let m = client().get(a.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.lines().any(|l| l == "airlock_held 3"), "{m}");
 
     let id = list[0]["id"].as_str().unwrap();
     assert_eq!(vote(&a, BOB, id, "approve", None).await.0, 200);
     // That one completes and frees its slot: a new request can be held again.
-    eventually(10, || async { (pending(&a, BOB).await.len() == 2).then_some(()) }).await;
+    eventually(10, || async {
+        (pending(&a, BOB).await.len() == 2).then_some(())
+    })
+    .await;
     let again = tokio::spawn({
         let u = a.url("/api/things/5");
-        async move { client().delete(u).bearer_auth(AGENT_KEY).send().await.unwrap() }
+        async move {
+            client()
+                .delete(u)
+                .bearer_auth(AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }
     });
-    eventually(10, || async { (pending(&a, BOB).await.len() == 3).then_some(()) }).await;
+    eventually(10, || async {
+        (pending(&a, BOB).await.len() == 3).then_some(())
+    })
+    .await;
     for l in pending(&a, BOB).await {
-        assert_eq!(vote(&a, BOB, l["id"].as_str().unwrap(), "deny", None).await.0, 200);
+        assert_eq!(
+            vote(&a, BOB, l["id"].as_str().unwrap(), "deny", None)
+                .await
+                .0,
+            200
+        );
     }
     assert_eq!(again.await.unwrap().status(), 403);
     let mut statuses: Vec<u16> = Vec::new();
@@ -97,13 +142,36 @@ async fn health_readiness_and_metrics() {
     let a = Airlock::start(&cfg);
     let h = client().get(a.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(h.status(), 200);
-    let r: serde_json::Value = client().get(a.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value = client()
+        .get(a.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["status"], "ready");
     assert_eq!(r["rules"], 1);
-    assert_eq!(client().get(a.url("/api/ok")).bearer_auth(AGENT_KEY).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(a.url("/api/ok"))
+            .bearer_auth(AGENT_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let held = tokio::spawn({
         let u = a.url("/api/x");
-        async move { client().delete(u).bearer_auth(AGENT_KEY).send().await.unwrap() }
+        async move {
+            client()
+                .delete(u)
+                .bearer_auth(AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }
     });
     let list = eventually(10, || async {
         let l = pending(&a, BOB).await;
@@ -112,7 +180,14 @@ async fn health_readiness_and_metrics() {
     .await;
     vote(&a, BOB, list[0]["id"].as_str().unwrap(), "approve", None).await;
     assert_eq!(held.await.unwrap().status(), 200);
-    let m = client().get(a.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "airlock_requests_total{verdict=\"allow\",upstream=\"api\"} 1",
         "airlock_requests_total{verdict=\"approve\",upstream=\"api\"} 1",

@@ -14,7 +14,14 @@ fn hup(a: &Airlock) {
 }
 
 async fn rule_count(a: &Airlock) -> u64 {
-    let v: serde_json::Value = client().get(a.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = client()
+        .get(a.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     v["rules"].as_u64().unwrap()
 }
 
@@ -22,10 +29,22 @@ async fn rule_count(a: &Airlock) -> u64 {
 async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_bad() {
     let up = Upstream::start().await;
     let ws = Workspace::new();
-    ws.write("rules/a.yaml", "rules:\n  - name: ok\n    when: {path: /nothing}\n    then: allow\n");
+    ws.write(
+        "rules/a.yaml",
+        "rules:\n  - name: ok\n    when: {path: /nothing}\n    then: allow\n",
+    );
     let cfg = ws.standard_config(&up.url(), "");
     let a = Airlock::start(&cfg);
-    assert_eq!(client().delete(a.url("/api/x")).bearer_auth(AGENT_KEY).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .delete(a.url("/api/x"))
+            .bearer_auth(AGENT_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     ws.write(
         "rules/b.yaml",
@@ -33,16 +52,49 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
     );
     hup(&a);
     eventually(10, || async { (rule_count(&a).await == 2).then_some(()) }).await;
-    let r = client().delete(a.url("/api/x")).bearer_auth(AGENT_KEY).send().await.unwrap();
+    let r = client()
+        .delete(a.url("/api/x"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // A broken rule file: refused, logged with its location, old rules stay.
-    ws.write("rules/c.yaml", "rules:\n  - name: broken\n    when: {path: \"re:(\"}\n    then: deny\n");
+    ws.write(
+        "rules/c.yaml",
+        "rules:\n  - name: broken\n    when: {path: \"re:(\"}\n    then: deny\n",
+    );
     hup(&a);
-    eventually(10, || async { a.stderr.lock().unwrap().contains("reload refused").then_some(()) }).await;
-    assert!(a.stderr.lock().unwrap().contains("c.yaml:3:"), "{}", a.stderr.lock().unwrap());
+    eventually(10, || async {
+        a.stderr
+            .lock()
+            .unwrap()
+            .contains("reload refused")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        a.stderr.lock().unwrap().contains("c.yaml:3:"),
+        "{}",
+        a.stderr.lock().unwrap()
+    );
     assert_eq!(rule_count(&a).await, 2);
-    let r = client().delete(a.url("/api/x")).bearer_auth(AGENT_KEY).send().await.unwrap();
+    let r = client()
+        .delete(a.url("/api/x"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(client().get(a.url("/api/x")).bearer_auth(AGENT_KEY).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(a.url("/api/x"))
+            .bearer_auth(AGENT_KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -61,7 +61,10 @@ async fn held_approval_survives_sigterm_and_is_forwarded_on_retry() {
     let id = id_of(&wait_pending(&a, 1).await[0]);
 
     let status = stop(a).await;
-    assert!(status.success(), "airlock exits cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "airlock exits cleanly on SIGTERM: {status:?}"
+    );
     let r = tokio::time::timeout(Duration::from_secs(10), held)
         .await
         .expect("the held client is answered on shutdown")
@@ -153,7 +156,10 @@ async fn votes_survive_restart_and_complete_the_quorum() {
 
     let (s, v) = vote(&a, CAROL, &id, "approve", None).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["status"], "approved", "two distinct approvers across the restart");
+    assert_eq!(
+        v["status"], "approved",
+        "two distinct approvers across the restart"
+    );
     let voters: Vec<_> = v["votes"]
         .as_array()
         .unwrap()
@@ -161,7 +167,9 @@ async fn votes_survive_restart_and_complete_the_quorum() {
         .map(|x| x["reviewer"].clone())
         .collect();
     assert_eq!(voters.len(), 2);
-    assert!(voters.contains(&json!("bob@example.com")) && voters.contains(&json!("carol@example.com")));
+    assert!(
+        voters.contains(&json!("bob@example.com")) && voters.contains(&json!("carol@example.com"))
+    );
     assert_eq!(up.count(), 0);
 
     let retry = tokio::time::timeout(
@@ -206,4 +214,39 @@ async fn approval_survives_a_crash() {
 
     assert!(stop(a).await.success());
     verify_audit(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_restart_joins_the_surviving_approval() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = ws.standard_config(&up.url(), "");
+    let path = "/api/v1/things/join";
+    let body = r#"{"op":"rotate"}"#;
+
+    let a = Airlock::start(&cfg);
+    let held = agent_spawn(&a, "POST", path, body);
+    let id = id_of(&wait_pending(&a, 1).await[0]);
+    assert!(stop(a).await.success());
+    assert_eq!(held.await.unwrap().status, 503);
+
+    // The agent retries at once, before anyone voted: it parks on the same approval.
+    let a = Airlock::start(&cfg);
+    let retry = agent_spawn(&a, "POST", path, body);
+    wait_held_gauge(&a, 1).await;
+    let list = pending(&a, BOB).await;
+    assert_eq!(list.len(), 1, "no second approval: {list:?}");
+    assert_eq!(id_of(&list[0]), id);
+    assert!(!retry.is_finished());
+    assert_eq!(up.count(), 0);
+
+    assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
+    let r = tokio::time::timeout(Duration::from_secs(10), retry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.approval_header.as_deref(), Some(id.as_str()));
+    assert_eq!(up.count(), 1);
 }

@@ -18,7 +18,9 @@ async fn postgres_store(name: &str) -> (Arc<dyn Store>, String) {
         .expect("PostgreSQL must be reachable at 127.0.0.1:5432 (database test)");
     tokio::spawn(conn);
     admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
         .await
         .unwrap();
     let url = format!("{PG}?options=-csearch_path%3D{schema}");
@@ -84,30 +86,66 @@ async fn lifecycle(s: Arc<dyn Store>) {
     let got = s.approval("ap_1").await.unwrap().unwrap();
     assert_eq!(got.show, a.show);
     assert_eq!(got.policy, a.policy);
-    assert_eq!(s.find_active("deploy-bot", "digest-ap_1").await.unwrap().unwrap().id, "ap_1");
-    assert!(s.find_active("other", "digest-ap_1").await.unwrap().is_none());
+    assert_eq!(
+        s.find_active("deploy-bot", "digest-ap_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "ap_1"
+    );
+    assert!(s
+        .find_active("other", "digest-ap_1")
+        .await
+        .unwrap()
+        .is_none());
 
     let now = Utc::now();
-    assert_eq!(s.vote("ap_1", &vote("bob", Decision::Approve), 2, now).await.unwrap(), VoteResult::Recorded(Status::Pending));
-    assert_eq!(s.vote("ap_1", &vote("bob", Decision::Approve), 2, now).await.unwrap(), VoteResult::AlreadyVoted);
-    assert_eq!(s.vote("ap_1", &vote("carol", Decision::Approve), 2, now).await.unwrap(), VoteResult::Recorded(Status::Approved));
     assert_eq!(
-        s.vote("ap_1", &vote("dan", Decision::Deny), 2, now).await.unwrap(),
+        s.vote("ap_1", &vote("bob", Decision::Approve), 2, now)
+            .await
+            .unwrap(),
+        VoteResult::Recorded(Status::Pending)
+    );
+    assert_eq!(
+        s.vote("ap_1", &vote("bob", Decision::Approve), 2, now)
+            .await
+            .unwrap(),
+        VoteResult::AlreadyVoted
+    );
+    assert_eq!(
+        s.vote("ap_1", &vote("carol", Decision::Approve), 2, now)
+            .await
+            .unwrap(),
+        VoteResult::Recorded(Status::Approved)
+    );
+    assert_eq!(
+        s.vote("ap_1", &vote("dan", Decision::Deny), 2, now)
+            .await
+            .unwrap(),
         VoteResult::AlreadyDecided(Status::Approved)
     );
     let got = s.approval("ap_1").await.unwrap().unwrap();
     assert_eq!(got.status, Status::Approved);
     assert_eq!(got.votes.len(), 2);
     assert_eq!(got.decided_by.as_deref(), Some("carol"));
-    assert_eq!(s.approvals(Some(Status::Approved), 10).await.unwrap().len(), 1);
-    assert_eq!(s.approvals(Some(Status::Pending), 10).await.unwrap().len(), 0);
+    assert_eq!(
+        s.approvals(Some(Status::Approved), 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        s.approvals(Some(Status::Pending), 10).await.unwrap().len(),
+        0
+    );
 
     // Consumed exactly once, even when raced.
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.transition("ap_1", Status::Approved, Status::Consumed, Utc::now(), None).await.unwrap()
+            s.transition("ap_1", Status::Approved, Status::Consumed, Utc::now(), None)
+                .await
+                .unwrap()
         }));
     }
     let mut won = 0;
@@ -115,25 +153,41 @@ async fn lifecycle(s: Arc<dyn Store>) {
         won += t.await.unwrap() as usize;
     }
     assert_eq!(won, 1, "an approval must be consumed exactly once");
-    assert!(s.find_active("deploy-bot", "digest-ap_1").await.unwrap().is_none());
+    assert!(s
+        .find_active("deploy-bot", "digest-ap_1")
+        .await
+        .unwrap()
+        .is_none());
 
     // One deny denies; the reason is kept.
     s.insert_approval(&approval("ap_2", 2, 60)).await.unwrap();
     assert_eq!(
-        s.vote("ap_2", &vote("bob", Decision::Deny), 2, Utc::now()).await.unwrap(),
+        s.vote("ap_2", &vote("bob", Decision::Deny), 2, Utc::now())
+            .await
+            .unwrap(),
         VoteResult::Recorded(Status::Denied)
     );
-    assert_eq!(s.approval("ap_2").await.unwrap().unwrap().reason.as_deref(), Some("bob says so"));
+    assert_eq!(
+        s.approval("ap_2").await.unwrap().unwrap().reason.as_deref(),
+        Some("bob says so")
+    );
 
     // Past its expiry: a vote expires it instead of counting.
     s.insert_approval(&approval("ap_3", 1, -1)).await.unwrap();
     assert_eq!(s.due(Utc::now()).await.unwrap(), vec!["ap_3".to_string()]);
     assert_eq!(
-        s.vote("ap_3", &vote("bob", Decision::Approve), 1, Utc::now()).await.unwrap(),
+        s.vote("ap_3", &vote("bob", Decision::Approve), 1, Utc::now())
+            .await
+            .unwrap(),
         VoteResult::AlreadyDecided(Status::Expired)
     );
     assert!(s.due(Utc::now()).await.unwrap().is_empty());
-    assert_eq!(s.vote("nope", &vote("bob", Decision::Approve), 1, Utc::now()).await.unwrap(), VoteResult::NotFound);
+    assert_eq!(
+        s.vote("nope", &vote("bob", Decision::Approve), 1, Utc::now())
+            .await
+            .unwrap(),
+        VoteResult::NotFound
+    );
 
     // Racing reviewers on quorum 1: exactly one decides it.
     s.insert_approval(&approval("ap_4", 1, 60)).await.unwrap();
@@ -141,7 +195,14 @@ async fn lifecycle(s: Arc<dyn Store>) {
     for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.vote("ap_4", &vote(&format!("r{i}"), Decision::Approve), 1, Utc::now()).await.unwrap()
+            s.vote(
+                "ap_4",
+                &vote(&format!("r{i}"), Decision::Approve),
+                1,
+                Utc::now(),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut approved = 0;
@@ -171,7 +232,10 @@ async fn audit_chain(s: Arc<dyn Store>) {
     let events = s.audit_events(None).await.unwrap();
     assert_eq!(events, batch);
     assert!(verify(&events, &[], None).ok());
-    let later = s.audit_events(Some(Utc::now() + CDuration::hours(1))).await.unwrap();
+    let later = s
+        .audit_events(Some(Utc::now() + CDuration::hours(1)))
+        .await
+        .unwrap();
     assert!(later.is_empty());
 }
 
@@ -193,7 +257,10 @@ async fn sqlite_survives_reopen() {
     s.insert_approval(&approval("ap_r", 1, 60)).await.unwrap();
     drop(s);
     let again = store::sqlite::SqliteStore::open(&dir.path().join("airlock.db")).unwrap();
-    assert_eq!(again.approval("ap_r").await.unwrap().unwrap().status, Status::Pending);
+    assert_eq!(
+        again.approval("ap_r").await.unwrap().unwrap().status,
+        Status::Pending
+    );
 }
 
 #[tokio::test]
@@ -214,7 +281,10 @@ async fn postgres_survives_reconnect_and_migrates_once() {
     s.insert_approval(&approval("ap_r", 1, 60)).await.unwrap();
     drop(s);
     let again = store::open(&url, &std::env::temp_dir()).await.unwrap();
-    assert_eq!(again.approval("ap_r").await.unwrap().unwrap().status, Status::Pending);
+    assert_eq!(
+        again.approval("ap_r").await.unwrap().unwrap().status,
+        Status::Pending
+    );
 }
 
 mod common;
@@ -231,12 +301,21 @@ async fn airlock_holds_and_forwards_with_a_postgres_store() {
         "rules:\n  - name: del\n    when: {method: DELETE}\n    then: approve\n    approval: {approvers: [group:sre]}\n",
     );
     let cfg = ws.standard_config(&up.url(), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("store: sqlite://airlock.db", &format!("store: \"{url}\""));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("store: sqlite://airlock.db", &format!("store: \"{url}\""));
     std::fs::write(&cfg, text).unwrap();
     let a = Airlock::start(&cfg);
     let held = tokio::spawn({
         let u = a.url("/api/things/1");
-        async move { client().delete(u).bearer_auth(AGENT_KEY).send().await.unwrap() }
+        async move {
+            client()
+                .delete(u)
+                .bearer_auth(AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }
     });
     let list = eventually(10, || async {
         let l = pending(&a, BOB).await;
@@ -256,7 +335,12 @@ async fn airlock_holds_and_forwards_with_a_postgres_store() {
     let (_, export, _) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
     let kinds: Vec<String> = export
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds, ["held", "vote", "approved", "forwarded"]);
 }

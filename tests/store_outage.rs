@@ -81,7 +81,11 @@ async fn holds_fail_closed_while_the_store_is_locked() {
     drop(lock);
 
     let list = pending(&a, BOB).await;
-    assert_eq!(list.len(), 1, "the refused request left no approval: {list:?}");
+    assert_eq!(
+        list.len(),
+        1,
+        "the refused request left no approval: {list:?}"
+    );
     assert_eq!(id_of(&list[0]), early_id);
 
     let (s, v) = vote(&a, BOB, &early_id, "approve", None).await;

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 async fn https_upstream() -> (u16, String) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "airlock test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "airlock test CA");
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = rcgen::KeyPair::generate().unwrap();
@@ -36,13 +38,19 @@ async fn https_upstream() -> (u16, String) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let body = format!("secure {} {:?}", req.uri().path(), req.version());
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(body)),
+                    ))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -60,12 +68,18 @@ async fn https_upstream_is_trusted_through_its_ca_file() {
     ws.write("rules/r.yaml", "rules: []\n");
     ws.write("certs/upstream-ca.pem", &ca_pem);
     let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("    timeout: 5s\n", "    timeout: 5s\n    ca: certs/upstream-ca.pem\n");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    timeout: 5s\n",
+        "    timeout: 5s\n    ca: certs/upstream-ca.pem\n",
+    );
     std::fs::write(&cfg, text).unwrap();
     let a = Airlock::start(&cfg);
-    let r = client().get(a.url("/api/hello")).bearer_auth(AGENT_KEY).send().await.unwrap();
+    let r = client()
+        .get(a.url("/api/hello"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body = r.text().await.unwrap();
     assert!(body.starts_with("secure /hello"), "{body}");
@@ -78,7 +92,12 @@ async fn https_upstream_with_an_unknown_ca_is_refused_with_502() {
     ws.write("rules/r.yaml", "rules: []\n");
     let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
     let a = Airlock::start(&cfg);
-    let r = client().get(a.url("/api/hello")).bearer_auth(AGENT_KEY).send().await.unwrap();
+    let r = client()
+        .get(a.url("/api/hello"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "upstream_unavailable");
@@ -89,11 +108,15 @@ async fn a_missing_ca_file_is_a_config_error() {
     let ws = Workspace::new();
     ws.write("rules/r.yaml", "rules: []\n");
     let cfg = ws.standard_config("https://localhost:1", "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("    timeout: 5s\n", "    timeout: 5s\n    ca: certs/nope.pem\n");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    timeout: 5s\n",
+        "    timeout: 5s\n    ca: certs/nope.pem\n",
+    );
     std::fs::write(&cfg, text).unwrap();
     let (code, _, err) = run_cli(&["rules", "check", "-c", cfg.to_str().unwrap()], &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("airlock.yaml:") && err.contains("nope.pem"), "{err}");
+    assert!(
+        err.contains("airlock.yaml:") && err.contains("nope.pem"),
+        "{err}"
+    );
 }
