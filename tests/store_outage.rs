@@ -70,6 +70,12 @@ async fn holds_fail_closed_while_the_store_is_locked() {
     assert!(!early.is_finished());
     assert_eq!(up.count(), 0);
 
+    // Readiness says so: the store is not writable.
+    let r = client().get(a.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "not_ready");
+
     // Pass-through traffic with `audit.level: held` needs no store write.
     let r = agent_send(&client(), &a.url("/api/v1/status"), "GET", AGENT_KEY, "").await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -79,6 +85,9 @@ async fn holds_fail_closed_while_the_store_is_locked() {
     // The lock goes away: everything works again.
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
+
+    let r = client().get(a.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 
     let list = pending(&a, BOB).await;
     assert_eq!(

@@ -479,6 +479,30 @@ impl Approvals {
             self.audit.record(ev);
             return Err(VoteError::NotEligible);
         }
+        match a.status {
+            Status::Pending if a.votes.iter().any(|v| v.reviewer == reviewer.id) => {
+                return Err(VoteError::AlreadyVoted)
+            }
+            Status::Pending if a.expires <= Utc::now() => {
+                self.expire(id).await;
+                return Err(VoteError::AlreadyDecided(Status::Expired));
+            }
+            Status::Pending => {}
+            other => return Err(VoteError::AlreadyDecided(other)),
+        }
+        // The vote is in the audit log before it can take effect: a decision the log
+        // does not show can never release a request.
+        let mut ev = event_for("vote", &a);
+        ev.reviewer = Some(reviewer.id.clone());
+        ev.decision = Some(decision.as_str().into());
+        ev.reason = reason.clone();
+        self.audit_durable(ev).await.map_err(VoteError::Store)?;
+        let refused = |why: String| {
+            let mut ev = event_for("vote_refused", &a);
+            ev.reviewer = Some(reviewer.id.clone());
+            ev.reason = Some(why);
+            ev
+        };
         let now = Utc::now();
         let vote = Vote {
             reviewer: reviewer.id.clone(),
@@ -486,52 +510,77 @@ impl Approvals {
             reason: reason.clone(),
             time: now,
         };
-        let result = self
-            .store
-            .vote(id, &vote, a.policy.quorum, now)
-            .await
-            .map_err(|e| VoteError::Store(e.0))?;
+        let result = match self.store.vote(id, &vote, a.policy.quorum, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit.record(refused(format!("not recorded: {e}")));
+                return Err(VoteError::Store(e.0));
+            }
+        };
         match result {
             VoteResult::NotFound => Err(VoteError::NotFound),
-            VoteResult::AlreadyVoted => Err(VoteError::AlreadyVoted),
-            VoteResult::AlreadyDecided(Status::Expired) if a.status == Status::Pending => {
+            VoteResult::AlreadyVoted => {
+                self.audit.record(refused("already voted".into()));
+                Err(VoteError::AlreadyVoted)
+            }
+            VoteResult::AlreadyDecided(Status::Expired) => {
                 // This vote discovered the expiry: tell parked requests.
+                self.audit
+                    .record(refused("the approval had expired".into()));
                 self.metrics.decision("expired");
                 self.audit.record(event_for("expired", &a));
                 self.notify(id, Outcome::Expired);
                 Err(VoteError::AlreadyDecided(Status::Expired))
             }
-            VoteResult::AlreadyDecided(s) => Err(VoteError::AlreadyDecided(s)),
+            VoteResult::AlreadyDecided(s) => {
+                self.audit
+                    .record(refused(format!("already {}", s.as_str())));
+                Err(VoteError::AlreadyDecided(s))
+            }
             VoteResult::Recorded(status) => {
                 self.metrics.vote(decision.as_str());
-                let mut ev = event_for("vote", &a);
-                ev.reviewer = Some(reviewer.id.clone());
-                ev.decision = Some(decision.as_str().into());
-                ev.reason = reason.clone();
-                // The vote is durable in the store; its audit record must be too before we answer.
-                self.audit_durable(ev).await.map_err(VoteError::Store)?;
-                match status {
-                    Status::Approved | Status::Denied => {
-                        let word = if status == Status::Approved {
-                            "approved"
-                        } else {
-                            "denied"
-                        };
-                        self.metrics.decision(word);
-                        let mut ev = event_for(word, &a);
-                        ev.reviewer = Some(reviewer.id.clone());
-                        ev.reason = reason.clone();
-                        self.audit_durable(ev).await.map_err(VoteError::Store)?;
+                if matches!(status, Status::Approved | Status::Denied) {
+                    let word = if status == Status::Approved {
+                        "approved"
+                    } else {
+                        "denied"
+                    };
+                    let mut ev = event_for(word, &a);
+                    ev.reviewer = Some(reviewer.id.clone());
+                    ev.reason = reason.clone();
+                    if let Err(e) = self.audit_durable(ev).await {
+                        // Fail closed: the store decided but the log cannot show it, so
+                        // the decision is withdrawn and nothing is forwarded on it.
+                        let _ = self
+                            .store
+                            .transition(
+                                id,
+                                status,
+                                Status::Cancelled,
+                                Utc::now(),
+                                Some("the decision could not be written to the audit log"),
+                            )
+                            .await;
                         self.notify(
                             id,
-                            if status == Status::Approved {
-                                Outcome::Approved
-                            } else {
-                                Outcome::Denied { reason }
+                            Outcome::Denied {
+                                reason: Some(
+                                    "the decision could not be written to the audit log; ask again"
+                                        .into(),
+                                ),
                             },
                         );
+                        return Err(VoteError::Store(e));
                     }
-                    _ => {}
+                    self.metrics.decision(word);
+                    self.notify(
+                        id,
+                        if status == Status::Approved {
+                            Outcome::Approved
+                        } else {
+                            Outcome::Denied { reason }
+                        },
+                    );
                 }
                 self.store
                     .approval(id)

@@ -192,6 +192,13 @@ macro_rules! client {
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         client!(self, c);
+        // Readiness means writable: a read-only standby is not ready.
+        let ro: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+        if ro {
+            return Err(StoreError(
+                "postgres: the server is read-only (in recovery)".into(),
+            ));
+        }
         c.query_one("SELECT COUNT(*) FROM schema_migrations", &[])
             .await?;
         Ok(())

@@ -236,10 +236,9 @@ fn load_approval(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreE
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        // Readiness means writable: take the write lock and let it go.
         self.with(|c| {
-            c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| {
-                r.get::<_, i64>(0)
-            })?;
+            c.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
             Ok(())
         })
         .await
