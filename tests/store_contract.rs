@@ -8,12 +8,17 @@ use chrono::{Duration as CDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The PostgreSQL server the tests use; `AIRLOCK_TEST_PG_URL` points them elsewhere.
+fn pg() -> String {
+    std::env::var("AIRLOCK_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
 
 /// A PostgreSQL store in a schema of its own.
 async fn postgres_store(name: &str) -> (Arc<dyn Store>, String) {
     let schema = format!("airlock_t_{name}_{}", std::process::id());
-    let (admin, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+    let pg = pg();
+    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL must be reachable at 127.0.0.1:5432 (database test)");
     tokio::spawn(conn);
@@ -23,7 +28,7 @@ async fn postgres_store(name: &str) -> (Arc<dyn Store>, String) {
         ))
         .await
         .unwrap();
-    let url = format!("{PG}?options=-csearch_path%3D{schema}");
+    let url = format!("{pg}?options=-csearch_path%3D{schema}");
     let tmp = std::env::temp_dir();
     (store::open(&url, &tmp).await.unwrap(), url)
 }
