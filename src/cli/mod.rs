@@ -423,7 +423,7 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                     }
                     let uri: http::Uri = url.parse()?;
                     let agent_id = agent.unwrap_or_else(|| "anonymous@127.0.0.1".into());
-                    let m = crate::http::effective_method(&method, &map)
+                    let m = crate::http::effective_method(&method, &map, uri.query())
                         .map(|m| m.to_string())
                         .unwrap_or(method.clone());
                     let view = RequestView {

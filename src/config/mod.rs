@@ -246,6 +246,8 @@ pub struct Limits {
     pub max_body: usize,
     pub inspect_body: usize,
     pub header_timeout: Duration,
+    /// How long a body that must be read (inspected or held) may take to arrive.
+    pub body_timeout: Duration,
     pub max_held: usize,
     pub max_connections: usize,
 }
@@ -745,10 +747,23 @@ impl Config {
             ));
             Duration::from_secs(10)
         });
+        let body_timeout_s = rl
+            .as_ref()
+            .and_then(|l| l.body_timeout.clone())
+            .unwrap_or_else(|| "30s".into());
+        let body_timeout = parse_duration(&body_timeout_s).unwrap_or_else(|e| {
+            limit_errs.push(src.diag_at(
+                Some("body_timeout:"),
+                &body_timeout_s,
+                format!("limits.body_timeout: {e}"),
+            ));
+            Duration::from_secs(30)
+        });
         let limits = Limits {
             max_body,
             inspect_body,
             header_timeout,
+            body_timeout,
             max_held: rl.as_ref().and_then(|l| l.max_held).unwrap_or(10_000),
             max_connections: rl
                 .as_ref()

@@ -97,6 +97,7 @@ pub struct RawLimits {
     pub max_body: Option<String>,
     pub inspect_body: Option<String>,
     pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
     pub max_held: Option<usize>,
     pub max_connections: Option<usize>,
 }

@@ -18,6 +18,7 @@ pub enum Code {
     Denied,
     ApprovalExpired,
     BodyTooLarge,
+    BodyTimeout,
     TooManyHeld,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -44,6 +45,7 @@ impl Code {
             DeniedByRule | ApprovalRequired | Denied | ApprovalExpired | Forbidden
             | NotEligible | SelfApproval | AgentCredential => StatusCode::FORBIDDEN,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             TooManyHeld => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -65,6 +67,7 @@ impl Code {
             Denied => "denied",
             ApprovalExpired => "approval_expired",
             BodyTooLarge => "body_too_large",
+            BodyTimeout => "body_timeout",
             TooManyHeld => "too_many_held",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",

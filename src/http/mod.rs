@@ -16,16 +16,29 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 ];
 
 /// The method a request acts as: the request line's, or the one a method-override
-/// header names. Several override headers (or values) that disagree are refused.
-pub fn effective_method(method: &str, headers: &HeaderMap) -> Result<String, AirlockError> {
+/// header (or a `_method` query parameter, as Rails, Laravel and Express read it)
+/// names. Several overrides that disagree are refused.
+pub fn effective_method(
+    method: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<String, AirlockError> {
     let mut named: Option<String> = None;
-    for h in METHOD_OVERRIDE_HEADERS {
-        for v in headers.get_all(h) {
-            let v = v
-                .to_str()
-                .map_err(|_| AirlockError::new(Code::BadRequest, format!("{h} is not valid text")))?
-                .trim()
-                .to_ascii_uppercase();
+    let from_headers = METHOD_OVERRIDE_HEADERS.iter().flat_map(|h| {
+        headers.get_all(*h).iter().map(move |v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| AirlockError::new(Code::BadRequest, format!("{h} is not valid text")))
+                .map(|v| (*h, v))
+        })
+    });
+    let from_query = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "_method")
+        .map(|(_, v)| Ok(("_method", v.into_owned())));
+    for item in from_headers.chain(from_query) {
+        let (h, v) = item?;
+        {
+            let v = v.trim().to_ascii_uppercase();
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(AirlockError::new(
                     Code::BadRequest,
@@ -46,8 +59,27 @@ pub fn effective_method(method: &str, headers: &HeaderMap) -> Result<String, Air
     Ok(named.unwrap_or_else(|| method.to_string()))
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1) never forwarded as they are.
-pub const HOP_BY_HOP: [&str; 8] = [
+/// The body's content coding if it is anything but identity, looking at every
+/// `Content-Encoding` header and every token in them (`identity` plus `gzip` is gzip).
+/// An unreadable value counts as encoded.
+pub fn content_encoding(headers: &HeaderMap) -> Option<&str> {
+    for v in headers.get_all(http::header::CONTENT_ENCODING) {
+        let Ok(s) = v.to_str() else {
+            return Some("unreadable");
+        };
+        for t in s.split(',').map(str::trim) {
+            if !t.is_empty() && !t.eq_ignore_ascii_case("identity") {
+                return Some(t);
+            }
+        }
+    }
+    None
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1, and HTTP2-Settings from RFC 7540 3.2.1)
+/// never forwarded as they are.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "http2-settings",
     "connection",
     "keep-alive",
     "proxy-connection",

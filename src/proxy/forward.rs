@@ -165,12 +165,10 @@ pub fn rewrite_request_headers(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     h.remove("x-airlock-justification");
-    let ip = client.ip.to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // airlock is the edge agents connect to: what a client claims about earlier hops
+    // is not passed on as fact.
+    h.remove("forwarded");
+    if let Ok(v) = HeaderValue::from_str(&client.ip.to_string()) {
         h.insert("x-forwarded-for", v);
     }
     h.insert(

@@ -173,7 +173,10 @@ impl Airlock {
         };
         let upath = upath.to_string();
         let on_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Rules, digest and upstream all see the same headers: what the Connection
+        // header names (and every other hop-by-hop header) goes before matching.
+        crate::http::strip_hop_by_hop(&mut parts.headers, on_upgrade.is_some());
         let caller = match snap.agents.identify(&parts.headers, peer.ip()) {
             Ok(c) => c,
             Err(e) => {
@@ -193,7 +196,7 @@ impl Airlock {
                 ));
             }
         };
-        let method = effective_method(parts.method.as_str(), &parts.headers)?;
+        let method = effective_method(parts.method.as_str(), &parts.headers, parts.uri.query())?;
         let ctx = Ctx {
             snap,
             request_id,
@@ -221,13 +224,9 @@ impl Airlock {
             let head = snap
                 .rules
                 .head_with_line_method(&view, parts.method.as_str());
-            let encoding = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok());
+            let encoding = crate::http::content_encoding(&parts.headers);
             if snap.rules.needs_body(&head) {
-                let compressed = encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-                if compressed {
+                if encoding.is_some() {
                     (
                         snap.rules.finish(
                             head,
@@ -237,12 +236,18 @@ impl Airlock {
                         Held::Stream(body),
                     )
                 } else {
-                    match read_limited(body, snap.cfg.limits.inspect_body).await {
-                        Ok(Read::Complete(b)) => {
+                    match read_body(
+                        body,
+                        snap.cfg.limits.inspect_body,
+                        snap.cfg.limits.body_timeout,
+                    )
+                    .await?
+                    {
+                        Read::Complete(b) => {
                             let d = snap.rules.finish(head, Body::Bytes(&b), encoding);
                             (d, Held::Bytes(b))
                         }
-                        Ok(Read::Over(pre, rest)) => (
+                        Read::Over(pre, rest) => (
                             snap.rules.finish(
                                 head,
                                 Body::Uninspectable("the body is larger than limits.inspect_body"),
@@ -250,12 +255,6 @@ impl Airlock {
                             ),
                             Held::Partial(pre, rest),
                         ),
-                        Err(e) => {
-                            return Err(AirlockError::new(
-                                Code::BadRequest,
-                                format!("could not read the request body: {e}"),
-                            ))
-                        }
                     }
                 }
             } else {
@@ -326,29 +325,20 @@ impl Airlock {
             )
             .with_rules(rules.clone())
         };
+        let timeout = snap.cfg.limits.body_timeout;
         let body = match held {
             Held::Bytes(b) if b.len() <= max => b,
             Held::Bytes(_) => return Err(too_large()),
-            Held::Stream(s) => match read_limited(s, max).await {
-                Ok(Read::Complete(b)) => b,
-                Ok(Read::Over(..)) => return Err(too_large()),
-                Err(e) => {
-                    return Err(AirlockError::new(
-                        Code::BadRequest,
-                        format!("could not read the request body: {e}"),
-                    ))
-                }
+            Held::Stream(s) => match read_body(s, max, timeout).await? {
+                Read::Complete(b) => b,
+                Read::Over(..) => return Err(too_large()),
             },
-            Held::Partial(pre, rest) => match read_limited(Prefixed::new(pre, rest), max).await {
-                Ok(Read::Complete(b)) => b,
-                Ok(Read::Over(..)) => return Err(too_large()),
-                Err(e) => {
-                    return Err(AirlockError::new(
-                        Code::BadRequest,
-                        format!("could not read the request body: {e}"),
-                    ))
+            Held::Partial(pre, rest) => {
+                match read_body(Prefixed::new(pre, rest), max, timeout).await? {
+                    Read::Complete(b) => b,
+                    Read::Over(..) => return Err(too_large()),
                 }
-            },
+            }
         };
         strip_agent_credential(snap, &mut parts.headers);
         let justification = parts
@@ -358,7 +348,13 @@ impl Airlock {
             .map(|s| s.chars().take(2000).collect::<String>());
         let up = &snap.cfg.upstreams[ctx.upstream];
         let url = with_query(&ctx.path, parts.uri.query());
-        let digest = request_digest(&ctx.method, &up.name, &url, &parts.headers, &body);
+        // With a method override both methods are bound and shown: "POST as DELETE".
+        let method_label = if parts.method.as_str() == ctx.method {
+            ctx.method.clone()
+        } else {
+            format!("{} as {}", parts.method, ctx.method)
+        };
+        let digest = request_digest(&method_label, &up.name, &url, &parts.headers, &body);
         let policy = decision
             .policy_rule
             .and_then(|i| snap.rules.rules[i].approval.clone())
@@ -375,7 +371,7 @@ impl Airlock {
             body_sha256: hex::encode(Sha256::digest(&body)),
             rules: rules.clone(),
             policy,
-            method: ctx.method.clone(),
+            method: method_label.clone(),
             upstream: up.name.clone(),
             host: ctx.host.clone(),
             url,
@@ -416,7 +412,7 @@ impl Airlock {
         drop(slot);
         // Digest checked again: only the exact request that was approved goes out.
         let again = request_digest(
-            &ctx.method,
+            &method_label,
             &up.name,
             &with_query(&ctx.path, parts.uri.query()),
             &parts.headers,
@@ -536,9 +532,41 @@ fn strip_agent_credential(snap: &Snapshot, headers: &mut HeaderMap) {
     }
 }
 
+/// Reads a body up to `limit` bytes within `timeout`.
+async fn read_body<B>(
+    body: B,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Read<B>, AirlockError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<super::body::BoxError>,
+{
+    match tokio::time::timeout(timeout, read_limited(body, limit)).await {
+        Err(_) => Err(AirlockError::new(
+            Code::BodyTimeout,
+            format!("the request body did not arrive within {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(AirlockError::new(
+            Code::BadRequest,
+            format!("could not read the request body: {e}"),
+        )),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// A WebSocket handshake (the only upgrade airlock passes through: any other
+/// protocol, h2c above all, would open a tunnel no rule could see into).
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.method() == http::Method::GET
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            == ["websocket"]
         && req
             .headers()
             .get_all(header::CONNECTION)

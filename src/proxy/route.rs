@@ -70,22 +70,42 @@ pub fn request_host<'a>(
         Some(v) => Some(v.to_str().map_err(|_| HostMismatch)?),
         None => None,
     };
-    let strip = |h: &'a str| -> &'a str {
+    let strip = |h: &'a str| -> Result<&'a str, HostMismatch> {
         if h.starts_with('[') {
-            return h.split(']').next().map(|s| &h[..s.len() + 1]).unwrap_or(h);
+            // An IPv6 literal: keep "[…]", drop the port.
+            return h.find(']').map(|i| &h[..=i]).ok_or(HostMismatch);
         }
-        h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
+        Ok(h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h))
     };
     match (header, uri.host()) {
         (Some(h), Some(a)) => {
-            let h = strip(h);
+            let h = strip(h)?;
             if !h.eq_ignore_ascii_case(a) {
                 return Err(HostMismatch);
             }
             Ok(Some(h))
         }
-        (Some(h), None) => Ok(Some(strip(h))),
+        (Some(h), None) => Ok(Some(strip(h)?)),
         (None, Some(a)) => Ok(Some(a)),
         (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(h: &str) -> Result<Option<String>, HostMismatch> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, h.parse().unwrap());
+        request_host(&"/".parse().unwrap(), &headers).map(|o| o.map(str::to_string))
+    }
+
+    #[test]
+    fn hosts_with_ports_and_ipv6_literals() {
+        assert_eq!(host("example.com:8080"), Ok(Some("example.com".into())));
+        assert_eq!(host("[::1]:8080"), Ok(Some("[::1]".into())));
+        assert_eq!(host("[::1"), Err(HostMismatch));
+        assert_eq!(host("["), Err(HostMismatch));
     }
 }

@@ -38,7 +38,7 @@ pub async fn run(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1000);
+        .max_concurrent_streams(100);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },

@@ -176,6 +176,29 @@ pub struct Decision {
 pub struct Head {
     matched: Vec<usize>,
     body_candidates: Vec<usize>,
+    /// The query string, kept for `form` conditions (many servers merge query
+    /// parameters and form fields). Only captured when a body candidate exists.
+    query: Option<String>,
+    /// Whether the body may be read as a form (no content type, or urlencoded).
+    form_body: bool,
+}
+
+/// Whether a body with these headers is `application/x-www-form-urlencoded` (or
+/// untyped, which servers commonly parse as a form too).
+fn is_form(headers: &HeaderMap) -> bool {
+    match headers.get(http::header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .map(|s| {
+                s.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+            .unwrap_or(false),
+    }
 }
 
 /// Why a rule did not match, for `rules explain`.
@@ -262,9 +285,16 @@ impl RuleSet {
                 matched.push(i);
             }
         }
+        let (query, form_body) = if body_candidates.is_empty() {
+            (None, true)
+        } else {
+            (req.query.map(str::to_string), is_form(req.headers))
+        };
         Head {
             matched,
             body_candidates,
+            query,
+            form_body,
         }
     }
 
@@ -295,6 +325,8 @@ impl RuleSet {
         Head {
             matched: pick(&a.matched, &b.matched),
             body_candidates: pick(&a.body_candidates, &b.body_candidates),
+            query: a.query.or(b.query),
+            form_body: a.form_body && b.form_body,
         }
     }
 
@@ -331,7 +363,7 @@ impl RuleSet {
                 }
                 (b, _) => b,
             };
-            let parsed = ParsedBody::new(body);
+            let parsed = ParsedBody::new(body, head.query.as_deref(), head.form_body);
             for i in head.body_candidates {
                 match check_body(&self.rules[i], &parsed) {
                     Check::Matched => matched.push(i),
@@ -372,17 +404,13 @@ impl RuleSet {
     /// Both steps at once, for callers that already hold the whole body.
     pub fn evaluate(&self, req: &RequestView<'_>, body: Body<'_>) -> Decision {
         let head = self.head(req);
-        let encoding = req
-            .headers
-            .get(http::header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok());
-        self.finish(head, body, encoding)
+        self.finish(head, body, crate::http::content_encoding(req.headers))
     }
 
     /// Every rule with whether it matched and, if not, the first condition that failed.
     pub fn explain(&self, req: &RequestView<'_>, body: Body<'_>) -> Vec<(usize, Check)> {
         let cand = self.path_candidates(req.path);
-        let parsed = ParsedBody::new(body);
+        let parsed = ParsedBody::new(body, req.query, is_form(req.headers));
         self.rules
             .iter()
             .enumerate()
@@ -464,13 +492,17 @@ fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
 /// The body, parsed once for all candidate rules.
 struct ParsedBody<'a> {
     raw: Body<'a>,
+    query: Option<&'a str>,
+    form_body: bool,
     json: std::cell::OnceCell<Result<StrictJson, String>>,
 }
 
 impl<'a> ParsedBody<'a> {
-    fn new(raw: Body<'a>) -> ParsedBody<'a> {
+    fn new(raw: Body<'a>, query: Option<&'a str>, form_body: bool) -> ParsedBody<'a> {
         ParsedBody {
             raw,
+            query,
+            form_body,
             json: std::cell::OnceCell::new(),
         }
     }
@@ -513,15 +545,26 @@ fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
             }
         };
         for (pointer, m) in &rule.json {
-            let values = json::select(&doc.0, pointer);
+            // Strict rules match keys case-insensitively, as Go and ASP.NET bind them.
+            let values = json::select(&doc.0, pointer, strict);
             let texts: Vec<String> = values.iter().map(|v| json::as_text(v)).collect();
             if !m.is_match_values(strict, texts.iter().map(String::as_str)) {
                 return Check::Missed(format!("JSON {pointer} does not match"));
             }
         }
     }
+    if !rule.form.is_empty() && !bytes.is_empty() && !body.form_body {
+        return if strict {
+            Check::MatchedFailClosed("the body is not application/x-www-form-urlencoded")
+        } else {
+            Check::Missed("the body is not a form".into())
+        };
+    }
+    let query = body.query.unwrap_or("").as_bytes();
     for (key, m) in &rule.form {
+        // Query parameters count as form fields: many servers merge the two.
         let values: Vec<String> = form_urlencoded::parse(bytes)
+            .chain(form_urlencoded::parse(query))
             .filter(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
             .collect();

@@ -56,9 +56,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        // Keys equal but for case are duplicates too: case-insensitive binders
+        // (Go, ASP.NET) would pick one of them.
+        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             let StrictJson(v) = map.next_value()?;
-            if out.insert(key.clone(), v).is_some() {
+            if !folded.insert(key.to_lowercase()) || out.insert(key.clone(), v).is_some() {
                 return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
             }
         }
@@ -73,7 +76,8 @@ pub fn parse_strict(bytes: &[u8]) -> Result<StrictJson, String> {
 
 /// Every value a JSON pointer selects. A `*` segment stands for every element of an
 /// array or every member of an object; `~1` and `~0` escape `/` and `~` (RFC 6901).
-pub fn select<'v>(doc: &'v Value, pointer: &str) -> Vec<&'v Value> {
+/// With `fold_case`, object keys match regardless of case.
+pub fn select<'v>(doc: &'v Value, pointer: &str, fold_case: bool) -> Vec<&'v Value> {
     let mut current = vec![doc];
     if pointer.is_empty() {
         return current;
@@ -85,6 +89,14 @@ pub fn select<'v>(doc: &'v Value, pointer: &str) -> Vec<&'v Value> {
             match v {
                 Value::Object(m) if seg == "*" => next.extend(m.values()),
                 Value::Array(a) if seg == "*" => next.extend(a.iter()),
+                Value::Object(m) if fold_case => {
+                    let want = seg.to_lowercase();
+                    next.extend(
+                        m.iter()
+                            .filter(|(k, _)| k.to_lowercase() == want)
+                            .map(|(_, v)| v),
+                    );
+                }
                 Value::Object(m) => next.extend(m.get(&seg)),
                 Value::Array(a) => {
                     if let Ok(i) = seg.parse::<usize>() {
@@ -117,18 +129,22 @@ mod tests {
         assert!(parse_strict(br#"{"sql":"select 1","sql":"drop table t"}"#).is_err());
         assert!(parse_strict(br#"{"a":{"b":1,"b":2}}"#).is_err());
         assert!(parse_strict(br#"{"a":{"b":1},"c":[{"b":1},{"b":2}]}"#).is_ok());
+        assert!(parse_strict(br#"{"tier":"dev","TIER":"prod"}"#).is_err());
+        let doc = serde_json::json!({"Spec": {"Tier": "prod"}});
+        assert_eq!(select(&doc, "/spec/tier", true)[0], "prod");
+        assert!(select(&doc, "/spec/tier", false).is_empty());
     }
 
     #[test]
     fn pointer_with_wildcards() {
         let doc = serde_json::json!({"items":[{"sql":"a"},{"sql":"b"}],"a/b":{"~":1}});
-        let got: Vec<String> = select(&doc, "/items/*/sql")
+        let got: Vec<String> = select(&doc, "/items/*/sql", false)
             .into_iter()
             .map(as_text)
             .collect();
         assert_eq!(got, vec!["a", "b"]);
-        assert_eq!(select(&doc, "/items/1/sql")[0], "b");
-        assert_eq!(as_text(select(&doc, "/a~1b/~0")[0]), "1");
-        assert!(select(&doc, "/missing").is_empty());
+        assert_eq!(select(&doc, "/items/1/sql", false)[0], "b");
+        assert_eq!(as_text(select(&doc, "/a~1b/~0", false)[0]), "1");
+        assert!(select(&doc, "/missing", false).is_empty());
     }
 }

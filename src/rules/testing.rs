@@ -126,7 +126,7 @@ pub fn evaluate_request(
         ));
     };
     let line_method = method;
-    let method = match effective_method(method, &map) {
+    let method = match effective_method(method, &map, uri.query()) {
         Ok(m) => m,
         Err(e) => return Ok(Evaluated::Refused(e.error, e.message)),
     };
@@ -144,11 +144,8 @@ pub fn evaluate_request(
     } else {
         Body::Bytes(body)
     };
-    let encoding = map
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
     let head = rules.head_with_line_method(&view, line_method);
-    let decision = rules.finish(head, body, encoding);
+    let decision = rules.finish(head, body, crate::http::content_encoding(&map));
     Ok(Evaluated::Decided {
         upstream: upstream.name.clone(),
         path: upstream_path.to_string(),

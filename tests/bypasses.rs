@@ -1,0 +1,295 @@
+//! Requests built to slip past the rules: each is matched like its plain form,
+//! refused, or held, and never reaches the upstream unchecked.
+
+mod common;
+use common::*;
+
+const RULES: &str = r#"rules:
+  - name: no-deletes
+    when: {method: DELETE, path: /v1/things/*}
+    then: deny
+  - name: terminate
+    when:
+      path: /ec2
+      form: {Action: TerminateInstances}
+    then: deny
+  - name: prod-tier
+    when:
+      path: /v1/deploy
+      json: {/spec/tier: prod}
+    then: deny
+  - name: dry-run-only
+    when:
+      path: /v1/deploy
+      headers: {x-dry-run: "true"}
+    then: allow
+  - name: upload
+    when: {method: PUT, path: /v1/blobs/*}
+    then: approve
+    approval: {approvers: [group:sre]}
+"#;
+
+async fn setup(extra: &str, default_deny: bool) -> (Upstream, Workspace, Airlock) {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let mut extra = extra.to_string();
+    if default_deny {
+        extra.push_str("default: deny\n");
+    }
+    let cfg = ws.standard_config(&up.url(), &extra);
+    let a = Airlock::start(&cfg);
+    (up, ws, a)
+}
+
+fn auth() -> String {
+    format!("Authorization: Bearer {AGENT_KEY}\r\n")
+}
+
+#[tokio::test]
+async fn a_broken_host_header_is_a_clean_400_not_a_crash() {
+    let (up, _ws, a) = setup("", false).await;
+    for host in ["[", "[::1", "[::1:80"] {
+        let req = format!(
+            "GET /api/x HTTP/1.1\r\nHost: {host}\r\n{}Connection: close\r\n\r\n",
+            auth()
+        );
+        let (status, _, body) = raw_http(a.proxy, req.as_bytes()).await;
+        assert_eq!(status, 400, "Host {host:?}: {body}");
+    }
+    // Still serving.
+    let r = client()
+        .get(a.url("/api/x"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_pass_and_h2c_is_not_tunneled() {
+    let (up, _ws, a) = setup("", false).await;
+    let req = format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: t\r\n{}Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+        auth()
+    );
+    let (status, _, _) = raw_http_first_response(a.proxy, req.as_bytes()).await;
+    assert_eq!(status, 200, "an h2c upgrade is answered as a plain request");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].headers.get("upgrade").is_none(),
+        "{:?}",
+        seen[0].headers
+    );
+    assert!(seen[0].headers.get("http2-settings").is_none());
+}
+
+/// Sends a request and reads until the end of the first response head.
+async fn raw_http_first_response(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn a_header_the_connection_header_names_is_gone_before_the_rules_look() {
+    // default: deny; only `x-dry-run: true` deploys are allowed. Naming the header in
+    // Connection would make airlock drop it after an allow: the rules must not see it.
+    let (up, _ws, a) = setup("", true).await;
+    let r = client()
+        .post(a.url("/api/v1/deploy"))
+        .bearer_auth(AGENT_KEY)
+        .header("x-dry-run", "true")
+        .header("connection", "x-dry-run")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.count(), 0);
+    let r = client()
+        .post(a.url("/api/v1/deploy"))
+        .bearer_auth(AGENT_KEY)
+        .header("x-dry-run", "true")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.requests()[0].headers["x-dry-run"], "true");
+}
+
+#[tokio::test]
+async fn method_overrides_in_the_query_are_matched_as_the_method_they_name() {
+    let (up, _ws, a) = setup("", false).await;
+    let r = client()
+        .post(a.url("/api/v1/things/7?_method=DELETE"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client()
+        .post(a.url("/api/v1/things/7?_method=PUT"))
+        .bearer_auth(AGENT_KEY)
+        .header("x-http-method-override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "disagreeing overrides are refused");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn form_fields_are_found_in_the_query_and_other_body_types_fail_closed() {
+    let (up, _ws, a) = setup("", false).await;
+    let denied = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 403);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["rule"][0], "terminate");
+    };
+    // The field in the query string, empty body.
+    denied(
+        client()
+            .post(a.url("/api/ec2?Action=TerminateInstances&InstanceId.1=i-1"))
+            .bearer_auth(AGENT_KEY)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A multipart body cannot be read as a form: the rule applies.
+    denied(
+        client()
+            .post(a.url("/api/ec2"))
+            .bearer_auth(AGENT_KEY)
+            .header("content-type", "multipart/form-data; boundary=X")
+            .body("--X\r\nContent-Disposition: form-data; name=\"Action\"\r\n\r\nTerminateInstances\r\n--X--\r\n")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A urlencoded body that asks for something else passes.
+    let r = client()
+        .post(a.url("/api/ec2"))
+        .bearer_auth(AGENT_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("Action=DescribeInstances")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn json_keys_differing_only_in_case_do_not_dodge_a_rule() {
+    let (up, _ws, a) = setup("", false).await;
+    for body in [
+        r#"{"Spec":{"Tier":"prod"}}"#,
+        r#"{"spec":{"tier":"dev","TIER":"prod"}}"#,
+    ] {
+        let r = client()
+            .post(a.url("/api/v1/deploy"))
+            .bearer_auth(AGENT_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{body}");
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn every_content_encoding_header_counts() {
+    let (up, _ws, a) = setup("", false).await;
+    let r = client()
+        .post(a.url("/api/v1/deploy"))
+        .bearer_auth(AGENT_KEY)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "gzip")
+        .body(r#"{"spec":{"tier":"dev"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a possibly compressed body fails closed");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn an_approval_is_bound_to_the_request_line_method_too() {
+    let (up, _ws, a) = setup("", false).await;
+    let held = tokio::spawn({
+        let u = a.url("/api/v1/blobs/b1");
+        async move {
+            client()
+                .post(u)
+                .bearer_auth(AGENT_KEY)
+                .header("x-http-method-override", "PUT")
+                .body("data")
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let list = wait_pending(&a, 1).await;
+    assert_eq!(
+        list[0]["method"], "POST as PUT",
+        "reviewers see both methods"
+    );
+    assert_eq!(
+        vote(&a, BOB, list[0]["id"].as_str().unwrap(), "approve", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(held.await.unwrap().status(), 200);
+    assert_eq!(up.requests()[0].method, "POST");
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_too_slowly_is_refused() {
+    let (up, _ws, a) = setup("limits: {body_timeout: 1s}\n", false).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(a.proxy).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/blobs/b2 HTTP/1.1\r\nHost: t\r\n{}Content-Length: 100\r\n\r\nonly-a-little",
+        auth()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered within the body timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(pending(&a, BOB).await.is_empty());
+    assert_eq!(up.count(), 0);
+}
