@@ -349,3 +349,40 @@ async fn airlock_holds_and_forwards_with_a_postgres_store() {
         .collect();
     assert_eq!(kinds, ["held", "vote", "approved", "forwarded"]);
 }
+
+/// Two airlock replicas writing one PostgreSQL audit log: every event lands, in one
+/// unbroken chain.
+#[tokio::test]
+async fn two_replicas_share_one_audit_chain_on_postgres() {
+    use airlock::audit::AuditLog;
+    use airlock::store::StoreSink;
+    let (_, url) = postgres_store("replicas").await;
+    let a = store::open(&url, &std::env::temp_dir()).await.unwrap();
+    let b = store::open(&url, &std::env::temp_dir()).await.unwrap();
+    let (log_a, _ta) = AuditLog::start(Arc::new(StoreSink(a.clone())), None, None)
+        .await
+        .unwrap();
+    let (log_b, _tb) = AuditLog::start(Arc::new(StoreSink(b)), None, None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = if i % 2 == 0 {
+            log_a.clone()
+        } else {
+            log_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut ev = AuditEvent::new("passed");
+            ev.request_id = Some(format!("req_{i}"));
+            log.append(ev).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every append lands");
+    }
+    let events = a.audit_events(None).await.unwrap();
+    assert_eq!(events.len(), 200);
+    let report = verify(&events, &[], None);
+    assert!(report.ok(), "{report}");
+}

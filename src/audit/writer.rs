@@ -177,17 +177,31 @@ impl Writer {
     async fn commit(&mut self, events: &mut Vec<AuditEvent>, replies: &mut Vec<Option<Reply>>) {
         let started = Instant::now();
         let n = events.len();
-        // Seal into a copy; the real head only moves after the sink accepted the batch.
-        let mut chain = self.chain.clone();
-        for ev in events.iter_mut() {
-            chain.seal(ev);
-        }
-        let checkpoint = self
-            .signer
-            .as_ref()
-            .map(|s| s.sign(chain.last_seq(), chain.head(), Utc::now()));
-
-        let result = self.sink.append(events, checkpoint.as_ref()).await;
+        let mut attempt = 0;
+        let (chain, result) = loop {
+            // Seal into a copy; the real head only moves after the sink accepted the batch.
+            let mut chain = self.chain.clone();
+            for ev in events.iter_mut() {
+                chain.seal(ev);
+            }
+            let checkpoint = self
+                .signer
+                .as_ref()
+                .map(|s| s.sign(chain.last_seq(), chain.head(), Utc::now()));
+            let result = self.sink.append(events, checkpoint.as_ref()).await;
+            attempt += 1;
+            if result.is_err() && attempt < 3 {
+                // Another writer (a second replica on the same database) may have
+                // appended first: continue the chain from the stored head and retry.
+                if let Ok((seq, hash)) = self.sink.head().await {
+                    if seq != self.chain.last_seq() || hash != self.chain.head() {
+                        self.chain = Chain::new(seq, &hash);
+                        continue;
+                    }
+                }
+            }
+            break (chain, result);
+        };
         let ok = result.is_ok();
         match result {
             Ok(()) => {
