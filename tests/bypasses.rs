@@ -293,3 +293,46 @@ async fn a_body_that_trickles_in_too_slowly_is_refused() {
     assert!(pending(&a, BOB).await.is_empty());
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn credentials_in_the_query_never_reach_reviewers_or_the_audit_log() {
+    let (up, ws, a) = setup("audit: {level: all, file: audit.jsonl}\n", false).await;
+    let held = tokio::spawn({
+        let u = a.url("/api/v1/blobs/b3?api_key=supersecret-123&x=1");
+        async move {
+            client()
+                .put(u)
+                .bearer_auth(AGENT_KEY)
+                .body("d")
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let list = wait_pending(&a, 1).await;
+    assert_eq!(list[0]["url"], "/v1/blobs/b3?api_key=REDACTED&x=1");
+    assert_eq!(
+        vote(&a, BOB, list[0]["id"].as_str().unwrap(), "approve", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(held.await.unwrap().status(), 200);
+    // The upstream got the real query; nothing else kept it.
+    assert!(up.requests()[0].uri.contains("api_key=supersecret-123"));
+    let r = client()
+        .get(a.url("/api/plain?token=supersecret-123"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    a.stop();
+    let cfg = ws.config();
+    let (code, export, _) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(export.contains("api_key=REDACTED"), "{export}");
+    assert!(!export.contains("supersecret"), "{export}");
+    let jsonl = std::fs::read_to_string(ws.path().join("audit.jsonl")).unwrap();
+    assert!(!jsonl.contains("supersecret"));
+}

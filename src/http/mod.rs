@@ -76,6 +76,51 @@ pub fn content_encoding(headers: &HeaderMap) -> Option<&str> {
     None
 }
 
+/// Query parameter names whose values are credentials, never shown or logged.
+const SECRET_PARAMS: [&str; 16] = [
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "signature",
+    "sig",
+    "code",
+    "x-amz-signature",
+    "x-amz-security-token",
+];
+
+/// A query string with the values of credential-like parameters replaced by
+/// `REDACTED`. Unchanged (borrowed) when there are none.
+pub fn redact_query(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    let q = query?;
+    let secret = |k: &str| SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+    if !form_urlencoded::parse(q.as_bytes()).any(|(k, _)| secret(&k)) {
+        return Some(std::borrow::Cow::Borrowed(q));
+    }
+    let parts: Vec<String> = q
+        .split('&')
+        .map(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(name.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect();
+            if secret(&decoded) {
+                format!("{name}=REDACTED")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    Some(std::borrow::Cow::Owned(parts.join("&")))
+}
+
 /// Hop-by-hop headers (RFC 9110 7.6.1, and HTTP2-Settings from RFC 7540 3.2.1)
 /// never forwarded as they are.
 pub const HOP_BY_HOP: [&str; 9] = [
@@ -111,5 +156,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if !keep_upgrade {
         headers.remove(http::header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_queries_are_redacted() {
+        assert_eq!(redact_query(None), None);
+        assert_eq!(redact_query(Some("a=1&b=2")).as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            redact_query(Some("a=1&api_key=s3cret&X-Amz-Signature=abc&b")).as_deref(),
+            Some("a=1&api_key=REDACTED&X-Amz-Signature=REDACTED&b")
+        );
+        assert_eq!(
+            redact_query(Some("%74oken=x")).as_deref(),
+            Some("%74oken=REDACTED")
+        );
     }
 }

@@ -130,7 +130,7 @@ impl Airlock {
         ev.method = Some(ctx.method.clone());
         ev.upstream = Some(ctx.snap.cfg.upstreams[ctx.upstream].name.clone());
         ev.host = ctx.host.clone();
-        ev.path = Some(with_query(&ctx.path, parts.uri.query()));
+        ev.path = Some(shown_url(&ctx.path, parts.uri.query()));
         ev
     }
 
@@ -185,7 +185,7 @@ impl Airlock {
                 ev.method = Some(parts.method.to_string());
                 ev.upstream = Some(snap.cfg.upstreams[upstream].name.clone());
                 ev.host = host;
-                ev.path = Some(with_query(&upath, parts.uri.query()));
+                ev.path = Some(shown_url(&upath, parts.uri.query()));
                 ev.reason = Some(e.to_string());
                 self.audit.record(ev);
                 self.metrics
@@ -374,7 +374,7 @@ impl Airlock {
             method: method_label.clone(),
             upstream: up.name.clone(),
             host: ctx.host.clone(),
-            url,
+            url: shown_url(&ctx.path, parts.uri.query()),
             justification,
             show,
         };
@@ -505,7 +505,7 @@ impl Airlock {
                     ev.method = Some(ctx.method.clone());
                     ev.upstream = Some(up.name.clone());
                     ev.host = ctx.host.clone();
-                    ev.path = Some(with_query(&ctx.path, query.as_deref()));
+                    ev.path = Some(shown_url(&ctx.path, query.as_deref()));
                     ev
                 }
             };
@@ -576,6 +576,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
+}
+
+/// The URL as reviewers and the audit log see it: query values that look like
+/// credentials are replaced with `REDACTED` (the digest still binds the real ones).
+fn shown_url(path: &str, query: Option<&str>) -> String {
+    with_query(path, crate::http::redact_query(query).as_deref())
 }
 
 fn with_query(path: &str, query: Option<&str>) -> String {
