@@ -169,6 +169,14 @@ async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
         "all clients are held"
     );
     assert_eq!(up.count(), 0);
+    // Parked requests are futures, not threads.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.child.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap();
+    assert!(threads < 40, "{threads} threads for {N} held requests");
 
     // Which approval belongs to which body (by body_sha256), to check that each
     // client gets its own approval back.

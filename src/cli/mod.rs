@@ -160,6 +160,8 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
+    // Blocking work is store I/O, serialized per connection: a few threads suffice.
+    b.max_blocking_threads(32);
     if workers > 0 {
         b.worker_threads(workers);
     }

@@ -1,7 +1,9 @@
 //! The embedded SQLite store (`store: sqlite://airlock.db`), created on first start.
 //!
-//! One connection in WAL mode behind a mutex; every call runs on tokio's blocking
-//! pool, so the async runtime never waits on disk. Schema migrations are the numbered
+//! One connection in WAL mode behind an async mutex; a call takes the mutex first and
+//! only then runs on tokio's blocking pool, so the async runtime never waits on disk
+//! and a burst of thousands of held requests queues as cheap futures, not as
+//! blocking threads. Schema migrations are the numbered
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
 use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
@@ -9,8 +11,9 @@ use crate::audit::{format_time, AuditEvent, Checkpoint, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 /// Schema migrations, in order. Never edit one that has shipped; add a new file.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
@@ -89,15 +92,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError("store mutex poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        let mut guard = self.conn.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&mut guard))
+            .await
+            .map_err(|e| StoreError(format!("store task failed: {e}")))?
     }
 }
 
