@@ -40,7 +40,10 @@ impl Airlock {
             store.clone(),
             audit.clone(),
             metrics.clone(),
-            snapshot.cfg.limits.max_held,
+            crate::approvals::HoldLimits {
+                total: snapshot.cfg.limits.max_held,
+                per_agent: snapshot.cfg.limits.max_held_per_agent,
+            },
         );
         Arc::new(Airlock {
             snapshot: RwLock::new(Arc::new(snapshot)),

@@ -70,7 +70,10 @@ pub fn reload(airlock: &Airlock, path: &std::path::Path) -> anyhow::Result<usize
     let cfg = Config::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let loaded = rules::load(&cfg).map_err(|d| anyhow::anyhow!("{d}"))?;
     let n = loaded.set.rules.len();
-    airlock.approvals.set_max_held(cfg.limits.max_held);
+    airlock.approvals.set_limits(approvals::HoldLimits {
+        total: cfg.limits.max_held,
+        per_agent: cfg.limits.max_held_per_agent,
+    });
     airlock
         .reload(Arc::new(cfg), Arc::new(loaded.set))
         .map_err(|e| anyhow::anyhow!(e))?;

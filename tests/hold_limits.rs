@@ -201,3 +201,61 @@ async fn health_readiness_and_metrics() {
         assert!(m.contains(needle), "metrics lack {needle:?}:\n{m}");
     }
 }
+
+#[tokio::test]
+async fn one_agent_cannot_take_every_held_slot() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = ws.standard_config(&up.url(), "limits: {max_held: 10, max_held_per_agent: 2}\n");
+    let a = Airlock::start(&cfg);
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let u = a.url(&format!("/api/mine/{i}"));
+        held.push(tokio::spawn(async move {
+            client()
+                .delete(u)
+                .bearer_auth(AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }));
+    }
+    wait_pending(&a, 2).await;
+    let r = client()
+        .delete(a.url("/api/mine/3"))
+        .bearer_auth(AGENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "too_many_held");
+    assert!(v["message"].as_str().unwrap().contains("deploy-bot"), "{v}");
+    // Another agent still gets its request held.
+    let other = tokio::spawn({
+        let u = a.url("/api/theirs/1");
+        async move {
+            client()
+                .delete(u)
+                .bearer_auth(OTHER_AGENT_KEY)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let list = wait_pending(&a, 3).await;
+    for l in list {
+        assert_eq!(
+            vote(&a, BOB, l["id"].as_str().unwrap(), "deny", None)
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(other.await.unwrap().status(), 403);
+    for h in held {
+        assert_eq!(h.await.unwrap().status(), 403);
+    }
+    assert_eq!(up.count(), 0);
+}

@@ -16,7 +16,6 @@ use crate::rules::ApprovalPolicy;
 use crate::store::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -79,13 +78,41 @@ pub enum Waited {
 /// Counts held requests; releases its slot when dropped.
 pub struct HeldSlot {
     approvals: Arc<Approvals>,
+    agent: String,
 }
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
-        self.approvals.held.fetch_sub(1, Ordering::AcqRel);
+        let mut h = self
+            .approvals
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.by_agent.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.by_agent.remove(&self.agent);
+            }
+        }
         self.approvals.metrics.held_now.dec();
     }
+}
+
+/// Held requests now, in all and per agent.
+#[derive(Default)]
+struct HeldCounts {
+    total: usize,
+    by_agent: std::collections::HashMap<String, usize>,
+}
+
+/// How many requests may be held at once.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldLimits {
+    /// `limits.max_held`.
+    pub total: usize,
+    /// `limits.max_held_per_agent`: one agent cannot take every slot.
+    pub per_agent: usize,
 }
 
 /// Why a vote was refused.
@@ -133,8 +160,8 @@ pub struct Approvals {
     store: Arc<dyn Store>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
-    max_held: AtomicUsize,
-    held: AtomicUsize,
+    limits: std::sync::Mutex<HoldLimits>,
+    held: std::sync::Mutex<HeldCounts>,
     waiters: DashMap<String, watch::Sender<Option<Outcome>>>,
 }
 
@@ -161,48 +188,53 @@ impl Approvals {
         store: Arc<dyn Store>,
         audit: AuditLog,
         metrics: Arc<Metrics>,
-        max_held: usize,
+        limits: HoldLimits,
     ) -> Arc<Approvals> {
         Arc::new(Approvals {
             store,
             audit,
             metrics,
-            max_held: AtomicUsize::new(max_held),
-            held: AtomicUsize::new(0),
+            limits: std::sync::Mutex::new(limits),
+            held: std::sync::Mutex::new(HeldCounts::default()),
             waiters: DashMap::new(),
         })
     }
 
     /// Requests held right now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.held.lock().map(|h| h.total).unwrap_or(0)
     }
 
-    pub fn set_max_held(&self, n: usize) {
-        self.max_held.store(n, Ordering::Release);
-    }
-
-    /// Takes a held slot, or `None` at `limits.max_held`.
-    pub fn reserve(self: &Arc<Self>) -> Option<HeldSlot> {
-        let max = self.max_held.load(Ordering::Acquire);
-        let mut cur = self.held.load(Ordering::Acquire);
-        loop {
-            if cur >= max {
-                return None;
-            }
-            match self
-                .held
-                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    self.metrics.held_now.inc();
-                    return Some(HeldSlot {
-                        approvals: self.clone(),
-                    });
-                }
-                Err(now) => cur = now,
-            }
+    pub fn set_limits(&self, limits: HoldLimits) {
+        if let Ok(mut l) = self.limits.lock() {
+            *l = limits;
         }
+    }
+
+    /// Takes a held slot for `agent`, or says which limit is reached.
+    pub fn reserve(self: &Arc<Self>, agent: &str) -> Result<HeldSlot, String> {
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if h.total >= limits.total {
+            return Err(format!(
+                "{} requests are held, the most allowed (limits.max_held)",
+                h.total
+            ));
+        }
+        let mine = h.by_agent.get(agent).copied().unwrap_or(0);
+        if mine >= limits.per_agent {
+            return Err(format!(
+                "{agent} already has {mine} requests held (limits.max_held_per_agent)"
+            ));
+        }
+        h.total += 1;
+        *h.by_agent.entry(agent.to_string()).or_insert(0) += 1;
+        drop(h);
+        self.metrics.held_now.inc();
+        Ok(HeldSlot {
+            approvals: self.clone(),
+            agent: agent.to_string(),
+        })
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<Option<Outcome>> {

@@ -249,6 +249,8 @@ pub struct Limits {
     /// How long a body that must be read (inspected or held) may take to arrive.
     pub body_timeout: Duration,
     pub max_held: usize,
+    /// Held requests one agent may have at once (default: `max_held`).
+    pub max_held_per_agent: usize,
     pub max_connections: usize,
 }
 
@@ -765,6 +767,10 @@ impl Config {
             header_timeout,
             body_timeout,
             max_held: rl.as_ref().and_then(|l| l.max_held).unwrap_or(10_000),
+            max_held_per_agent: rl
+                .as_ref()
+                .and_then(|l| l.max_held_per_agent.or(l.max_held))
+                .unwrap_or(10_000),
             max_connections: rl
                 .as_ref()
                 .and_then(|l| l.max_connections)

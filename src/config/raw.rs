@@ -99,6 +99,7 @@ pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub max_held: Option<usize>,
+    pub max_held_per_agent: Option<usize>,
     pub max_connections: Option<usize>,
 }
 

@@ -311,13 +311,10 @@ impl Airlock {
         let snap = ctx.snap;
         let max = snap.cfg.limits.max_body;
         // The slot is taken before buffering, so max_held also bounds held memory.
-        let Some(slot) = self.approvals.reserve() else {
-            return Err(AirlockError::new(
-                Code::TooManyHeld,
-                "too many requests are held for approval; try again later",
-            )
-            .with_rules(rules.clone()));
-        };
+        let slot = self.approvals.reserve(&ctx.caller.id).map_err(|why| {
+            AirlockError::new(Code::TooManyHeld, format!("{why}; try again later"))
+                .with_rules(rules.clone())
+        })?;
         let too_large = || {
             AirlockError::new(
                 Code::BodyTooLarge,
