@@ -11,9 +11,10 @@
 
 use airlock::config::{Config, Source};
 use airlock::http::normalize::normalize_path;
-use airlock::rules::{load_files, Body, Decision, RequestView, RuleSet};
+use airlock::rules::{glob_to_regex, load_files, Body, Decision, RequestView, RuleSet};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use http::{HeaderMap, HeaderValue};
+use regex::RegexSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +24,7 @@ const SIZES: [usize; 3] = [10, 100, 1000];
 const CONFIG: &str = r#"
 listen: 127.0.0.1:0
 default: allow
-store: "memory:"
+store: "sqlite::memory:"
 upstreams:
   - name: cloud
     prefix: /cloud
@@ -50,6 +51,9 @@ fn rules_yaml(n: usize) -> String {
     for i in 0..n {
         let _ = writeln!(y, "  - name: r{i}");
         y.push_str("    when:\n      upstream: cloud\n");
+        if let Some(p) = rule_path(i) {
+            let _ = writeln!(y, "      path: \"{p}\"");
+        }
         let approval = "    then: approve\n    approval: {approvers: [group:sre], quorum: 1}\n";
         if i % 50 == 49 {
             y.push_str("      method: DELETE\n      headers: {x-break-glass: \"re:(?i)^yes$\"}\n    then: deny\n");
@@ -57,26 +61,42 @@ fn rules_yaml(n: usize) -> String {
         }
         match i % 5 {
             0 => {
-                let _ = writeln!(y, "      method: [DELETE, POST]\n      path: /v1/svc{i}/items/*/actions/**");
+                y.push_str("      method: [DELETE, POST]\n");
                 y.push_str(approval);
             }
-            1 => {
-                let _ = writeln!(y, "      method: DELETE\n      path: /v1/svc{i}/**\n      headers: {{x-environment: prod}}\n    then: deny");
-            }
+            1 => y.push_str(
+                "      method: DELETE\n      headers: {x-environment: prod}\n    then: deny\n",
+            ),
             2 => {
-                let _ = writeln!(y, "      method: POST\n      path: \"re:^/v1/svc{i}/jobs/[0-9]+$\"\n      json: {{/spec/tier: prod}}");
+                y.push_str("      method: POST\n      json: {/spec/tier: prod}\n");
                 y.push_str(approval);
             }
-            3 => {
-                let _ = writeln!(y, "      method: [PUT, PATCH]\n      path: /v1/svc{i}/users/*\n      query: {{force: \"true\"}}\n    then: deny");
-            }
+            3 => y.push_str(
+                "      method: [PUT, PATCH]\n      query: {force: \"true\"}\n    then: deny\n",
+            ),
             _ => {
-                let _ = writeln!(y, "      method: PATCH\n      path: /v1/svc{i}/config/*/keys/*\n      headers: {{x-scope: \"re:^(admin|root)$\"}}");
+                y.push_str(
+                    "      method: PATCH\n      headers: {x-scope: \"re:^(admin|root)$\"}\n",
+                );
                 y.push_str(approval);
             }
         }
     }
     y
+}
+
+/// The path condition of generated rule `i`, as written in YAML (`None`: no path).
+fn rule_path(i: usize) -> Option<String> {
+    if i % 50 == 49 {
+        return None;
+    }
+    Some(match i % 5 {
+        0 => format!("/v1/svc{i}/items/*/actions/**"),
+        1 => format!("/v1/svc{i}/**"),
+        2 => format!("re:^/v1/svc{i}/jobs/[0-9]+$"),
+        3 => format!("/v1/svc{i}/users/*"),
+        _ => format!("/v1/svc{i}/config/*/keys/*"),
+    })
 }
 
 struct Fixture {
@@ -111,7 +131,8 @@ fn load(f: &Fixture) -> RuleSet {
 
 /// The decision exactly as `proxy::handle` takes it: head, then body only if needed.
 fn decide(rules: &RuleSet, view: &RequestView<'_>, body: &[u8]) -> Decision {
-    let head = rules.head(view);
+    // No method override here, so this is `head` (the proxy calls it this way).
+    let head = rules.head_with_line_method(view, view.method);
     let encoding = view
         .headers
         .get(http::header::CONTENT_ENCODING)
@@ -131,7 +152,10 @@ fn headers(extra: &[(&'static str, &'static str)]) -> HeaderMap {
         ("accept", "application/json"),
         ("content-type", "application/json"),
         ("x-environment", "staging"),
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
     ]
     .into_iter()
     .chain(extra.iter().copied())
@@ -219,6 +243,97 @@ fn bench_rules(c: &mut Criterion) {
     g.finish();
 }
 
+/// The part of `rules_eval` spent in the path `RegexSet` alone: the same patterns the
+/// loader builds (globs through `airlock::rules::glob_to_regex`), matched on the same
+/// paths. The rest of `rules_eval` is the per-rule loop and the decision.
+fn bench_path_set(c: &mut Criterion) {
+    let mut g = c.benchmark_group("path_regexset");
+    for &n in &SIZES {
+        let sources: Vec<String> = (0..n)
+            .filter_map(rule_path)
+            .map(|p| match p.strip_prefix("re:") {
+                Some(re) => re.to_string(),
+                None => glob_to_regex(&p),
+            })
+            .collect();
+        let set = RegexSet::new(&sources).expect("regex set");
+        for case in cases(n).into_iter().take(2) {
+            assert_eq!(set.is_match(&case.path), case.name != "miss");
+            g.bench_with_input(BenchmarkId::new(case.name, n), &case.path, |b, p| {
+                b.iter(|| set.matches(black_box(p)).iter().count())
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A JSON body of about `size` bytes that the `r2`-kind rule of a 100-rule set matches
+/// (`/spec/tier: prod`), padded with an array of small objects (mixed-case keys).
+fn big_json(size: usize) -> Vec<u8> {
+    let mut b = String::from(r#"{"spec":{"tier":"prod","name":"bulk-import"},"items":["#);
+    let mut i = 0;
+    while b.len() + 80 < size {
+        if i > 0 {
+            b.push(',');
+        }
+        let _ = write!(
+            b,
+            r#"{{"id":{i},"Name":"item-{i}","zone":"eu-west-1b","labels":{{"team":"data","Tier":"gold"}}}}"#
+        );
+        i += 1;
+    }
+    b.push_str("]}");
+    b.into_bytes()
+}
+
+/// Body inspection cost: a matching JSON-body rule forces the proxy to parse the whole
+/// body (up to `limits.inspect_body`, 1 MiB by default) strictly. 100 rules.
+fn bench_body(c: &mut Criterion) {
+    let mut g = c.benchmark_group("body_inspect");
+    g.sampling_mode(SamplingMode::Flat).sample_size(20);
+    let n = 100;
+    let f = fixture(n);
+    let rules = load(&f);
+    let case = cases(n)
+        .into_iter()
+        .find(|c| c.name == "hit_json_body")
+        .expect("case");
+    let view = RequestView {
+        upstream: "cloud",
+        method: case.method,
+        path: &case.path,
+        query: case.query,
+        headers: &case.headers,
+        agent: "deploy-bot",
+    };
+    for (label, size) in [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let body = big_json(size);
+        let d = decide(&rules, &view, &body);
+        assert_eq!(
+            d.verdict.as_str(),
+            "approve",
+            "{label}: {:?}",
+            d.fail_closed
+        );
+        assert!(d.fail_closed.is_none(), "{label}: {:?}", d.fail_closed);
+        g.throughput(criterion::Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
+            b.iter(|| decide(black_box(&rules), black_box(&view), black_box(body)))
+        });
+        if size == 64 << 10 {
+            // Baseline: plain serde_json into a Value, no duplicate-key checks.
+            g.bench_with_input(
+                BenchmarkId::new("serde_json_value_baseline", label),
+                &body,
+                |b, body| {
+                    b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body)).is_ok())
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
 fn bench_load(c: &mut Criterion) {
     // Compiling a rule set (what a reload costs): seconds-scale work per iteration at
     // 1000 rules, so flat sampling with few samples.
@@ -263,8 +378,8 @@ fn bench_normalize(c: &mut Criterion) {
 
 fn config() -> Criterion {
     Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(1500))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
         .sample_size(50)
         .without_plots()
 }
@@ -272,6 +387,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_rules, bench_normalize, bench_load
+    targets = bench_rules, bench_path_set, bench_body, bench_normalize, bench_load
 }
 criterion_main!(benches);
