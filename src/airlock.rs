@@ -76,7 +76,7 @@ impl Airlock {
 
     /// Puts a new config and rule set in force (the old one stays if building fails).
     pub fn reload(&self, cfg: Arc<Config>, rules: Arc<RuleSet>) -> Result<(), String> {
-        let snap = Snapshot::new(cfg.clone(), rules).map_err(|e| e.to_string())?;
+        let snap = Snapshot::new(cfg.clone(), rules, &self.metrics).map_err(|e| e.to_string())?;
         let reviewers = Arc::new(Reviewers::new(&cfg.reviewers));
         match self.snapshot.write() {
             Ok(mut s) => *s = Arc::new(snap),

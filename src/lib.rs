@@ -115,7 +115,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
-    let snapshot = proxy::Snapshot::new(cfg.clone(), Arc::new(loaded.set))
+    let snapshot = proxy::Snapshot::new(cfg.clone(), Arc::new(loaded.set), &metrics)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let airlock = Airlock::new(snapshot, store, audit, metrics, shutdown.clone());

@@ -7,7 +7,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -102,21 +101,29 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, verdict: &str, upstream: &str) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                verdict: verdict.to_string(),
-                upstream: upstream.to_string(),
-            })
-            .inc();
-    }
-
-    pub fn upstream_time(&self, upstream: &str, d: Duration) {
-        self.upstream_latency
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_string(),
-            })
-            .observe(d.as_secs_f64());
+    /// Handles for one upstream's request counters and latency, resolved once per
+    /// configuration so that a request only touches atomics.
+    pub fn for_upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let counter = |verdict: &str| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    verdict: verdict.to_string(),
+                    upstream: upstream.to_string(),
+                })
+                .clone()
+        };
+        UpstreamMetrics {
+            allow: counter("allow"),
+            approve: counter("approve"),
+            deny: counter("deny"),
+            unauthenticated: counter("unauthenticated"),
+            latency: self
+                .upstream_latency
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.to_string(),
+                })
+                .clone(),
+        }
     }
 
     pub fn vote(&self, decision: &str) {
@@ -142,5 +149,26 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// One upstream's metric handles (see [`Metrics::for_upstream`]).
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    pub allow: Counter,
+    pub approve: Counter,
+    pub deny: Counter,
+    pub unauthenticated: Counter,
+    pub latency: Histogram,
+}
+
+impl UpstreamMetrics {
+    /// The request counter for a verdict.
+    pub fn verdict(&self, v: crate::rules::Verdict) -> &Counter {
+        match v {
+            crate::rules::Verdict::Allow => &self.allow,
+            crate::rules::Verdict::Approve => &self.approve,
+            crate::rules::Verdict::Deny => &self.deny,
+        }
     }
 }

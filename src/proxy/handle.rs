@@ -188,8 +188,7 @@ impl Airlock {
                 ev.path = Some(shown_url(&upath, parts.uri.query()));
                 ev.reason = Some(e.to_string());
                 self.audit.record(ev);
-                self.metrics
-                    .request("unauthenticated", &snap.cfg.upstreams[upstream].name);
+                snap.metrics[upstream].unauthenticated.inc();
                 return Err(AirlockError::new(
                     Code::Unauthenticated,
                     format!("{e}: send your airlock key as Authorization: Bearer <key>"),
@@ -265,7 +264,7 @@ impl Airlock {
             }
         };
         let verdict = decision.verdict;
-        self.metrics.request(verdict.as_str(), &up.name);
+        snap.metrics[upstream].verdict(verdict).inc();
         let rule_names = snap.rules.names(&decision.matched);
 
         if snap.cfg.mode == Mode::Observe && verdict != Verdict::Allow {
@@ -487,7 +486,9 @@ impl Airlock {
                 Err(e) => Err(e),
             },
         };
-        self.metrics.upstream_time(&up.name, started.elapsed());
+        snap.metrics[ctx.upstream]
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         if let Some((_, query)) = audit_parts {
             let status = match &result {
                 Ok(r) => r.status().as_u16(),

@@ -27,11 +27,17 @@ pub struct Snapshot {
     pub router: Router,
     pub agents: Agents,
     pub clients: Vec<UpstreamClient>,
+    /// Metric handles per upstream, in `cfg.upstreams` order.
+    pub metrics: Vec<crate::metrics::UpstreamMetrics>,
 }
 
 impl Snapshot {
     /// Builds routing, identities and pooled clients for a config and its rules.
-    pub fn new(cfg: Arc<Config>, rules: Arc<RuleSet>) -> Result<Snapshot, ClientError> {
+    pub fn new(
+        cfg: Arc<Config>,
+        rules: Arc<RuleSet>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Snapshot, ClientError> {
         let clients = cfg
             .upstreams
             .iter()
@@ -41,6 +47,11 @@ impl Snapshot {
             router: Router::new(&cfg.upstreams),
             agents: Agents::new(&cfg.agents),
             clients,
+            metrics: cfg
+                .upstreams
+                .iter()
+                .map(|u| metrics.for_upstream(&u.name))
+                .collect(),
             cfg,
             rules,
         })

@@ -425,7 +425,7 @@ impl RuleSet {
                     );
                 }
                 if let Err(why) = check_head(rule, req) {
-                    return (i, Check::Missed(why));
+                    return (i, Check::Missed(why.describe(req)));
                 }
                 (i, check_body(rule, &parsed))
             })
@@ -438,11 +438,34 @@ impl RuleSet {
     }
 }
 
-fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
+/// The first condition of a rule a request fails (no allocation: `head` runs this for
+/// every candidate rule of every request; only `rules explain` formats it).
+#[derive(Debug, Clone, Copy)]
+enum Miss<'r> {
+    Upstream,
+    Method,
+    Agent,
+    Header(&'r http::HeaderName),
+    Query(&'r str),
+}
+
+impl Miss<'_> {
+    fn describe(self, req: &RequestView<'_>) -> String {
+        match self {
+            Miss::Upstream => format!("upstream {:?} does not match", req.upstream),
+            Miss::Method => format!("method {} does not match", req.method),
+            Miss::Agent => format!("agent {:?} does not match", req.agent),
+            Miss::Header(name) => format!("header {name} does not match"),
+            Miss::Query(key) => format!("query parameter {key:?} does not match"),
+        }
+    }
+}
+
+fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<(), Miss<'r>> {
     let strict = rule.strict();
     if let Some(m) = &rule.upstream {
         if !m.is_match(req.upstream) {
-            return Err(format!("upstream {:?} does not match", req.upstream));
+            return Err(Miss::Upstream);
         }
     }
     if let Some(m) = &rule.methods {
@@ -456,12 +479,12 @@ fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
             req.method
         };
         if !m.is_match(method) {
-            return Err(format!("method {} does not match", req.method));
+            return Err(Miss::Method);
         }
     }
     if let Some(m) = &rule.agent {
         if !m.is_match(req.agent) {
-            return Err(format!("agent {:?} does not match", req.agent));
+            return Err(Miss::Agent);
         }
     }
     for (name, m) in &rule.headers {
@@ -471,7 +494,7 @@ fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
             .iter()
             .map(|v| v.to_str().unwrap_or("\u{fffd}"));
         if !m.is_match_values(strict, values) {
-            return Err(format!("header {name} does not match"));
+            return Err(Miss::Header(name));
         }
     }
     if !rule.query.is_empty() {
@@ -482,7 +505,7 @@ fn check_head(rule: &Rule, req: &RequestView<'_>) -> Result<(), String> {
                 .map(|(_, v)| v.into_owned())
                 .collect();
             if !m.is_match_values(strict, values.iter().map(String::as_str)) {
-                return Err(format!("query parameter {key:?} does not match"));
+                return Err(Miss::Query(key));
             }
         }
     }
