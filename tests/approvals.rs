@@ -41,25 +41,7 @@ const RULES: &str = r#"rules:
 "#;
 
 async fn setup() -> (Upstream, Workspace, Airlock) {
-    let up = Upstream::start().await;
-    let ws = Workspace::new();
-    ws.write("rules/holds.yaml", RULES);
-    let cfg = ws.standard_config(&up.url(), "");
-    let a = Airlock::start(&cfg);
-    (up, ws, a)
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("approval id").to_string()
-}
-
-/// A reqwest client without the per-call root-store load of `client()`, for bulk work.
-fn shared_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    setup_with_rules(RULES, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,8 +88,7 @@ async fn held_request_is_forwarded_once_after_approval() {
         .await
         .expect("the held client gets its answer after the approval")
         .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.approval_header.as_deref(), Some(id.as_str()));
+    r.assert_forwarded_on(&id);
     assert_eq!(
         r.json(),
         json!({"method": "POST", "uri": "/v1/things/vm-7?force=true", "body": body}),
@@ -142,7 +123,7 @@ async fn held_request_is_forwarded_once_after_approval() {
 async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
     const N: usize = 200;
     let (up, _ws, a) = setup().await;
-    let c = shared_client();
+    let c = client();
     let url = a.url("/api/v1/things/batch");
     let mut handles = Vec::with_capacity(N);
     for i in 0..N {
@@ -242,8 +223,7 @@ async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_of_two_needs_two_distinct_approvers() {
     let (up, _ws, a) = setup().await;
-    let held = agent_spawn(&a, "POST", "/api/v1/critical/db", r#"{"drop":"users"}"#);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/critical/db", r#"{"drop":"users"}"#).await;
 
     let (s, v) = vote(&a, BOB, &id, "approve", None).await;
     assert_eq!(s, 200, "{v}");
@@ -280,16 +260,14 @@ async fn quorum_of_two_needs_two_distinct_approvers() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.approval_header.as_deref(), Some(id.as_str()));
+    r.assert_forwarded_on(&id);
     assert_eq!(up.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ineligible_owner_agent_and_anonymous_votes_are_refused() {
     let (up, _ws, a) = setup().await;
-    let held = agent_spawn(&a, "DELETE", "/api/v1/things/vm-1", "");
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "DELETE", "/api/v1/things/vm-1", "").await;
 
     // dave is a reviewer but not in the rule's approvers.
     let (s, v) = vote(&a, DAVE, &id, "approve", None).await;
@@ -359,8 +337,7 @@ async fn votes_after_the_decision_conflict() {
     let (up, _ws, a) = setup().await;
 
     // Approved and forwarded.
-    let held = agent_spawn(&a, "POST", "/api/v1/things/a", r#"{"a":1}"#);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/things/a", r#"{"a":1}"#).await;
     assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
     assert_eq!(held.await.unwrap().status, 200);
     for (token, decision) in [(CAROL, "approve"), (CAROL, "deny"), (BOB, "deny")] {
@@ -372,8 +349,7 @@ async fn votes_after_the_decision_conflict() {
     assert_eq!(up.count(), 1);
 
     // Denied: a late approve does not resurrect it.
-    let held = agent_spawn(&a, "POST", "/api/v1/things/b", r#"{"b":1}"#);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/things/b", r#"{"b":1}"#).await;
     assert_eq!(vote(&a, BOB, &id, "deny", None).await.0, 200);
     let r = held.await.unwrap();
     assert_eq!(r.status, 403);
@@ -393,8 +369,7 @@ async fn votes_after_the_decision_conflict() {
 async fn unanswered_approval_expires_and_refuses_late_votes() {
     let (up, ws, a) = setup().await;
     let started = Instant::now();
-    let held = agent_spawn(&a, "POST", "/api/v1/expiring/job", r#"{"x":1}"#);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/expiring/job", r#"{"x":1}"#).await;
 
     let r = tokio::time::timeout(Duration::from_secs(10), held)
         .await
@@ -424,11 +399,7 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
     let cfg = ws.config().to_str().unwrap().to_string();
     let (id_ref, cfg_ref) = (&id, &cfg);
     let kinds = eventually(10, || async move {
-        let cfg = cfg_ref.clone();
-        let (code, out, _) =
-            tokio::task::spawn_blocking(move || run_cli(&["audit", "export", "-c", &cfg], &[]))
-                .await
-                .unwrap();
+        let (code, out, _) = run_cli_blocking(&["audit", "export", "-c", cfg_ref], &[]).await;
         let kinds: Vec<String> = out
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -444,8 +415,7 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_reason_reaches_the_agent() {
     let (up, _ws, a) = setup().await;
-    let held = agent_spawn(&a, "DELETE", "/api/v1/things/prod-db", "");
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "DELETE", "/api/v1/things/prod-db", "").await;
     let reason = "not during business hours; use the staging project instead";
     let (s, v) = vote(&a, CAROL, &id, "deny", Some(reason)).await;
     assert_eq!(s, 200, "{v}");
@@ -468,8 +438,7 @@ async fn deny_reason_reaches_the_agent() {
 async fn identical_pending_requests_join_one_approval_and_forward_once() {
     let (up, ws, a) = setup().await;
     let body = r#"{"name":"same"}"#;
-    let first = agent_spawn(&a, "POST", "/api/v1/things/same", body);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (first, id) = agent_hold(&a, "POST", "/api/v1/things/same", body).await;
     let second = agent_spawn(&a, "POST", "/api/v1/things/same", body);
     // Both are parked (the gauge counts parked requests), yet one approval is listed.
     // (The gauge counts a request from just before it looks for an identical pending
@@ -500,12 +469,11 @@ async fn identical_pending_requests_join_one_approval_and_forward_once() {
     assert_eq!(up.count(), 1, "exactly one forward for one approval");
 
     // Reviewers were asked once: one `held` event in the audit log.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let cfg = ws.config();
-        move || run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = run_cli_blocking(
+        &["audit", "export", "-c", ws.config().to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let held_events = out
         .lines()
@@ -520,8 +488,7 @@ async fn approval_is_reused_once_after_the_client_left() {
     let (up, _ws, a) = setup().await;
     let body = r#"{"name":"gone"}"#;
     let path = "/api/v1/things/gone";
-    let held = agent_spawn(&a, "POST", path, body);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "POST", path, body).await;
     wait_held_gauge(&a, 1).await;
 
     // The agent gives up: its connection closes, airlock drops the parked request.
@@ -538,14 +505,16 @@ async fn approval_is_reused_once_after_the_client_left() {
     assert_eq!(up.count(), 0, "nothing forwarded while the client is gone");
 
     // The retry of the identical request is forwarded at once on that approval.
-    let retry = tokio::time::timeout(
-        Duration::from_secs(10),
-        agent_send(&client(), &a.url(path), "POST", AGENT_KEY, body),
+    let retry = agent_send_within(
+        &a,
+        10,
+        "POST",
+        path,
+        body,
+        "the retry must not be held again",
     )
-    .await
-    .expect("the retry must not be held again");
-    assert_eq!(retry.status, 200, "{}", retry.text);
-    assert_eq!(retry.approval_header.as_deref(), Some(id.as_str()));
+    .await;
+    retry.assert_forwarded_on(&id);
     assert_eq!(up.count(), 1);
     assert_eq!(&up.requests()[0].body[..], body.as_bytes());
     assert!(
@@ -574,8 +543,7 @@ async fn approval_binds_the_exact_request() {
     let body_b = r#"{"size":"huge"}"#;
 
     // A is held, its client leaves, and A is approved (reusable by an identical A).
-    let ha = agent_spawn(&a, "POST", path, body_a);
-    let id_a = id_of(&wait_pending(&a, 1).await[0]);
+    let (ha, id_a) = agent_hold(&a, "POST", path, body_a).await;
     wait_held_gauge(&a, 1).await;
     ha.abort();
     wait_held_gauge(&a, 0).await;
@@ -589,19 +557,12 @@ async fn approval_binds_the_exact_request() {
     assert_eq!(list[0]["status"], "pending");
 
     // C: A's body with one more material header → also its own approval.
-    let url = a.url(path);
-    let hc = tokio::spawn(async move {
-        let r = client()
-            .post(url)
-            .bearer_auth(AGENT_KEY)
+    let hc = spawn_request(
+        agent_request(&a, AGENT_KEY, "POST", path)
             .header("content-type", "application/json")
             .header("x-environment", "prod")
-            .body(body_a)
-            .send()
-            .await
-            .unwrap();
-        r.status().as_u16()
-    });
+            .body(body_a),
+    );
     let list = wait_pending(&a, 2).await;
     let id_c = list.iter().map(id_of).find(|i| *i != id_b).unwrap();
     assert_ne!(id_c, id_a);
@@ -610,13 +571,12 @@ async fn approval_binds_the_exact_request() {
 
     // The identical A is forwarded on A's approval.
     let ra = agent_send(&client(), &a.url(path), "POST", AGENT_KEY, body_a).await;
-    assert_eq!(ra.status, 200, "{}", ra.text);
-    assert_eq!(ra.approval_header.as_deref(), Some(id_a.as_str()));
+    ra.assert_forwarded_on(&id_a);
 
     assert_eq!(vote(&a, BOB, &id_b, "deny", None).await.0, 200);
     assert_eq!(vote(&a, BOB, &id_c, "deny", None).await.0, 200);
     assert_eq!(hb.await.unwrap().status, 403);
-    assert_eq!(hc.await.unwrap(), 403);
+    assert_eq!(hc.await.unwrap().status(), 403);
 
     let seen = up.requests();
     assert_eq!(seen.len(), 1, "{seen:?}");
@@ -628,8 +588,7 @@ async fn approval_binds_the_exact_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewer_cli_lists_and_approves() {
     let (up, _ws, a) = setup().await;
-    let held = agent_spawn(&a, "DELETE", "/api/v1/things/cli", "");
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (held, id) = agent_hold(&a, "DELETE", "/api/v1/things/cli", "").await;
     let admin = format!("http://{}", a.admin.unwrap());
     let cli = |args: Vec<String>, token: &'static str| {
         let admin = admin.clone();

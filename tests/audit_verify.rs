@@ -38,18 +38,8 @@ struct Logged {
     body: String,
 }
 
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("approval id").to_string()
-}
-
 async fn cli(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_cli(&args, ENVS)
-    })
-    .await
-    .unwrap()
+    run_cli_blocking(args, ENVS).await
 }
 
 async fn verify(cfg: &Path) -> (i32, String) {
@@ -136,8 +126,7 @@ async fn lifecycle(signed: bool) -> Logged {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-upstream-token"], UPSTREAM_SECRET);
 
-    let denied_req = agent_spawn(&a, "DELETE", "/api/v1/things/vm-8", "");
-    let denied = id_of(&wait_pending(&a, 1).await[0]);
+    let (denied_req, denied) = agent_hold(&a, "DELETE", "/api/v1/things/vm-8", "").await;
     assert_eq!(vote(&a, CAROL, &denied, "deny", Some("no")).await.0, 200);
     assert_eq!(denied_req.await.unwrap().status, 403);
 

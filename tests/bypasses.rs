@@ -30,16 +30,11 @@ const RULES: &str = r#"rules:
 "#;
 
 async fn setup(extra: &str, default_deny: bool) -> (Upstream, Workspace, Airlock) {
-    let up = Upstream::start().await;
-    let ws = Workspace::new();
-    ws.write("rules/r.yaml", RULES);
     let mut extra = extra.to_string();
     if default_deny {
         extra.push_str("default: deny\n");
     }
-    let cfg = ws.standard_config(&up.url(), &extra);
-    let a = Airlock::start(&cfg);
-    (up, ws, a)
+    setup_with_rules(RULES, &extra).await
 }
 
 fn auth() -> String {
@@ -58,9 +53,7 @@ async fn a_broken_host_header_is_a_clean_400_not_a_crash() {
         assert_eq!(status, 400, "Host {host:?}: {body}");
     }
     // Still serving.
-    let r = client()
-        .get(a.url("/api/x"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/x")
         .send()
         .await
         .unwrap();
@@ -117,9 +110,7 @@ async fn a_header_the_connection_header_names_is_gone_before_the_rules_look() {
     // default: deny; only `x-dry-run: true` deploys are allowed. Naming the header in
     // Connection would make airlock drop it after an allow: the rules must not see it.
     let (up, _ws, a) = setup("", true).await;
-    let r = client()
-        .post(a.url("/api/v1/deploy"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/deploy")
         .header("x-dry-run", "true")
         .header("connection", "x-dry-run")
         .body("{}")
@@ -128,9 +119,7 @@ async fn a_header_the_connection_header_names_is_gone_before_the_rules_look() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(up.count(), 0);
-    let r = client()
-        .post(a.url("/api/v1/deploy"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/deploy")
         .header("x-dry-run", "true")
         .body("{}")
         .send()
@@ -143,16 +132,12 @@ async fn a_header_the_connection_header_names_is_gone_before_the_rules_look() {
 #[tokio::test]
 async fn method_overrides_in_the_query_are_matched_as_the_method_they_name() {
     let (up, _ws, a) = setup("", false).await;
-    let r = client()
-        .post(a.url("/api/v1/things/7?_method=DELETE"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/things/7?_method=DELETE")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = client()
-        .post(a.url("/api/v1/things/7?_method=PUT"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/things/7?_method=PUT")
         .header("x-http-method-override", "DELETE")
         .send()
         .await
@@ -171,19 +156,20 @@ async fn form_fields_are_found_in_the_query_and_other_body_types_fail_closed() {
     };
     // The field in the query string, empty body.
     denied(
-        client()
-            .post(a.url("/api/ec2?Action=TerminateInstances&InstanceId.1=i-1"))
-            .bearer_auth(AGENT_KEY)
-            .send()
-            .await
-            .unwrap(),
+        agent_request(
+            &a,
+            AGENT_KEY,
+            "POST",
+            "/api/ec2?Action=TerminateInstances&InstanceId.1=i-1",
+        )
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     // A multipart body cannot be read as a form: the rule applies.
     denied(
-        client()
-            .post(a.url("/api/ec2"))
-            .bearer_auth(AGENT_KEY)
+        agent_request(&a, AGENT_KEY, "POST", "/api/ec2")
             .header("content-type", "multipart/form-data; boundary=X")
             .body("--X\r\nContent-Disposition: form-data; name=\"Action\"\r\n\r\nTerminateInstances\r\n--X--\r\n")
             .send()
@@ -192,9 +178,7 @@ async fn form_fields_are_found_in_the_query_and_other_body_types_fail_closed() {
     )
     .await;
     // A urlencoded body that asks for something else passes.
-    let r = client()
-        .post(a.url("/api/ec2"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/ec2")
         .header("content-type", "application/x-www-form-urlencoded")
         .body("Action=DescribeInstances")
         .send()
@@ -211,9 +195,7 @@ async fn json_keys_differing_only_in_case_do_not_dodge_a_rule() {
         r#"{"Spec":{"Tier":"prod"}}"#,
         r#"{"spec":{"tier":"dev","TIER":"prod"}}"#,
     ] {
-        let r = client()
-            .post(a.url("/api/v1/deploy"))
-            .bearer_auth(AGENT_KEY)
+        let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/deploy")
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -227,9 +209,7 @@ async fn json_keys_differing_only_in_case_do_not_dodge_a_rule() {
 #[tokio::test]
 async fn every_content_encoding_header_counts() {
     let (up, _ws, a) = setup("", false).await;
-    let r = client()
-        .post(a.url("/api/v1/deploy"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/v1/deploy")
         .header("content-type", "application/json")
         .header("content-encoding", "identity")
         .header("content-encoding", "gzip")
@@ -244,30 +224,17 @@ async fn every_content_encoding_header_counts() {
 #[tokio::test]
 async fn an_approval_is_bound_to_the_request_line_method_too() {
     let (up, _ws, a) = setup("", false).await;
-    let held = tokio::spawn({
-        let u = a.url("/api/v1/blobs/b1");
-        async move {
-            client()
-                .post(u)
-                .bearer_auth(AGENT_KEY)
-                .header("x-http-method-override", "PUT")
-                .body("data")
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let held = spawn_request(
+        agent_request(&a, AGENT_KEY, "POST", "/api/v1/blobs/b1")
+            .header("x-http-method-override", "PUT")
+            .body("data"),
+    );
     let list = wait_pending(&a, 1).await;
     assert_eq!(
         list[0]["method"], "POST as PUT",
         "reviewers see both methods"
     );
-    assert_eq!(
-        vote(&a, BOB, list[0]["id"].as_str().unwrap(), "approve", None)
-            .await
-            .0,
-        200
-    );
+    bob_decides(&a, &list[0], "approve").await;
     assert_eq!(held.await.unwrap().status(), 200);
     assert_eq!(up.requests()[0].method, "POST");
 }
@@ -297,32 +264,22 @@ async fn a_body_that_trickles_in_too_slowly_is_refused() {
 #[tokio::test]
 async fn credentials_in_the_query_never_reach_reviewers_or_the_audit_log() {
     let (up, ws, a) = setup("audit: {level: all, file: audit.jsonl}\n", false).await;
-    let held = tokio::spawn({
-        let u = a.url("/api/v1/blobs/b3?api_key=supersecret-123&x=1");
-        async move {
-            client()
-                .put(u)
-                .bearer_auth(AGENT_KEY)
-                .body("d")
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let held = spawn_request(
+        agent_request(
+            &a,
+            AGENT_KEY,
+            "PUT",
+            "/api/v1/blobs/b3?api_key=supersecret-123&x=1",
+        )
+        .body("d"),
+    );
     let list = wait_pending(&a, 1).await;
     assert_eq!(list[0]["url"], "/v1/blobs/b3?api_key=REDACTED&x=1");
-    assert_eq!(
-        vote(&a, BOB, list[0]["id"].as_str().unwrap(), "approve", None)
-            .await
-            .0,
-        200
-    );
+    bob_decides(&a, &list[0], "approve").await;
     assert_eq!(held.await.unwrap().status(), 200);
     // The upstream got the real query; nothing else kept it.
     assert!(up.requests()[0].uri.contains("api_key=supersecret-123"));
-    let r = client()
-        .get(a.url("/api/plain?token=supersecret-123"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/plain?token=supersecret-123")
         .send()
         .await
         .unwrap();

@@ -27,6 +27,16 @@ fn config(ws: &Workspace, upstreams: &str, extra: &str) -> PathBuf {
     )
 }
 
+/// airlock in front of the upstream at `addr` (prefix `/api`) with a 1s upstream timeout.
+fn start_with_1s_upstream_timeout(ws: &Workspace, addr: std::net::SocketAddr) -> Airlock {
+    let cfg = config(
+        ws,
+        &format!("  - name: api\n    prefix: /api\n    url: http://{addr}\n    timeout: 1s\n"),
+        "",
+    );
+    Airlock::start(&cfg)
+}
+
 fn sha_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -43,11 +53,8 @@ async fn get_and_post_pass_through_unchanged() {
     let up = Upstream::start().await;
     let ws = Workspace::new();
     let a = Airlock::start(&ws.standard_config(&up.url(), ""));
-    let c = client();
 
-    let r = c
-        .get(a.url("/api/items/7?view=full&tag=a%20b"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/items/7?view=full&tag=a%20b")
         .send()
         .await
         .unwrap();
@@ -57,9 +64,7 @@ async fn get_and_post_pass_through_unchanged() {
     assert_eq!(v["uri"], "/items/7?view=full&tag=a%20b");
 
     let body = r#"{"name":"vm-1","size":"large"}"#;
-    let r = c
-        .post(a.url("/api/items"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "POST", "/api/items")
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -163,15 +168,8 @@ async fn slow_chunked_response_outlasting_the_timeout_arrives_intact() {
     })
     .await;
     let ws = Workspace::new();
-    let cfg = config(
-        &ws,
-        &format!("  - name: api\n    prefix: /api\n    url: http://{addr}\n    timeout: 1s\n"),
-        "",
-    );
-    let a = Airlock::start(&cfg);
-    let mut r = client()
-        .get(a.url("/api/slow"))
-        .bearer_auth(AGENT_KEY)
+    let a = start_with_1s_upstream_timeout(&ws, addr);
+    let mut r = agent_request(&a, AGENT_KEY, "GET", "/api/slow")
         .send()
         .await
         .unwrap();
@@ -218,9 +216,7 @@ async fn server_sent_events_are_not_buffered() {
     .await;
     let ws = Workspace::new();
     let a = Airlock::start(&ws.standard_config(&format!("http://{addr}"), ""));
-    let mut r = client()
-        .get(a.url("/api/events"))
-        .bearer_auth(AGENT_KEY)
+    let mut r = agent_request(&a, AGENT_KEY, "GET", "/api/events")
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -266,9 +262,7 @@ async fn hop_by_hop_headers_are_dropped_and_forwarding_headers_set() {
     .await;
     let ws = Workspace::new();
     let a = Airlock::start(&ws.standard_config(&up.url(), ""));
-    let r = client()
-        .get(a.url("/api/h"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/h")
         .header("host", "agent-facing.example")
         .header("connection", "x-foo")
         .header("x-foo", "hop-only")
@@ -509,9 +503,7 @@ async fn upstream_down_is_502_upstream_unavailable() {
     };
     let ws = Workspace::new();
     let a = Airlock::start(&ws.standard_config(&format!("http://127.0.0.1:{port}"), ""));
-    let r = client()
-        .get(a.url("/api/x"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/x")
         .send()
         .await
         .unwrap();
@@ -533,16 +525,9 @@ async fn upstream_that_never_answers_is_504_within_the_timeout() {
         }
     });
     let ws = Workspace::new();
-    let cfg = config(
-        &ws,
-        &format!("  - name: api\n    prefix: /api\n    url: http://{addr}\n    timeout: 1s\n"),
-        "",
-    );
-    let a = Airlock::start(&cfg);
+    let a = start_with_1s_upstream_timeout(&ws, addr);
     let started = Instant::now();
-    let r = client()
-        .get(a.url("/api/stuck"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/stuck")
         .send()
         .await
         .unwrap();
@@ -688,9 +673,7 @@ async fn injected_headers_come_from_the_environment() {
             ("AIRLOCK_TEST_UPSTREAM_KEY", "123"),
         ],
     );
-    let r = client()
-        .get(a.url("/api/x"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "GET", "/api/x")
         .header("x-api-key", "agent-supplied")
         .send()
         .await

@@ -14,14 +14,7 @@ fn hup(a: &Airlock) {
 }
 
 async fn rule_count(a: &Airlock) -> u64 {
-    let v: serde_json::Value = client()
-        .get(a.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = admin_json(a, "/readyz").await;
     v["rules"].as_u64().unwrap()
 }
 
@@ -36,9 +29,7 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
     let cfg = ws.standard_config(&up.url(), "");
     let a = Airlock::start(&cfg);
     assert_eq!(
-        client()
-            .delete(a.url("/api/x"))
-            .bearer_auth(AGENT_KEY)
+        agent_request(&a, AGENT_KEY, "DELETE", "/api/x")
             .send()
             .await
             .unwrap()
@@ -52,9 +43,7 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
     );
     hup(&a);
     eventually(10, || async { (rule_count(&a).await == 2).then_some(()) }).await;
-    let r = client()
-        .delete(a.url("/api/x"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "DELETE", "/api/x")
         .send()
         .await
         .unwrap();
@@ -80,17 +69,13 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
         a.stderr.lock().unwrap()
     );
     assert_eq!(rule_count(&a).await, 2);
-    let r = client()
-        .delete(a.url("/api/x"))
-        .bearer_auth(AGENT_KEY)
+    let r = agent_request(&a, AGENT_KEY, "DELETE", "/api/x")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(
-        client()
-            .get(a.url("/api/x"))
-            .bearer_auth(AGENT_KEY)
+        agent_request(&a, AGENT_KEY, "GET", "/api/x")
             .send()
             .await
             .unwrap()

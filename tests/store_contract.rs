@@ -311,24 +311,10 @@ async fn airlock_holds_and_forwards_with_a_postgres_store() {
         .replace("store: sqlite://airlock.db", &format!("store: \"{url}\""));
     std::fs::write(&cfg, text).unwrap();
     let a = Airlock::start(&cfg);
-    let held = tokio::spawn({
-        let u = a.url("/api/things/1");
-        async move {
-            client()
-                .delete(u)
-                .bearer_auth(AGENT_KEY)
-                .send()
-                .await
-                .unwrap()
-        }
-    });
-    let list = eventually(10, || async {
-        let l = pending(&a, BOB).await;
-        (!l.is_empty()).then_some(l)
-    })
-    .await;
+    let held = spawn_request(agent_request(&a, AGENT_KEY, "DELETE", "/api/things/1"));
+    let list = wait_any_pending(&a).await;
     assert_eq!(up.count(), 0);
-    let id = list[0]["id"].as_str().unwrap().to_string();
+    let id = id_of(&list[0]);
     let (status, _) = vote(&a, BOB, &id, "approve", None).await;
     assert_eq!(status, 200);
     let resp = held.await.unwrap();

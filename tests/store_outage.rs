@@ -20,10 +20,6 @@ const RULES: &str = r#"rules:
       timeout: 60s
 "#;
 
-fn id_of(v: &serde_json::Value) -> String {
-    v["id"].as_str().expect("approval id").to_string()
-}
-
 /// Takes the database's write lock and keeps it until the connection is dropped.
 fn lock_store(ws: &Workspace) -> Connection {
     let c = Connection::open(ws.path().join("airlock.db")).unwrap();
@@ -34,31 +30,25 @@ fn lock_store(ws: &Workspace) -> Connection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_fail_closed_while_the_store_is_locked() {
-    let up = Upstream::start().await;
-    let ws = Workspace::new();
-    ws.write("rules/r.yaml", RULES);
-    let cfg = ws.standard_config(&up.url(), "audit:\n  level: held\n");
-    let a = Airlock::start(&cfg);
+    let (up, ws, a) = setup_with_rules(RULES, "audit:\n  level: held\n").await;
+    let cfg = ws.config();
 
     // Held before the outage.
-    let early = agent_spawn(&a, "POST", "/api/v1/things/early", r#"{"n":"early"}"#);
-    let early_id = id_of(&wait_pending(&a, 1).await[0]);
+    let (early, early_id) =
+        agent_hold(&a, "POST", "/api/v1/things/early", r#"{"n":"early"}"#).await;
 
     let lock = lock_store(&ws);
 
     // A request that needs approval cannot be held: 503, nothing forwarded.
-    let r = tokio::time::timeout(
-        Duration::from_secs(20),
-        agent_send(
-            &client(),
-            &a.url("/api/v1/things/during"),
-            "POST",
-            AGENT_KEY,
-            r#"{"n":"during"}"#,
-        ),
+    let r = agent_send_within(
+        &a,
+        20,
+        "POST",
+        "/api/v1/things/during",
+        r#"{"n":"during"}"#,
+        "refused, not held forever",
     )
-    .await
-    .expect("refused, not held forever");
+    .await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json()["error"], "store_unavailable");
     assert_eq!(up.count(), 0);
@@ -102,8 +92,7 @@ async fn holds_fail_closed_while_the_store_is_locked() {
     let r = early.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text);
 
-    let after = agent_spawn(&a, "POST", "/api/v1/things/after", r#"{"n":"after"}"#);
-    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (after, id) = agent_hold(&a, "POST", "/api/v1/things/after", r#"{"n":"after"}"#).await;
     assert_ne!(id, early_id);
     assert!(!after.is_finished());
     assert_eq!(vote(&a, CAROL, &id, "approve", None).await.0, 200);
@@ -117,21 +106,14 @@ async fn holds_fail_closed_while_the_store_is_locked() {
     );
 
     // The audit chain is intact after the outage.
-    let c = cfg.to_str().unwrap().to_string();
     let (code, out, err) =
-        tokio::task::spawn_blocking(move || run_cli(&["audit", "verify", "-c", &c], &[]))
-            .await
-            .unwrap();
+        run_cli_blocking(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reflects_store_reachability() {
-    let up = Upstream::start().await;
-    let ws = Workspace::new();
-    ws.write("rules/r.yaml", RULES);
-    let cfg = ws.standard_config(&up.url(), "");
-    let a = Airlock::start(&cfg);
+    let (_up, _ws, a) = setup_with_rules(RULES, "").await;
     let r = client().get(a.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
