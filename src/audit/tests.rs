@@ -458,7 +458,7 @@ async fn failing_sink_fails_every_waiter_and_keeps_head() {
     }
 
     sink.set_failing(true);
-    log.record(tagged("lost".into()));
+    log.record(tagged("recorded".into()));
     let waiters: Vec<_> = (0..20)
         .map(|i| {
             let log = log.clone();
@@ -472,9 +472,13 @@ async fn failing_sink_fails_every_waiter_and_keeps_head() {
     assert_eq!(sink.events().len(), 3);
 
     sink.set_failing(false);
-    assert_eq!(log.append(tagged("after".into())).await.unwrap(), 4);
+    // The recorded event survived the outage and goes first; the waiters' events were
+    // refused (they failed closed) and are not written.
+    assert_eq!(log.append(tagged("after".into())).await.unwrap(), 5);
     let stored = sink.events();
-    assert_eq!(stored[3].reason.as_deref(), Some("after"));
+    assert_eq!(stored.len(), 5);
+    assert_eq!(stored[3].reason.as_deref(), Some("recorded"));
+    assert_eq!(stored[4].reason.as_deref(), Some("after"));
     assert_eq!(stored[3].prev_hash, stored[2].hash);
     assert!(verify(&stored, &sink.checkpoints(), None).ok());
 

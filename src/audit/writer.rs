@@ -103,6 +103,7 @@ impl AuditLog {
             jsonl,
             on_batch,
             chain: Chain::new(last_seq, &last_hash),
+            retry: Vec::new(),
         };
         let handle = tokio::spawn(writer.run(rx));
         Ok((AuditLog { tx }, handle))
@@ -140,7 +141,12 @@ struct Writer {
     jsonl: Option<tokio::fs::File>,
     on_batch: Option<BatchObserver>,
     chain: Chain,
+    /// Fire-and-forget events of a failed batch, written first in the next one.
+    retry: Vec<AuditEvent>,
 }
+
+/// Most fire-and-forget events kept for a retry while the store is failing.
+const MAX_RETRY: usize = 100_000;
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
@@ -149,6 +155,11 @@ impl Writer {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
 
         while let Some(first) = rx.recv().await {
+            // Events recorded while the store was failing go first, in their order.
+            for ev in self.retry.drain(..) {
+                events.push(ev);
+                replies.push(None);
+            }
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -219,8 +230,18 @@ impl Writer {
                     other => other.to_string(),
                 };
                 tracing::error!(error = %msg, events = n, "audit store append failed");
-                for reply in replies.drain(..).flatten() {
-                    let _ = reply.send(Err(AuditError::Store(msg.clone())));
+                // Callers that wait are told (they fail closed); recorded events are
+                // kept and written with the next batch.
+                for (ev, reply) in events.drain(..).zip(replies.drain(..)) {
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(AuditError::Store(msg.clone())));
+                        }
+                        None if self.retry.len() < MAX_RETRY => self.retry.push(ev),
+                        None => {
+                            tracing::error!(event = %ev.event, "audit retry queue full; event dropped")
+                        }
+                    }
                 }
                 // The sink is atomic, so its head should be unchanged; re-read it anyway in
                 // case an ambiguous failure (e.g. a timeout after commit) did store the batch.
