@@ -286,9 +286,8 @@ fn approval_json(a: &Approval, full: bool, viewer: &crate::config::Reviewer) -> 
         "justification": a.justification,
         "show": a.show,
         "can_vote": a.status == Status::Pending
-            && crate::identity::Reviewers::eligible(viewer, &a.policy.approvers)
-            && viewer.id != a.agent
-            && a.owner.as_deref() != Some(viewer.id.as_str()),
+            && crate::approvals::may_vote(viewer, a).is_ok()
+            && !a.votes.iter().any(|v| v.reviewer == viewer.id),
     });
     if full {
         if let Some(o) = v.as_object_mut() {

@@ -200,11 +200,6 @@ impl Approvals {
         })
     }
 
-    /// Requests held right now.
-    pub fn held(&self) -> usize {
-        self.held.lock().map(|h| h.total).unwrap_or(0)
-    }
-
     pub fn set_limits(&self, limits: HoldLimits) {
         if let Ok(mut l) = self.limits.lock() {
             *l = limits;
@@ -497,19 +492,19 @@ impl Approvals {
             .await
             .map_err(|e| VoteError::Store(e.0))?
             .ok_or(VoteError::NotFound)?;
-        if reviewer.id == a.agent || a.owner.as_deref() == Some(reviewer.id.as_str()) {
+        let refused = |why: String| {
             let mut ev = event_for("vote_refused", &a);
             ev.reviewer = Some(reviewer.id.clone());
-            ev.reason = Some("self-approval".into());
-            self.audit.record(ev);
-            return Err(VoteError::SelfApproval);
-        }
-        if !Reviewers::eligible(reviewer, &a.policy.approvers) {
-            let mut ev = event_for("vote_refused", &a);
-            ev.reviewer = Some(reviewer.id.clone());
-            ev.reason = Some("not an eligible approver".into());
-            self.audit.record(ev);
-            return Err(VoteError::NotEligible);
+            ev.reason = Some(why);
+            ev
+        };
+        if let Err(e) = may_vote(reviewer, &a) {
+            let why = match e {
+                VoteError::SelfApproval => "self-approval",
+                _ => "not an eligible approver",
+            };
+            self.audit.record(refused(why.into()));
+            return Err(e);
         }
         match a.status {
             Status::Pending if a.votes.iter().any(|v| v.reviewer == reviewer.id) => {
@@ -529,12 +524,6 @@ impl Approvals {
         ev.decision = Some(decision.as_str().into());
         ev.reason = reason.clone();
         self.audit_durable(ev).await.map_err(VoteError::Store)?;
-        let refused = |why: String| {
-            let mut ev = event_for("vote_refused", &a);
-            ev.reviewer = Some(reviewer.id.clone());
-            ev.reason = Some(why);
-            ev
-        };
         let now = Utc::now();
         let vote = Vote {
             reviewer: reviewer.id.clone(),
@@ -622,6 +611,18 @@ impl Approvals {
             }
         }
     }
+}
+
+/// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
+/// or its owner), and only when the rule's approvers name them.
+pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
+    if reviewer.id == a.agent || a.owner.as_deref() == Some(reviewer.id.as_str()) {
+        return Err(VoteError::SelfApproval);
+    }
+    if !Reviewers::eligible(reviewer, &a.policy.approvers) {
+        return Err(VoteError::NotEligible);
+    }
+    Ok(())
 }
 
 /// An audit event describing an approval.

@@ -6,7 +6,7 @@
 
 use crate::audit;
 use crate::config::{Config, LogFormat};
-use crate::rules::{self, testing, Body, Check, RequestView};
+use crate::rules::{self, testing, Check};
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -404,6 +404,7 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                     upstream,
                     path,
                     decision,
+                    checks,
                 } => {
                     println!("verdict: {}", decision.verdict.as_str());
                     println!("upstream: {upstream}  path: {path}");
@@ -413,35 +414,7 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                             loaded.set.default_verdict().as_str()
                         );
                     }
-                    // Explain each rule.
-                    let mut map = http::HeaderMap::new();
-                    for (k, v) in &hs {
-                        if let (Ok(n), Ok(v)) = (
-                            http::HeaderName::from_bytes(k.as_bytes()),
-                            http::HeaderValue::from_str(v),
-                        ) {
-                            map.append(n, v);
-                        }
-                    }
-                    let uri: http::Uri = url.parse()?;
-                    let agent_id = agent.unwrap_or_else(|| "anonymous@127.0.0.1".into());
-                    let m = crate::http::effective_method(&method, &map, uri.query())
-                        .map(|m| m.to_string())
-                        .unwrap_or(method.clone());
-                    let view = RequestView {
-                        upstream: &upstream,
-                        method: &m,
-                        path: &path,
-                        query: uri.query(),
-                        headers: &map,
-                        agent: &agent_id,
-                    };
-                    let b = if body.len() > cfg.limits.inspect_body {
-                        Body::Uninspectable("the body is larger than limits.inspect_body")
-                    } else {
-                        Body::Bytes(&body)
-                    };
-                    for (i, check) in loaded.set.explain(&view, b) {
+                    for (i, check) in checks {
                         let r = &loaded.set.rules[i];
                         match check {
                             Check::Matched => {
@@ -546,53 +519,44 @@ async fn open_store(cfg: &Config) -> anyhow::Result<std::sync::Arc<dyn crate::st
         .map_err(|e| anyhow!("{e}"))
 }
 
-fn client() -> anyhow::Result<reqwest::blocking_shim::Client> {
-    reqwest::blocking_shim::Client::new()
+/// The reviewer CLI's connection to the admin API: one blocking call at a time.
+struct ApiClient {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
 }
 
-mod reqwest_shim {}
+impl ApiClient {
+    fn new() -> anyhow::Result<ApiClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(ApiClient { rt, http })
+    }
 
-/// The reviewer CLI talks to the admin API.
-mod reqwest {
-    pub mod blocking_shim {
-        pub struct Client {
-            rt: tokio::runtime::Runtime,
-            http: ::reqwest::Client,
-        }
-
-        impl Client {
-            pub fn new() -> anyhow::Result<Client> {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let http = ::reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(30))
-                    .build()?;
-                Ok(Client { rt, http })
+    /// Sends one request with the reviewer token: (status, JSON body or null).
+    fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        self.rt.block_on(async {
+            let mut req = self.http.request(method, url).bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
             }
-
-            pub fn call(
-                &self,
-                method: ::reqwest::Method,
-                url: &str,
-                token: &str,
-                body: Option<serde_json::Value>,
-            ) -> anyhow::Result<(u16, serde_json::Value)> {
-                self.rt.block_on(async {
-                    let mut req = self.http.request(method, url).bearer_auth(token);
-                    if let Some(b) = body {
-                        req = req.json(&b);
-                    }
-                    let resp = req
-                        .send()
-                        .await
-                        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-                    let status = resp.status().as_u16();
-                    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-                    Ok((status, v))
-                })
-            }
-        }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            Ok((status, v))
+        })
     }
 }
 
@@ -605,9 +569,9 @@ fn api_error(status: u16, v: &serde_json::Value) -> anyhow::Error {
 }
 
 fn pending(url: &str, token: &str, raw: bool) -> anyhow::Result<ExitCode> {
-    let c = client()?;
+    let c = ApiClient::new()?;
     let (status, v) = c.call(
-        ::reqwest::Method::GET,
+        reqwest::Method::GET,
         &format!(
             "{}/api/v1/approvals?status=pending",
             url.trim_end_matches('/')
@@ -655,10 +619,10 @@ fn pending(url: &str, token: &str, raw: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn vote(a: VoteArgs, decision: &str) -> anyhow::Result<ExitCode> {
-    let c = client()?;
+    let c = ApiClient::new()?;
     let body = serde_json::json!({"decision": decision, "reason": a.reason});
     let (status, v) = c.call(
-        ::reqwest::Method::POST,
+        reqwest::Method::POST,
         &format!(
             "{}/api/v1/approvals/{}/votes",
             a.url.trim_end_matches('/'),

@@ -864,16 +864,6 @@ impl Config {
             log_level,
         })
     }
-
-    /// The upstream with this name.
-    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| u.name == name)
-    }
-
-    /// The agent with this id.
-    pub fn agent(&self, id: &str) -> Option<&Agent> {
-        self.agents.iter().find(|a| a.id == id)
-    }
 }
 
 fn dur_or(

@@ -143,11 +143,6 @@ impl Agents {
         )
         .is_some()
     }
-
-    /// The agent with this id.
-    pub fn get(&self, id: &str) -> Option<&Agent> {
-        self.agents.iter().find(|a| a.id == id)
-    }
 }
 
 /// The reviewer table.
@@ -172,14 +167,6 @@ impl Reviewers {
                 .iter()
                 .filter_map(|r| r.token_digest.as_ref().map(|t| (t, r))),
         )
-    }
-
-    pub fn get(&self, id: &str) -> Option<&Reviewer> {
-        self.reviewers.iter().find(|r| r.id == id)
-    }
-
-    pub fn all(&self) -> &[Reviewer] {
-        &self.reviewers
     }
 
     /// Whether `reviewer` is named by an approvers list (directly or by `group:`).

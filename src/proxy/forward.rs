@@ -5,7 +5,7 @@
 //! This module forwards what it is given; deciding whether a request may go is the
 //! caller's job, done before anything reaches here.
 
-use super::body::{boxed, BoxError, ProxyBody};
+use super::body::{boxed, ProxyBody};
 use crate::config::{Target, Upstream};
 use crate::http::{strip_hop_by_hop, AirlockError, Code};
 use http::{header, HeaderMap, HeaderValue, Request, Response, Uri};
@@ -222,9 +222,4 @@ pub fn rewrite_response(resp: Response<hyper::body::Incoming>) -> Response<Proxy
     }
     append_via(&mut parts.headers, parts.version);
     Response::from_parts(parts, boxed(body))
-}
-
-/// An error as a boxed response body error (for streaming failures).
-pub fn box_err(e: impl Into<BoxError>) -> BoxError {
-    e.into()
 }

@@ -461,8 +461,8 @@ impl Airlock {
         parts.uri = upstream_uri(up, &ctx.path, parts.uri.query())?;
         parts.version = http::Version::HTTP_11;
         let audit_pass = approval.is_some() || self.audits_everything(snap);
-        let audit_parts =
-            audit_pass.then(|| (parts.method.clone(), parts.uri.query().map(str::to_string)));
+        // The query is kept for the audit event: the request itself goes upstream.
+        let audit_query = audit_pass.then(|| parts.uri.query().map(str::to_string));
         let req = Request::from_parts(parts, body);
         let started = Instant::now();
         let result = match &up.target {
@@ -489,7 +489,7 @@ impl Airlock {
         snap.metrics[ctx.upstream]
             .latency
             .observe(started.elapsed().as_secs_f64());
-        if let Some((_, query)) = audit_parts {
+        if let Some(query) = audit_query {
             let status = match &result {
                 Ok(r) => r.status().as_u16(),
                 Err(e) => e.status().as_u16(),

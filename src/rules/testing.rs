@@ -1,7 +1,7 @@
 //! `tests:` blocks in rule files and the request preparation they share with
 //! `airlock rules explain`: route, normalize, apply method overrides, then evaluate.
 
-use super::{raw, Body, Decision, RequestView, RuleSet, Verdict};
+use super::{raw, Body, Check, Decision, RequestView, RuleSet, Verdict};
 use crate::config::{Config, Source};
 use crate::http::{effective_method, normalize::normalize_path, Code};
 use crate::proxy::route::Router;
@@ -75,6 +75,8 @@ pub enum Evaluated {
         upstream: String,
         path: String,
         decision: Decision,
+        /// Every rule with whether it matched and why not (for `rules explain`).
+        checks: Vec<(usize, Check)>,
     },
 }
 
@@ -146,10 +148,12 @@ pub fn evaluate_request(
     };
     let head = rules.head_with_line_method(&view, line_method);
     let decision = rules.finish(head, body, crate::http::content_encoding(&map));
+    let checks = rules.explain(&view, body);
     Ok(Evaluated::Decided {
         upstream: upstream.name.clone(),
         path: upstream_path.to_string(),
         decision,
+        checks,
     })
 }
 
