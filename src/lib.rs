@@ -5,20 +5,33 @@
 //! audit log.
 //!
 //! # Layout
-//! A request reads top to bottom through the modules in the order it lives:
+//! A request reads top to bottom through the modules in the order it lives; a module
+//! imports only modules listed below it.
 //!
-//! - [`proxy::server`] accepts connections (HTTP/1.1 and h2c);
-//! - [`proxy::handle`] walks one request: route ([`proxy::route`]) → identify
-//!   ([`identity`]) → normalize ([`http::normalize`]) → decide ([`rules`]) →
-//!   forward ([`proxy::forward`]), deny, or hold ([`approvals`]);
-//! - [`admin`] serves the reviewers' REST API, metrics and health checks;
+//! - [`cli`] is the command line; [`start`] wires a configuration into running
+//!   listeners and [`watch`] reloads it when its files change;
+//! - [`proxy`] serves agents: [`proxy::server`] accepts connections,
+//!   [`proxy::handle`] walks one request through the phases — [`request::prepare`]
+//!   (host, [`http::normalize`], [`http::route`], [`identity`], method override) →
+//!   [`request::decide`] ([`rules`]) → deny, hold ([`proxy::hold`] over
+//!   [`approvals`]) or forward ([`proxy::forward`] over [`upstream`]) — and ends in
+//!   the one exit hook [`proxy::exit`] (audit event, metrics, access log line);
+//!   [`proxy::simulate`] runs the same phases for `rules test` and `rules explain`;
+//! - [`admin`] serves reviewers (REST API, votes into [`approvals`]), `/metrics` and
+//!   health checks;
+//! - [`state`] holds the shared [`state::Airlock`] and the [`state::Snapshot`] in
+//!   force (policy, upstream clients), swapped whole on reload;
+//! - [`request`] (the phases and the [`request::Policy`] they decide against),
+//!   [`approvals`] (holds, votes, expiry) and [`upstream`] (pooled clients, the demo
+//!   upstream) are the steps of the request path;
+//! - [`rules`] is the pure rule engine; [`identity`] knows agents and reviewers;
+//!   [`http`] owns bodies, routing, normalization and airlock's JSON answers;
 //! - [`audit`] seals every event into the hash chain; [`store`] persists approvals,
-//!   votes and the audit log behind one trait (SQLite by default);
-//! - [`config`] parses `airlock.yaml` into validated types; [`cli`] is the command line;
-//! - [`airlock`] holds the shared state; [`metrics`] the Prometheus metrics.
+//!   votes and the audit log behind one trait (SQLite or PostgreSQL); [`metrics`] are
+//!   the Prometheus metrics;
+//! - [`config`] parses `airlock.yaml` into validated types.
 
 pub mod admin;
-pub mod airlock;
 pub mod approvals;
 pub mod audit;
 pub mod cli;
@@ -27,12 +40,17 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
+pub mod request;
 pub mod rules;
+pub mod state;
 pub mod store;
+pub mod upstream;
+pub mod watch;
 
-use crate::airlock::Airlock;
+use crate::approvals::{Approvals, Clock};
 use crate::audit::{AuditLog, CheckpointSigner};
-use crate::config::Config;
+use crate::config::{Config, Diagnostics};
+use crate::state::{Airlock, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +62,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub airlock: Arc<Airlock>,
+    /// The rules loaded at start (for the startup report).
+    pub warnings: Vec<config::Diagnostic>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     audit_task: tokio::task::JoinHandle<()>,
@@ -64,25 +84,47 @@ impl Running {
     }
 }
 
-/// Re-reads a config file and its rules and puts them in force; returns the number of
-/// rules. Any error leaves the running configuration untouched.
-pub fn reload(airlock: &Airlock, path: &std::path::Path) -> anyhow::Result<usize> {
-    let cfg = Config::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let loaded = rules::load(&cfg).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let n = loaded.set.rules.len();
-    airlock.approvals.set_limits(approvals::HoldLimits {
-        total: cfg.limits.max_held,
-        per_agent: cfg.limits.max_held_per_agent,
-    });
-    airlock
-        .reload(Arc::new(cfg), Arc::new(loaded.set))
-        .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(n)
+/// Why airlock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Rules(Diagnostics),
+    #[error("store {url}: {source}")]
+    Store {
+        url: String,
+        source: store::StoreError,
+    },
+    #[error("audit.signing_key: {0}")]
+    SigningKey(audit::AuditError),
+    #[error("audit log: {0}")]
+    Audit(audit::AuditError),
+    #[error("{0}")]
+    Client(#[from] upstream::ClientError),
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How to start airlock beyond its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The clock approvals are decided by ([`Clock::tokio`] in tests with paused time).
+    pub clock: Clock,
+    /// Reload when the config file or the rules change.
+    pub watch: bool,
+}
+
+/// Loads everything a config names and starts the listeners (no file watch).
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    start_with(cfg, StartOptions::default()).await
 }
 
 /// Loads everything a config names and starts the listeners.
-pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    let loaded = rules::load(&cfg).map_err(|d| anyhow::anyhow!("{d}"))?;
+pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, StartError> {
+    let loaded = rules::load(&cfg).map_err(StartError::Rules)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -94,12 +136,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .unwrap_or_default();
     let store = store::open(&cfg.store, &base)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|source| StartError::Store {
+            url: store::redacted_url(&cfg.store),
+            source,
+        })?;
     let signer = match &cfg.audit.signing_key {
-        Some(p) => Some(
-            CheckpointSigner::from_pem_file(p)
-                .map_err(|e| anyhow::anyhow!("audit.signing_key: {e}"))?,
-        ),
+        Some(p) => Some(CheckpointSigner::from_pem_file(p).map_err(StartError::SigningKey)?),
         None => None,
     };
     let metrics = Arc::new(metrics::Metrics::new());
@@ -114,23 +156,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Some(observer),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
-    let snapshot = proxy::Snapshot::new(cfg.clone(), Arc::new(loaded.set), &metrics)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(StartError::Audit)?;
+    let snapshot = Snapshot::new(cfg.clone(), Arc::new(loaded.set), &metrics, None)?;
     let shutdown = CancellationToken::new();
-    let airlock = Airlock::new(snapshot, store, audit, metrics, shutdown.clone());
+    let approvals = Approvals::new(store.clone(), audit.clone(), metrics.clone(), opts.clock);
+    let airlock = Airlock::new(snapshot, store, audit, metrics, approvals, shutdown.clone());
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-    let proxy_addr = listener.local_addr()?;
+    let listen = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { what, addr, source })
+    };
+    let listener = listen("listen", cfg.listen).await?;
+    let proxy_addr = local_addr(&listener, "listen", cfg.listen)?;
     let mut tasks = Vec::new();
     let admin_addr = match &cfg.admin {
         Some(a) => {
-            let l = TcpListener::bind(a.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("admin.listen {}: {e}", a.listen))?;
-            let addr = l.local_addr()?;
+            let l = listen("admin.listen", a.listen).await?;
+            let addr = local_addr(&l, "admin.listen", a.listen)?;
             tasks.push(tokio::spawn(admin::run(
                 l,
                 airlock.clone(),
@@ -147,12 +190,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Duration::from_secs(30),
     )));
     tasks.push(airlock.approvals.spawn_sweeper(shutdown.clone()));
+    if opts.watch {
+        tasks.push(watch::spawn(airlock.clone(), shutdown.clone()));
+    }
     Ok(Running {
         proxy_addr,
         admin_addr,
         airlock,
+        warnings: loaded.warnings,
         shutdown,
         tasks,
         audit_task,
     })
+}
+
+fn local_addr(l: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Listen { what, addr, source })
 }

@@ -24,10 +24,20 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub mode: String,
+    pub rules_version: String,
+}
+
 /// All of airlock's metrics.
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// Requests by how they ended (`passed`, `forwarded`, or airlock's error code).
+    pub outcomes: Family<OutcomeLabels, Counter>,
+    /// 1 for the config in force: its mode and its rules' version.
+    pub config: Family<ConfigLabels, Gauge>,
     pub held_now: Gauge,
     pub hold_wait: Histogram,
     pub votes: Family<OutcomeLabels, Counter>,
@@ -54,6 +64,18 @@ impl Metrics {
             "requests",
             "Requests by verdict and upstream",
             requests.clone(),
+        );
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "outcomes",
+            "Requests by final outcome (passed, forwarded, observed, or airlock's error code)",
+            outcomes.clone(),
+        );
+        let config = Family::<ConfigLabels, Gauge>::default();
+        registry.register(
+            "config",
+            "The configuration in force: mode and rules version (value 1)",
+            config.clone(),
         );
         let held_now = Gauge::default();
         registry.register(
@@ -92,6 +114,8 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            outcomes,
+            config,
             held_now,
             hold_wait,
             votes,
@@ -124,6 +148,26 @@ impl Metrics {
                 })
                 .clone(),
         }
+    }
+
+    /// Marks the config in force (replacing the previous one).
+    pub fn set_config(&self, mode: &str, rules_version: &str) {
+        self.config.clear();
+        self.config
+            .get_or_create(&ConfigLabels {
+                mode: mode.to_string(),
+                rules_version: rules_version.to_string(),
+            })
+            .set(1);
+    }
+
+    /// Counts a request's final outcome.
+    pub fn outcome(&self, outcome: &str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn vote(&self, decision: &str) {

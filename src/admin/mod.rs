@@ -4,10 +4,10 @@
 //! the `sha256:` digests in the config). An agent's key is refused here outright, so
 //! an agent can never vote, not even for another agent.
 
-use crate::airlock::Airlock;
+use crate::state::Airlock;
 use crate::approvals::seconds_left;
 use crate::http::{AirlockError, Code};
-use crate::proxy::body::{full, read_limited, ProxyBody, Read};
+use crate::http::body::{full, read_limited, ProxyBody, Read};
 use crate::store::{Approval, Decision, Status};
 use chrono::Utc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -89,7 +89,7 @@ async fn route(
         (Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (Method::GET, "/readyz") => {
             let (rules, store) = (
-                airlock.snapshot().rules.rules.len(),
+                airlock.snapshot().policy.rules.rules.len(),
                 airlock.store.ping().await,
             );
             match store {
@@ -134,14 +134,15 @@ fn reviewer(
                 "send a reviewer token as Authorization: Bearer <token>",
             )
         })?;
-    if airlock.snapshot().agents.is_agent_key(token) {
+    let snap = airlock.snapshot();
+    if snap.policy.agents.is_agent_key(token) {
         return Err(AirlockError::new(
             Code::AgentCredential,
             "agent credentials are not accepted by the admin API",
         ));
     }
-    airlock
-        .reviewers()
+    snap.policy
+        .reviewers
         .by_token(token)
         .cloned()
         .ok_or_else(|| AirlockError::new(Code::Unauthenticated, "unknown reviewer token"))
@@ -228,7 +229,7 @@ async fn api(
                 .approvals
                 .vote(id, &who, decision, reason)
                 .await
-                .map_err(|e| e.into_error(id))?;
+                .map_err(|e| vote_error(e, id))?;
             Ok(json_response(
                 StatusCode::OK,
                 &approval_json(&a, true, &who),
@@ -306,4 +307,22 @@ fn approval_json(a: &Approval, full: bool, viewer: &crate::config::Reviewer) -> 
         }
     }
     v
+}
+
+/// The answer for a refused vote.
+fn vote_error(e: crate::approvals::VoteError, id: &str) -> AirlockError {
+    use crate::approvals::VoteError;
+    let code = match &e {
+        VoteError::NotFound => Code::NotFound,
+        VoteError::NotEligible => Code::NotEligible,
+        VoteError::SelfApproval => Code::SelfApproval,
+        VoteError::AlreadyDecided(_) => Code::AlreadyDecided,
+        VoteError::AlreadyVoted => Code::AlreadyVoted,
+        VoteError::ReasonRequired => Code::BadRequest,
+        VoteError::Store(_) | VoteError::Audit(_) => Code::StoreUnavailable,
+    };
+    if code == Code::StoreUnavailable {
+        tracing::error!(error = %e, approval = id, "vote could not be recorded");
+    }
+    AirlockError::new(code, e.to_string()).with_approval(id)
 }

@@ -6,7 +6,7 @@
 
 use crate::audit;
 use crate::config::{Config, LogFormat};
-use crate::rules::{self, testing, Check};
+use crate::rules::{self, Check};
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -98,7 +98,17 @@ enum RulesCmd {
         data: Option<String>,
         #[arg(long)]
         agent: Option<String>,
+        /// Output format: human-readable text or one JSON object.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ExplainFormat,
     },
+}
+
+/// How `rules explain` prints its answer.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,14 +226,13 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     init_tracing(&cfg);
     let rt = runtime(cfg.workers)?;
     rt.block_on(async move {
-        let running = crate::start(cfg).await?;
-        println!("airlock: proxy listening on http://{}", running.proxy_addr);
-        if let Some(a) = running.admin_addr {
-            println!("airlock: admin listening on http://{a}");
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        spawn_reload_on_sighup(running.airlock.clone(), path.to_path_buf());
+        let opts = crate::StartOptions {
+            watch: true,
+            ..Default::default()
+        };
+        let running = crate::start_with(cfg, opts).await?;
+        print_startup(&running);
+        spawn_reload_on_sighup(running.airlock.clone());
         wait_for_signal().await;
         tracing::info!("shutting down");
         running.stop().await;
@@ -232,9 +241,51 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What an operator needs to know at start: what runs, from which config, in which
+/// mode, with which rules, upstreams, store and listeners, under which PID.
+fn print_startup(running: &crate::Running) {
+    let snap = running.airlock.snapshot();
+    let cfg = snap.cfg();
+    println!(
+        "airlock {} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    println!("airlock: config {}", cfg.file.display());
+    println!(
+        "airlock: mode {}, default {}",
+        crate::state::mode_name(cfg.mode),
+        if cfg.default_allow { "allow" } else { "deny" }
+    );
+    println!(
+        "airlock: {} rule(s), version {}{}",
+        snap.policy.rules.rules.len(),
+        crate::state::rules_version(&snap.policy.rules),
+        if running.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", running.warnings.len())
+        }
+    );
+    for u in &cfg.upstreams {
+        let route = match &u.route {
+            crate::config::Route::Prefix(p) => format!("prefix {p}"),
+            crate::config::Route::Host(h) => format!("host {h}"),
+        };
+        println!("airlock: upstream {} ({route}) -> {}", u.name, u.url);
+    }
+    println!("airlock: store {}", crate::store::redacted_url(&cfg.store));
+    println!("airlock: proxy listening on http://{}", running.proxy_addr);
+    if let Some(a) = running.admin_addr {
+        println!("airlock: admin listening on http://{a}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
 /// Reloads config and rules on `SIGHUP`; an invalid new set is refused and logged,
 /// and the old one stays in force. Listener addresses and the store are not reloaded.
-fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::airlock::Airlock>, path: PathBuf) {
+fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::state::Airlock>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -242,16 +293,13 @@ fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::airlock::Airlock>, path
             return;
         };
         while hup.recv().await.is_some() {
-            match crate::reload(&airlock, &path) {
-                Ok(n) => tracing::info!(rules = n, "configuration reloaded"),
-                Err(e) => tracing::error!(
-                    "reload refused, the previous configuration stays in force:\n{e}"
-                ),
+            if let Err(e) = airlock.reload().await {
+                tracing::error!("reload refused, the previous configuration stays in force:\n{e}");
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = (airlock, path);
+    let _ = airlock;
 }
 
 async fn wait_for_signal() {
@@ -345,7 +393,8 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                     (extra.set, extra.tests)
                 }
             };
-            let outcomes = testing::run(&cfg, &set, &tests);
+            let policy = crate::request::Policy::new(std::sync::Arc::new(cfg), std::sync::Arc::new(set));
+            let outcomes = runtime(1)?.block_on(crate::proxy::simulate::run_tests(&policy, &tests));
             let mut failed = 0;
             for o in &outcomes {
                 if o.passed {
@@ -372,6 +421,7 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
             headers,
             data,
             agent,
+            format,
         } => {
             let cfg = load_config(&config)?;
             let loaded = rules::load(&cfg).map_err(|d| anyhow!("{d}"))?;
@@ -383,55 +433,146 @@ fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                 hs.push((k.trim().to_string(), v.trim().to_string()));
             }
             let body = data.unwrap_or_default().into_bytes();
-            let router = crate::proxy::route::Router::new(&cfg.upstreams);
-            let method = method.to_ascii_uppercase();
-            let ev = testing::evaluate_request(
-                &cfg,
-                &loaded.set,
-                &router,
-                &method,
-                &url,
-                &hs,
-                &body,
-                agent.as_deref(),
-            )
-            .map_err(|e| anyhow!(e))?;
-            match ev {
-                testing::Evaluated::Refused(code, msg) => {
-                    println!("verdict: {} ({msg})", code.as_str());
-                }
-                testing::Evaluated::Decided {
-                    upstream,
-                    path,
-                    decision,
-                    checks,
-                } => {
-                    println!("verdict: {}", decision.verdict.as_str());
-                    println!("upstream: {upstream}  path: {path}");
-                    if decision.matched.is_empty() {
-                        println!(
-                            "no rule matched: default is {}",
-                            loaded.set.default_verdict().as_str()
-                        );
-                    }
-                    for (i, check) in checks {
-                        let r = &loaded.set.rules[i];
-                        match check {
-                            Check::Matched => {
-                                println!("  match  {} -> {}", r.name, r.verdict.as_str())
-                            }
-                            Check::MatchedFailClosed(why) => println!(
-                                "  match  {} -> {} (fail closed: {why})",
-                                r.name,
-                                r.verdict.as_str()
-                            ),
-                            Check::Missed(why) => println!("  -      {}: {why}", r.name),
-                        }
-                    }
+            let policy = crate::request::Policy::new(
+                std::sync::Arc::new(cfg),
+                std::sync::Arc::new(loaded.set),
+            );
+            let sim = crate::proxy::simulate::Simulation {
+                method: &method,
+                url: &url,
+                headers: &hs,
+                body: &body,
+                agent: agent.as_deref(),
+            };
+            let result = runtime(1)?
+                .block_on(crate::proxy::simulate::simulate(&policy, sim))
+                .map_err(|e| anyhow!(e))?;
+            let allowed = matches!(
+                &result,
+                crate::proxy::simulate::Simulated::Decided { decision, .. }
+                    if decision.verdict == rules::Verdict::Allow
+            );
+            if format == ExplainFormat::Json {
+                println!("{}", explain_json(&policy, &result));
+            } else {
+                print_explain(&policy, &result);
+            }
+            Ok(if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// `rules explain` as text: the verdict, what the proxy would answer, and every rule.
+fn print_explain(policy: &crate::request::Policy, result: &crate::proxy::simulate::Simulated) {
+    use crate::proxy::simulate::Simulated;
+    match result {
+        Simulated::Refused(e) => {
+            println!("verdict: {}", e.error.as_str());
+            println!(
+                "answer:  {} {} ({})",
+                e.status().as_u16(),
+                e.error.as_str(),
+                e.message
+            );
+        }
+        Simulated::Decided {
+            upstream,
+            path,
+            agent,
+            method,
+            decision,
+            checks,
+            answer,
+            mode,
+            ..
+        } => {
+            println!("verdict: {}", decision.verdict.as_str());
+            let observe = *mode == crate::config::Mode::Observe;
+            match (answer, decision.verdict) {
+                (Some(e), _) => println!(
+                    "answer:  {} {} ({})",
+                    e.status().as_u16(),
+                    e.error.as_str(),
+                    e.message
+                ),
+                (None, rules::Verdict::Allow) => println!("answer:  forwarded to {upstream}"),
+                (None, v) if observe => println!(
+                    "answer:  forwarded to {upstream} (observe mode; enforce would {})",
+                    if v == rules::Verdict::Deny { "deny" } else { "hold" }
+                ),
+                (None, _) => println!("answer:  held for approval, then forwarded or 403"),
+            }
+            println!("upstream: {upstream}  path: {path}  method: {method}  agent: {agent}");
+            if decision.matched.is_empty() {
+                println!(
+                    "no rule matched: default is {}",
+                    policy.rules.default_verdict().as_str()
+                );
+            }
+            for (i, check) in checks {
+                let r = &policy.rules.rules[*i];
+                match check {
+                    Check::Matched => println!("  match  {} -> {}", r.name, r.verdict.as_str()),
+                    Check::MatchedFailClosed(why) => println!(
+                        "  match  {} -> {} (fail closed: {why})",
+                        r.name,
+                        r.verdict.as_str()
+                    ),
+                    Check::Missed(why) => println!("  -      {}: {why}", r.name),
                 }
             }
-            Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `rules explain --format json`.
+fn explain_json(
+    policy: &crate::request::Policy,
+    result: &crate::proxy::simulate::Simulated,
+) -> serde_json::Value {
+    use crate::proxy::simulate::Simulated;
+    match result {
+        Simulated::Refused(e) => serde_json::json!({
+            "verdict": e.error.as_str(),
+            "status": e.status().as_u16(),
+            "error": e.error.as_str(),
+            "message": e.message,
+        }),
+        Simulated::Decided {
+            upstream,
+            path,
+            agent,
+            method,
+            decision,
+            rules,
+            checks,
+            answer,
+            mode,
+        } => serde_json::json!({
+            "verdict": decision.verdict.as_str(),
+            "mode": crate::state::mode_name(*mode),
+            "status": answer.as_ref().map(|e| e.status().as_u16()),
+            "error": answer.as_ref().map(|e| e.error.as_str()),
+            "message": answer.as_ref().map(|e| e.message.clone()),
+            "upstream": upstream,
+            "path": path,
+            "method": method,
+            "agent": agent,
+            "rules": rules,
+            "checks": checks.iter().map(|(i, c)| {
+                let r = &policy.rules.rules[*i];
+                let (matched, why) = match c {
+                    Check::Matched => (true, None),
+                    Check::MatchedFailClosed(w) => (true, Some(format!("fail closed: {w}"))),
+                    Check::Missed(w) => (false, Some(w.clone())),
+                };
+                serde_json::json!({"rule": r.name, "then": r.verdict.as_str(), "matched": matched, "why": why})
+            }).collect::<Vec<_>>(),
+        }),
     }
 }
 

@@ -129,8 +129,8 @@ impl AirlockError {
     }
 
     /// The JSON response, with `X-Airlock-Approval-Id` when there is an approval.
-    pub fn into_response(self) -> Response<crate::proxy::body::ProxyBody> {
-        self.into_response_with(crate::proxy::body::full)
+    pub fn into_response(self) -> Response<super::body::ProxyBody> {
+        self.into_response_with(super::body::full)
     }
 
     /// The JSON response with any body type.

@@ -125,6 +125,31 @@ impl Agents {
         })
     }
 
+    /// The caller a rule test or `rules explain` names by agent id, as the proxy would
+    /// have identified it: an unknown id is an invalid credential and none is a missing
+    /// one (when agents are configured). With no agents configured every caller is
+    /// anonymous, and a named one keeps the name it was given.
+    pub fn named(&self, id: Option<&str>) -> Result<Caller, AuthError> {
+        if self.agents.is_empty() {
+            return Ok(Caller {
+                id: id.map_or_else(|| "anonymous@127.0.0.1".to_string(), str::to_string),
+                owner: None,
+                anonymous: id.is_none(),
+            });
+        }
+        let id = id.ok_or(AuthError::Missing)?;
+        let a = self
+            .agents
+            .iter()
+            .find(|a| a.id == id)
+            .ok_or(AuthError::Invalid)?;
+        Ok(Caller {
+            id: a.id.clone(),
+            owner: a.owner.clone(),
+            anonymous: false,
+        })
+    }
+
     /// Removes every header that may carry an airlock credential.
     pub fn strip_credentials(&self, headers: &mut HeaderMap) {
         for h in &self.headers {

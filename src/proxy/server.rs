@@ -2,7 +2,8 @@
 //! builder, with upgrades), a cap on concurrent connections, a header read timeout,
 //! and graceful shutdown driven by a cancellation token.
 
-use crate::airlock::Airlock;
+use super::handle::{handle, Peer};
+use crate::state::Airlock;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,8 +24,8 @@ pub async fn run(
     let (max_conns, header_timeout) = {
         let snap = airlock.snapshot();
         (
-            snap.cfg.limits.max_connections,
-            snap.cfg.limits.header_timeout,
+            snap.cfg().limits.max_connections,
+            snap.cfg().limits.header_timeout,
         )
     };
     let permits = Arc::new(Semaphore::new(max_conns.max(1)));
@@ -59,7 +60,13 @@ pub async fn run(
         let airlock = airlock.clone();
         let svc = service_fn(move |req| {
             let airlock = airlock.clone();
-            async move { Ok::<_, std::convert::Infallible>(airlock.handle(req, peer, false).await) }
+            async move {
+                let peer = Peer {
+                    addr: peer,
+                    tls: false,
+                };
+                Ok::<_, std::convert::Infallible>(handle(airlock, req, peer).await)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn.into_owned());

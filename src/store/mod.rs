@@ -132,15 +132,45 @@ pub enum VoteResult {
     NotFound,
 }
 
-/// A store failure. Always fail closed on it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
+/// A store failure, by kind. Always fail closed on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed an operation (locked, busy, I/O, constraint).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite file or its folder could not be opened or created.
+    #[error("cannot open {path}: {reason}")]
+    Open {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// PostgreSQL refused or failed an operation, or the connection broke.
+    #[error("postgres: {}", postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot serve writes now (no connection, read-only standby).
+    #[error("{0}")]
+    NoConnection(&'static str),
+    /// A stored row cannot be read back (bad status, time, JSON).
+    #[error("unreadable stored data: {0}")]
+    Corrupt(String),
+    /// A record could not be encoded for storage.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// The database was migrated by a newer airlock.
+    #[error("database schema version {found} is newer than this airlock ({latest}); refusing to run")]
+    SchemaTooNew { found: i64, latest: i64 },
+    /// Another writer appended audit events in between (the caller retries).
+    #[error("audit chain out of step: {0}")]
+    ChainConflict(String),
+    /// The blocking task running a SQLite call failed.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The store URL names no backend airlock has.
+    #[error("unknown store url {0:?} (use sqlite://PATH, sqlite::memory: or postgres://…)")]
+    UnknownUrl(String),
 }
 
 /// Everything airlock persists.
@@ -216,7 +246,7 @@ pub async fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, S
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
     }
-    Err(StoreError(format!("unknown store url {url:?}")))
+    Err(StoreError::UnknownUrl(url.to_string()))
 }
 
 /// Adapts a [`Store`] to the audit writer's sink.
@@ -232,13 +262,28 @@ impl crate::audit::AuditSink for StoreSink {
         self.0
             .audit_append(events, checkpoint)
             .await
-            .map_err(|e| crate::audit::AuditError::Store(e.0))
+            .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
     }
 
     async fn head(&self) -> Result<(u64, String), crate::audit::AuditError> {
         self.0
             .audit_head()
             .await
-            .map_err(|e| crate::audit::AuditError::Store(e.0))
+            .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
+    }
+}
+
+/// A store URL safe to print: a PostgreSQL password is replaced with `***`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }

@@ -19,12 +19,11 @@ const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
 const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
 const POOL_SIZE: usize = 4;
 
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        StoreError(match e.as_db_error() {
-            Some(db) => format!("postgres: {}", db.message()),
-            None => format!("postgres: {e}"),
-        })
+/// A PostgreSQL error as an operator reads it: the server's message when there is one.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
     }
 }
 
@@ -86,9 +85,10 @@ async fn migrate(c: &mut Client) -> Result<(), StoreError> {
         .get(0);
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > latest {
-        return Err(StoreError(format!(
-            "database schema version {current} is newer than this airlock ({latest}); refusing to run"
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            latest,
+        });
     }
     for (version, sql) in MIGRATIONS {
         if *version > current {
@@ -107,7 +107,7 @@ async fn migrate(c: &mut Client) -> Result<(), StoreError> {
 const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed";
 
 fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
-    let bad = |what: &str, e: String| StoreError(format!("approval: bad {what}: {e}"));
+    let bad = |what: &str, e: String| StoreError::Corrupt(format!("approval: bad {what}: {e}"));
     let status: String = r.try_get(1)?;
     Ok(Approval {
         id: r.try_get(0)?,
@@ -184,7 +184,7 @@ macro_rules! client {
         #[allow(unused_mut)]
         let $g = $g
             .as_mut()
-            .ok_or_else(|| StoreError("postgres: no connection".into()))?;
+            .ok_or(StoreError::NoConnection("postgres: no connection"))?;
     };
 }
 
@@ -195,8 +195,8 @@ impl Store for PostgresStore {
         // Readiness means writable: a read-only standby is not ready.
         let ro: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
         if ro {
-            return Err(StoreError(
-                "postgres: the server is read-only (in recovery)".into(),
+            return Err(StoreError::NoConnection(
+                "postgres: the server is read-only (in recovery)",
             ));
         }
         c.query_one("SELECT COUNT(*) FROM schema_migrations", &[])
@@ -206,8 +206,14 @@ impl Store for PostgresStore {
 
     async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
         client!(self, c);
-        let rules = serde_json::to_value(&a.rules).map_err(|e| StoreError(e.to_string()))?;
-        let policy = serde_json::to_value(&a.policy).map_err(|e| StoreError(e.to_string()))?;
+        let rules = serde_json::to_value(&a.rules).map_err(|source| StoreError::Encode {
+            what: "rules",
+            source,
+        })?;
+        let policy = serde_json::to_value(&a.policy).map_err(|source| StoreError::Encode {
+            what: "policy",
+            source,
+        })?;
         c.execute(
             &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL)"),
             &[
@@ -286,7 +292,7 @@ impl Store for PostgresStore {
         let status: String = row.try_get(0)?;
         let expires: DateTime<Utc> = row.try_get(1)?;
         let status =
-            Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
+            Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad status {status:?}")))?;
         if status != Status::Pending {
             return Ok(VoteResult::AlreadyDecided(status));
         }
@@ -375,8 +381,8 @@ impl Store for PostgresStore {
             .get(0);
         if let Some(first) = events.first() {
             if first.seq as i64 != last + 1 {
-                return Err(StoreError(format!(
-                    "audit chain out of step: next seq is {} but the batch starts at {}",
+                return Err(StoreError::ChainConflict(format!(
+"next seq is {} but the batch starts at {}",
                     last + 1,
                     first.seq
                 )));
@@ -436,7 +442,7 @@ impl Store for PostgresStore {
             .map(|r| {
                 let line: String = r.try_get(0)?;
                 serde_json::from_str(&line)
-                    .map_err(|e| StoreError(format!("unreadable audit event: {e}")))
+                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
             })
             .collect()
     }

@@ -30,7 +30,7 @@ fn ts(t: &DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
-    crate::audit::parse_time(s).map_err(|e| StoreError(format!("bad time {s:?}: {e}")))
+    crate::audit::parse_time(s).map_err(|e| StoreError::Corrupt(format!("bad time {s:?}: {e}")))
 }
 
 impl SqliteStore {
@@ -39,11 +39,17 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError::Open {
+                        path: dir.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
             }
         }
         let conn =
-            Connection::open(path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            Connection::open(path).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit (a vote, a held event) survives power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -78,9 +84,10 @@ impl SqliteStore {
         }
         let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
         if current > latest {
-            return Err(StoreError(format!(
-                "database schema version {current} is newer than this airlock ({latest}); refusing to run"
-            )));
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                latest,
+            });
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -95,7 +102,7 @@ impl SqliteStore {
         let mut guard = self.conn.clone().lock_owned().await;
         tokio::task::spawn_blocking(move || f(&mut guard))
             .await
-            .map_err(|e| StoreError(format!("store task failed: {e}")))?
+            ?
     }
 }
 
@@ -155,11 +162,11 @@ struct RawApproval {
 impl RawApproval {
     fn decode(self, votes: Vec<Vote>) -> Result<Approval, StoreError> {
         let json_err = |what: &str, e: serde_json::Error| {
-            StoreError(format!("approval {}: bad {what}: {e}", self.id))
+            StoreError::Corrupt(format!("approval {}: bad {what}: {e}", self.id))
         };
         Ok(Approval {
             status: Status::parse(&self.status)
-                .ok_or_else(|| StoreError(format!("bad status {:?}", self.status)))?,
+                .ok_or_else(|| StoreError::Corrupt(format!("bad status {:?}", self.status)))?,
             rules: serde_json::from_str(&self.rules).map_err(|e| json_err("rules", e))?,
             policy: serde_json::from_str(&self.policy).map_err(|e| json_err("policy", e))?,
             show: match &self.show {
@@ -245,8 +252,8 @@ impl Store for SqliteStore {
     async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
         let a = a.clone();
         self.with(move |c| {
-            let rules = serde_json::to_string(&a.rules).map_err(|e| StoreError(e.to_string()))?;
-            let policy = serde_json::to_string(&a.policy).map_err(|e| StoreError(e.to_string()))?;
+            let rules = serde_json::to_string(&a.rules).map_err(|source| StoreError::Encode { what: "rules", source })?;
+            let policy = serde_json::to_string(&a.policy).map_err(|source| StoreError::Encode { what: "policy", source })?;
             let show = a.show.as_ref().map(|s| s.to_string());
             c.execute(
                 &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL)"),
@@ -326,7 +333,7 @@ impl Store for SqliteStore {
             let Some((status, expires)) = row else {
                 return Ok(VoteResult::NotFound);
             };
-            let status = Status::parse(&status).ok_or_else(|| StoreError(format!("bad status {status:?}")))?;
+            let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad status {status:?}")))?;
             if status != Status::Pending {
                 return Ok(VoteResult::AlreadyDecided(status));
             }
@@ -413,8 +420,8 @@ impl Store for SqliteStore {
             let last: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| r.get(0))?;
             if let Some(first) = events.first() {
                 if first.seq as i64 != last + 1 {
-                    return Err(StoreError(format!(
-                        "audit chain out of step: next seq is {} but the batch starts at {}",
+                    return Err(StoreError::ChainConflict(format!(
+"next seq is {} but the batch starts at {}",
                         last + 1,
                         first.seq
                     )));
@@ -467,7 +474,7 @@ impl Store for SqliteStore {
             for line in rows {
                 let line = line?;
                 let ev: AuditEvent = serde_json::from_str(&line)
-                    .map_err(|e| StoreError(format!("unreadable audit event: {e}")))?;
+                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))?;
                 out.push(ev);
             }
             Ok(out)

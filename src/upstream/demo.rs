@@ -2,7 +2,7 @@
 //! echo of the request exactly as an upstream would have received it (method, path,
 //! query, headers after airlock's rewrite, body). For trying airlock without a server.
 
-use super::body::{full, read_limited, ProxyBody, Read};
+use crate::http::body::{full, read_limited, ProxyBody, Read};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 

@@ -1,4 +1,4 @@
-//! Request and response bodies: the boxed body type the proxy speaks, bounded reads
+//! Request and response bodies: the boxed body type airlock speaks, bounded reads
 //! for inspection and holds, and a body that replays what was read before streaming
 //! the rest.
 
@@ -110,5 +110,33 @@ where
             h.set_upper(u + pre);
         }
         h
+    }
+}
+
+/// Why a body that had to be read (for inspection or a hold) could not be.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body did not arrive within `limits.body_timeout`.
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The client's stream failed (reset, malformed chunking).
+    #[error("could not read the request body: {0}")]
+    Read(BoxError),
+}
+
+/// Reads a body up to `limit` bytes within `timeout`.
+pub async fn read_within<B>(
+    body: B,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Read<B>, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout(timeout, read_limited(body, limit)).await {
+        Err(_) => Err(BodyError::Timeout(timeout)),
+        Ok(Err(e)) => Err(BodyError::Read(e)),
+        Ok(Ok(r)) => Ok(r),
     }
 }

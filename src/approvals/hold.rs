@@ -1,0 +1,236 @@
+//! Opening a hold and waiting for its decision: join an identical pending approval,
+//! consume an identical approved one within its `reuse` window, or create a new
+//! approval; then park until it is decided, expires, or airlock shuts down.
+
+use super::{event_for, Approvals, HoldError, Outcome};
+use crate::rules::ApprovalPolicy;
+use crate::store::{Approval, Status, StoreError};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Everything known about a request about to be held.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub request_id: String,
+    pub agent: String,
+    pub owner: Option<String>,
+    pub digest: String,
+    pub body_sha256: String,
+    pub rules: Vec<String>,
+    pub policy: ApprovalPolicy,
+    pub method: String,
+    pub upstream: String,
+    pub host: Option<String>,
+    pub url: String,
+    pub justification: Option<String>,
+    pub show: Option<serde_json::Value>,
+}
+
+/// The result of opening a hold.
+pub enum Opened {
+    /// An earlier identical request was approved and its client went away: this
+    /// request has consumed that approval and may be forwarded now.
+    Reused(Approval),
+    /// Parked until a decision.
+    Waiting(Ticket),
+}
+
+/// A parked request's claim on an approval.
+pub struct Ticket {
+    pub approval: Approval,
+    /// Whether this request joined an approval an identical request opened.
+    pub joined: bool,
+    rx: watch::Receiver<Option<Outcome>>,
+}
+
+/// How waiting ended.
+pub enum Waited {
+    /// Approved, and this request consumed the approval: forward it.
+    Forward(Approval),
+    /// Approved, but an identical request already used the approval.
+    AlreadyUsed(Approval),
+    Denied(Approval),
+    Expired(Approval),
+    ShuttingDown(Approval),
+}
+
+fn new_approval_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    let s: String = (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("ap_{s}")
+}
+
+impl Approvals {
+    /// Opens a hold: joins an identical pending approval, consumes an identical
+    /// approved one (within its `reuse` window), or creates a new approval. The
+    /// `held` audit event is durable before this returns; if it cannot be written
+    /// the approval is cancelled and the request refused.
+    pub async fn open(&self, req: HoldRequest) -> Result<Opened, HoldError> {
+        let now = self.now();
+        if let Some(existing) = self.store.find_active(&req.agent, &req.digest).await? {
+            match existing.status {
+                Status::Pending if existing.expires > now => {
+                    let rx = self.subscribe(&existing.id);
+                    let mut ticket = Ticket {
+                        approval: existing,
+                        joined: true,
+                        rx,
+                    };
+                    self.refresh(&mut ticket).await?;
+                    return Ok(Opened::Waiting(ticket));
+                }
+                Status::Approved => {
+                    let window_open = existing
+                        .decided
+                        .map(|d| {
+                            d + chrono::Duration::from_std(existing.policy.reuse)
+                                .unwrap_or_default()
+                                >= now
+                        })
+                        .unwrap_or(false);
+                    if window_open
+                        && self
+                            .store
+                            .transition(&existing.id, Status::Approved, Status::Consumed, now, None)
+                            .await?
+                    {
+                        return Ok(Opened::Reused(existing));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let timeout =
+            chrono::Duration::from_std(req.policy.timeout).unwrap_or(chrono::Duration::minutes(15));
+        let approval = Approval {
+            id: new_approval_id(),
+            status: Status::Pending,
+            agent: req.agent,
+            owner: req.owner,
+            digest: req.digest,
+            body_sha256: req.body_sha256,
+            rules: req.rules,
+            policy: req.policy,
+            method: req.method,
+            upstream: req.upstream,
+            host: req.host,
+            url: req.url,
+            justification: req.justification,
+            show: req.show,
+            request_id: req.request_id,
+            created: now,
+            expires: now + timeout,
+            decided: None,
+            decided_by: None,
+            reason: None,
+            consumed: None,
+            votes: Vec::new(),
+        };
+        let rx = self.subscribe(&approval.id);
+        if let Err(e) = self.store.insert_approval(&approval).await {
+            self.waiters.remove(&approval.id);
+            return Err(e.into());
+        }
+        let mut ev = event_for("held", &approval);
+        ev.reason = approval.justification.clone();
+        ev.show = approval.show.clone();
+        if let Err(e) = self.audit_durable(ev).await {
+            self.waiters.remove(&approval.id);
+            let _ = self
+                .store
+                .transition(
+                    &approval.id,
+                    Status::Pending,
+                    Status::Cancelled,
+                    self.now(),
+                    Some("audit log unavailable"),
+                )
+                .await;
+            return Err(e.into());
+        }
+        tracing::info!(approval = %approval.id, agent = %approval.agent, rules = ?approval.rules, "request held for approval");
+        Ok(Opened::Waiting(Ticket {
+            approval,
+            joined: false,
+            rx,
+        }))
+    }
+
+    /// Re-reads a ticket's approval and turns a decision already made into an outcome.
+    async fn refresh(&self, t: &mut Ticket) -> Result<(), StoreError> {
+        if let Some(a) = self.store.approval(&t.approval.id).await? {
+            let outcome = match a.status {
+                Status::Approved | Status::Consumed => Some(Outcome::Approved),
+                Status::Denied => Some(Outcome::Denied {
+                    reason: a.reason.clone(),
+                }),
+                Status::Expired | Status::Cancelled => Some(Outcome::Expired),
+                Status::Pending => None,
+            };
+            t.approval = a;
+            if let Some(o) = outcome {
+                self.notify(&t.approval.id, o);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks until the approval is decided, expires, or airlock shuts down.
+    pub async fn wait(
+        &self,
+        mut t: Ticket,
+        shutdown: &CancellationToken,
+    ) -> Result<Waited, HoldError> {
+        let started = tokio::time::Instant::now();
+        let deadline = {
+            let left = (t.approval.expires - self.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        };
+        let outcome = loop {
+            if let Some(o) = t.rx.borrow_and_update().clone() {
+                break o;
+            }
+            tokio::select! {
+                changed = t.rx.changed() => {
+                    if changed.is_err() {
+                        // The sender was replaced; read the truth from the store.
+                        t.rx = self.subscribe(&t.approval.id);
+                        self.refresh(&mut t).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.expire(&t.approval.id).await;
+                    self.refresh(&mut t).await?;
+                }
+                _ = shutdown.cancelled() => return Ok(Waited::ShuttingDown(t.approval)),
+            }
+        };
+        self.metrics
+            .hold_wait
+            .observe(started.elapsed().as_secs_f64());
+        let id = t.approval.id.clone();
+        let approval = self.store.approval(&id).await?.unwrap_or(t.approval);
+        Ok(match outcome {
+            Outcome::Approved => {
+                if self
+                    .store
+                    .transition(&id, Status::Approved, Status::Consumed, self.now(), None)
+                    .await?
+                {
+                    Waited::Forward(approval)
+                } else {
+                    Waited::AlreadyUsed(approval)
+                }
+            }
+            Outcome::Denied { .. } => Waited::Denied(approval),
+            Outcome::Expired => Waited::Expired(approval),
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! Votes: who may vote (never the agent or its owner; only the rule's approvers), and
+//! casting one. A vote is in the audit log before it can take effect, and a decision
+//! the log cannot show is withdrawn, so nothing is ever released on an unrecorded vote.
+
+use super::{event_for, Approvals, Outcome, VoteError};
+use crate::config::Reviewer;
+use crate::identity::Reviewers;
+use crate::store::{Approval, Decision, Status, Vote, VoteResult};
+
+/// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
+/// or its owner), and only when the rule's approvers name them. Identities are compared
+/// as emails are: without regard to case.
+pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
+    let same = |x: &str| x.eq_ignore_ascii_case(&reviewer.id);
+    if same(&a.agent) || a.owner.as_deref().is_some_and(same) {
+        return Err(VoteError::SelfApproval);
+    }
+    if !Reviewers::eligible(reviewer, &a.policy.approvers) {
+        return Err(VoteError::NotEligible);
+    }
+    Ok(())
+}
+
+impl Approvals {
+    /// Casts a reviewer's vote and returns the approval as it now stands.
+    pub async fn vote(
+        &self,
+        id: &str,
+        reviewer: &Reviewer,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> Result<Approval, VoteError> {
+        let a = self.store.approval(id).await?.ok_or(VoteError::NotFound)?;
+        let refused = |why: String| {
+            let mut ev = event_for("vote_refused", &a);
+            ev.reviewer = Some(reviewer.id.clone());
+            ev.reason = Some(why);
+            ev
+        };
+        if let Err(e) = may_vote(reviewer, &a) {
+            let why = match e {
+                VoteError::SelfApproval => "self-approval",
+                _ => "not an eligible approver",
+            };
+            self.audit.record(refused(why.into()));
+            return Err(e);
+        }
+        match a.status {
+            Status::Pending if a.votes.iter().any(|v| v.reviewer == reviewer.id) => {
+                return Err(VoteError::AlreadyVoted)
+            }
+            Status::Pending if a.expires <= self.now() => {
+                self.expire(id).await;
+                return Err(VoteError::AlreadyDecided(Status::Expired));
+            }
+            Status::Pending => {}
+            other => return Err(VoteError::AlreadyDecided(other)),
+        }
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if REQUIRE_REASON_TODO && reason.is_none() {
+            return Err(VoteError::ReasonRequired);
+        }
+        // The vote is in the audit log before it can take effect: a decision the log
+        // does not show can never release a request.
+        let mut ev = event_for("vote", &a);
+        ev.reviewer = Some(reviewer.id.clone());
+        ev.decision = Some(decision.as_str().into());
+        ev.reason = reason.clone();
+        self.audit_durable(ev).await?;
+        let now = self.now();
+        let vote = Vote {
+            reviewer: reviewer.id.clone(),
+            decision,
+            reason: reason.clone(),
+            time: now,
+        };
+        let result = match self.store.vote(id, &vote, a.policy.quorum, now).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.audit.record(refused(format!("not recorded: {e}")));
+                return Err(e.into());
+            }
+        };
+        match result {
+            VoteResult::NotFound => Err(VoteError::NotFound),
+            VoteResult::AlreadyVoted => {
+                self.audit.record(refused("already voted".into()));
+                Err(VoteError::AlreadyVoted)
+            }
+            VoteResult::AlreadyDecided(Status::Expired) => {
+                // This vote discovered the expiry: tell parked requests.
+                self.audit
+                    .record(refused("the approval had expired".into()));
+                self.metrics.decision("expired");
+                self.audit.record(event_for("expired", &a));
+                self.notify(id, Outcome::Expired);
+                Err(VoteError::AlreadyDecided(Status::Expired))
+            }
+            VoteResult::AlreadyDecided(s) => {
+                self.audit
+                    .record(refused(format!("already {}", s.as_str())));
+                Err(VoteError::AlreadyDecided(s))
+            }
+            VoteResult::Recorded(status) => {
+                self.metrics.vote(decision.as_str());
+                if matches!(status, Status::Approved | Status::Denied) {
+                    self.decided(id, &a, status, reviewer, reason).await?;
+                }
+                self.store.approval(id).await?.ok_or(VoteError::NotFound)
+            }
+        }
+    }
+
+    /// A vote decided the approval: the decision is made durable in the audit log, then
+    /// parked requests are told. If the log cannot take it, the decision is withdrawn
+    /// (fail closed) and nothing is forwarded on it.
+    async fn decided(
+        &self,
+        id: &str,
+        a: &Approval,
+        status: Status,
+        reviewer: &Reviewer,
+        reason: Option<String>,
+    ) -> Result<(), VoteError> {
+        let word = if status == Status::Approved {
+            "approved"
+        } else {
+            "denied"
+        };
+        let mut ev = event_for(word, a);
+        ev.reviewer = Some(reviewer.id.clone());
+        ev.reason = reason.clone();
+        if let Err(e) = self.audit_durable(ev).await {
+            let _ = self
+                .store
+                .transition(
+                    id,
+                    status,
+                    Status::Cancelled,
+                    self.now(),
+                    Some("the decision could not be written to the audit log"),
+                )
+                .await;
+            self.notify(
+                id,
+                Outcome::Denied {
+                    reason: Some(
+                        "the decision could not be written to the audit log; ask again".into(),
+                    ),
+                },
+            );
+            return Err(e.into());
+        }
+        self.metrics.decision(word);
+        self.notify(
+            id,
+            if status == Status::Approved {
+                Outcome::Approved
+            } else {
+                Outcome::Denied { reason }
+            },
+        );
+        Ok(())
+    }
+}
+
+const REQUIRE_REASON_TODO: bool = false;

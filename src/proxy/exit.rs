@@ -1,0 +1,160 @@
+//! The one exit hook every request ends in, whatever path it took: it records the
+//! outcome exactly once — the audit event (at the configured level), the metrics and
+//! the access log line — and turns a failure into airlock's JSON answer.
+//!
+//! Outcome names, also the audit event names: `passed` (allowed and forwarded),
+//! `observed` (observe mode forwarded what enforce would hold or deny), `forwarded`
+//! (forwarded on an approval), `not_forwarded` (held, then denied, expired, already
+//! used, or interrupted by shutdown), or airlock's error code for a refusal
+//! (`denied_by_rule`, `unauthenticated`, `bad_path`, `bad_request`, `no_route`,
+//! `body_too_large`, `body_timeout`, `too_many_held`, `store_unavailable`, …).
+//! At `audit.level: held` every outcome but `passed` and `no_route` is audited; at
+//! `all`, every one. An approved request's outcome is durable before the agent sees it.
+
+use super::ProxyError;
+use crate::audit::AuditEvent;
+use crate::http::body::ProxyBody;
+use crate::request::{Refusal, RequestRecord};
+use crate::state::{Airlock, Snapshot};
+use crate::store::Approval;
+use http::{HeaderValue, Response};
+
+/// How a request went upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Passage {
+    /// Allowed by the rules.
+    Passed,
+    /// Observe mode: the rules would have held or denied it.
+    Observed,
+    /// On this approval.
+    Approved(Box<Approval>),
+}
+
+impl Passage {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Passage::Passed => "passed",
+            Passage::Observed => "observed",
+            Passage::Approved(_) => "forwarded",
+        }
+    }
+}
+
+/// What a request's phases produced: the upstream's response and how it got there,
+/// or why airlock answered itself (and how far towards the upstream it had got).
+pub type PhasesResult = Result<(Response<ProxyBody>, Passage), (ProxyError, Option<Passage>)>;
+
+/// Records the outcome of a request and returns its response.
+pub async fn finish(
+    airlock: &Airlock,
+    snap: &Snapshot,
+    record: &RequestRecord,
+    result: PhasesResult,
+) -> Response<ProxyBody> {
+    let (mut response, passage, error) = match result {
+        Ok((r, p)) => (r, Some(p), None),
+        Err((e, p)) => (e.answer(&record.rules).into_response(), p, Some(e)),
+    };
+    let status = response.status().as_u16();
+    let outcome = match (&passage, &error) {
+        (Some(p), _) => p.outcome(),
+        (None, Some(e)) if e.approval().is_some() => "not_forwarded",
+        (None, Some(ProxyError::DigestMismatch { .. })) => "not_forwarded",
+        (None, Some(e)) => e.code().as_str(),
+        (None, None) => "passed",
+    };
+    let reason = error.as_ref().and_then(reason_for);
+    let approval = match &passage {
+        Some(Passage::Approved(a)) => Some(a.as_ref()),
+        _ => error.as_ref().and_then(ProxyError::approval),
+    };
+    let approval_id = approval.map(|a| a.id.as_str()).or(record.approval_id.as_deref());
+
+    // The audit event.
+    let audited = match outcome {
+        "passed" | "no_route" => snap.audits_everything(),
+        _ => true,
+    };
+    if audited {
+        let mut ev = AuditEvent::new(outcome);
+        ev.request_id = Some(record.request_id.clone());
+        ev.approval_id = approval_id.map(str::to_string);
+        ev.agent = record.agent.clone();
+        ev.rules = record.rules.clone();
+        ev.method = Some(record.method_label());
+        ev.upstream = record.upstream_name.clone();
+        ev.host = record.host.clone();
+        ev.path = record.url.clone();
+        ev.body_sha256 = record.body_sha256.clone();
+        ev.status = Some(status);
+        ev.reason = reason.clone().or_else(|| record.fail_closed.map(str::to_string));
+        if passage == Some(Passage::Observed) {
+            ev.decision = record.verdict.map(|v| v.as_str().to_string());
+        }
+        if matches!(passage, Some(Passage::Approved(_))) {
+            // An approved request's outcome is durable before the agent sees it.
+            if let Err(e) = airlock.audit.append(ev).await {
+                tracing::error!(error = %e, "could not write the forwarded event to the audit log");
+            }
+        } else {
+            airlock.audit.record(ev);
+        }
+    }
+
+    // The metrics.
+    if let Some(i) = record.upstream {
+        if let Some(v) = record.verdict {
+            snap.metrics[i].verdict(v).inc();
+        }
+        if matches!(
+            error,
+            Some(ProxyError::Refused(Refusal::Unauthenticated(_)))
+        ) {
+            snap.metrics[i].unauthenticated.inc();
+        }
+    }
+    airlock.metrics.outcome(outcome);
+
+    // The access log line.
+    let latency_ms = record.started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "airlock::access",
+        request = %record.request_id,
+        method = %record.method_label(),
+        upstream = record.upstream_name.as_deref().unwrap_or("-"),
+        path = record.url.as_deref().unwrap_or("-"),
+        agent = record.agent.as_deref().unwrap_or("-"),
+        verdict = record.verdict.map_or("-", |v| v.as_str()),
+        rules = %record.rules.join(","),
+        outcome,
+        status,
+        latency_ms = (latency_ms * 1000.0).round() / 1000.0,
+        approval = approval_id.unwrap_or("-"),
+        reason = reason.as_deref().unwrap_or(""),
+        "{} {} {}",
+        record.method_label(),
+        record.url.as_deref().unwrap_or("-"),
+        status,
+    );
+
+    if let (Some(Passage::Approved(a)), true) = (&passage, error.is_none()) {
+        if let Ok(v) = HeaderValue::from_str(&a.id) {
+            response.headers_mut().insert("x-airlock-approval-id", v);
+        }
+    }
+    response
+}
+
+/// The reason an audit event and the access log give for a failure: for an upstream
+/// failure its cause (refused, TLS, reset, timeout) and the error chain.
+fn reason_for(e: &ProxyError) -> Option<String> {
+    Some(match e {
+        ProxyError::Upstream(u) => format!("{}: {}", u.kind.as_str(), u.cause),
+        ProxyError::DeniedByRule { fail_closed, .. } => return fail_closed.map(str::to_string),
+        ProxyError::Denied(a) => match &a.reason {
+            Some(r) => format!("{e}: {r}"),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    })
+}

@@ -1,0 +1,188 @@
+//! Holding a request for approval: take a held slot, buffer the body (up to
+//! `limits.max_body`), bind the request to a digest, open or join the approval, and
+//! wait for the decision. Only the exact request that was approved comes out, once.
+
+use super::ProxyError;
+use crate::approvals::{HoldRequest, Opened, Waited};
+use crate::http::body::BoxError;
+use crate::request::record::with_query;
+use crate::request::{Inspected, Prepared, RequestRecord};
+use crate::rules::Decision;
+use crate::state::{Airlock, Snapshot};
+use crate::store::Approval;
+use bytes::Bytes;
+use http::request::Parts;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+/// Headers never part of a request's digest: they differ between identical retries
+/// or are added by airlock itself.
+const VOLATILE: [&str; 13] = [
+    "host",
+    "content-length",
+    "user-agent",
+    "accept-encoding",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "via",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "x-airlock-justification",
+    "date",
+];
+
+/// SHA-256 binding a held request: method, upstream, URL, the forwarded headers that
+/// matter (sorted), and the body.
+pub fn request_digest(
+    method: &str,
+    upstream: &str,
+    url: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(b"airlock-request-v1\n");
+    for part in [method, upstream, url] {
+        h.update(part.as_bytes());
+        h.update(b"\n");
+    }
+    let mut names: Vec<&str> = headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| {
+            !VOLATILE.contains(k) && !crate::http::HOP_BY_HOP.contains(k) && *k != "upgrade"
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for n in names {
+        for v in headers.get_all(n) {
+            h.update(n.as_bytes());
+            h.update(b": ");
+            h.update(v.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// Holds a request until it is decided. Returns the request to forward (credentials
+/// stripped, body buffered) and the approval it was forwarded on.
+pub async fn hold<B>(
+    airlock: &Airlock,
+    snap: &Snapshot,
+    prepared: &Prepared,
+    mut parts: Parts,
+    body: Inspected<B>,
+    decision: &Decision,
+    record: &mut RequestRecord,
+) -> Result<(Parts, Bytes, Approval), ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let policy = &snap.policy;
+    let limits = &policy.cfg.limits;
+    // The slot is taken before buffering, so max_held also bounds held memory.
+    let slot = airlock
+        .approvals
+        .slots
+        .reserve(&prepared.caller.id, snap.hold_limits())?;
+    let body = body
+        .read_all(limits.max_body, limits.body_timeout)
+        .await?
+        .ok_or(ProxyError::BodyTooLarge {
+            limit: limits.max_body,
+        })?;
+    strip_agent_credential(snap, &mut parts.headers);
+    let justification = parts
+        .headers
+        .get("x-airlock-justification")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(2000).collect::<String>());
+    let upstream = &policy.cfg.upstreams[prepared.upstream];
+    let url = with_query(&prepared.path, parts.uri.query());
+    // With a method override both methods are bound and shown: "POST as DELETE".
+    let method = record.method_label();
+    let digest = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
+    let body_sha256 = hex::encode(Sha256::digest(&body));
+    record.body_sha256 = Some(body_sha256.clone());
+    let approval_policy = decision
+        .policy_rule
+        .and_then(|i| policy.rules.rules[i].approval.clone())
+        .ok_or_else(|| ProxyError::NoPolicy {
+            rules: record.rules.clone(),
+        })?;
+    let show = show_fields(&approval_policy.show, &body);
+    let request = HoldRequest {
+        request_id: record.request_id.clone(),
+        agent: prepared.caller.id.clone(),
+        owner: prepared.caller.owner.clone(),
+        digest: digest.clone(),
+        body_sha256,
+        rules: record.rules.clone(),
+        policy: approval_policy,
+        method: method.clone(),
+        upstream: upstream.name.clone(),
+        host: prepared.host.clone(),
+        url: record.url.clone().unwrap_or_default(),
+        justification,
+        show,
+    };
+    let approval = match airlock.approvals.open(request).await? {
+        Opened::Reused(a) => a,
+        Opened::Waiting(ticket) => {
+            record.approval_id = Some(ticket.approval.id.clone());
+            match airlock.approvals.wait(ticket, &airlock.shutdown).await? {
+                Waited::Forward(a) => a,
+                Waited::AlreadyUsed(a) => return Err(ProxyError::AlreadyUsed(Box::new(a))),
+                Waited::Denied(a) => return Err(ProxyError::Denied(Box::new(a))),
+                Waited::Expired(a) => return Err(ProxyError::Expired(Box::new(a))),
+                Waited::ShuttingDown(a) => return Err(ProxyError::ShuttingDown(Box::new(a))),
+            }
+        }
+    };
+    record.approval_id = Some(approval.id.clone());
+    drop(slot);
+    // Digest checked again: only the exact request that was approved goes out.
+    let again = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
+    if again != approval.digest {
+        tracing::error!(approval = %approval.id, "digest mismatch after approval; refusing to forward");
+        return Err(ProxyError::DigestMismatch {
+            approval_id: approval.id,
+        });
+    }
+    Ok((parts, body, approval))
+}
+
+/// Removes the agent's airlock credential (when agents are configured).
+pub fn strip_agent_credential(snap: &Snapshot, headers: &mut HeaderMap) {
+    if snap.policy.agents.required() {
+        snap.policy.agents.strip_credentials(headers);
+    }
+}
+
+/// The body fields a rule's `show` names, for reviewers (`None` when there are none).
+fn show_fields(pointers: &[String], body: &[u8]) -> Option<serde_json::Value> {
+    if pointers.is_empty() {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = serde_json::Map::new();
+    for p in pointers {
+        if let Some(v) = doc.pointer(p) {
+            let v = match v {
+                serde_json::Value::String(s) if s.len() > 500 => serde_json::Value::String(
+                    format!("{}…", s.chars().take(500).collect::<String>()),
+                ),
+                other => other.clone(),
+            };
+            out.insert(p.clone(), v);
+        }
+    }
+    Some(serde_json::Value::Object(out))
+}

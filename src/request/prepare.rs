@@ -1,0 +1,93 @@
+//! Phase 1: everything about a request that does not need the rules. In order: the
+//! host it names, its normalized path, the upstream it routes to, its hop-by-hop
+//! headers, the agent who sends it, and the method it acts as. The first step that
+//! cannot be done safely refuses the request.
+
+use super::record::{shown_url, RequestRecord};
+use super::Policy;
+use crate::http::normalize::{normalize_path, PathError};
+use crate::http::route::{request_host, HostMismatch};
+use crate::http::{effective_method, strip_hop_by_hop, MethodError};
+use crate::identity::{AuthError, Caller};
+use http::request::Parts;
+use std::net::IpAddr;
+
+/// How the caller is identified.
+#[derive(Debug, Clone, Copy)]
+pub enum Identify<'a> {
+    /// From the credentials in the request's headers (the proxy).
+    Credentials { peer: IpAddr },
+    /// As the configured agent with this id, or as nobody (rule tests and `explain`,
+    /// which name the agent instead of presenting its key).
+    Named(Option<&'a str>),
+}
+
+/// A request ready for the rules.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The host the request names, without port.
+    pub host: Option<String>,
+    /// Index of the upstream in the config.
+    pub upstream: usize,
+    /// The normalized path with the route's prefix removed: what the rules match and
+    /// what the upstream receives.
+    pub path: String,
+    pub caller: Caller,
+    /// The method the request acts as (an override applied).
+    pub method: String,
+}
+
+/// Why a request was refused before the rules saw it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadHost(#[from] HostMismatch),
+    #[error("the path cannot be normalized safely: {0}")]
+    BadPath(#[from] PathError),
+    #[error("no upstream is configured for {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("{0}")]
+    BadMethod(#[from] MethodError),
+}
+
+/// Prepares a request for the rules, recording what it learns in `record`. Removes
+/// hop-by-hop headers from `parts` (keeping `Upgrade` when `keep_upgrade`), so the
+/// rules, the digest and the upstream all see the same headers.
+pub fn prepare(
+    policy: &Policy,
+    parts: &mut Parts,
+    who: Identify<'_>,
+    keep_upgrade: bool,
+    record: &mut RequestRecord,
+) -> Result<Prepared, Refusal> {
+    let host = request_host(&parts.uri, &parts.headers)?.map(str::to_string);
+    record.host.clone_from(&host);
+    let path = normalize_path(parts.uri.path())?;
+    let Some((upstream, upath)) = policy.router.route(host.as_deref(), &path) else {
+        record.url = Some(shown_url(&path, parts.uri.query()));
+        return Err(Refusal::NoRoute(path));
+    };
+    let upath = upath.to_string();
+    record.upstream = Some(upstream);
+    record.upstream_name = Some(policy.cfg.upstreams[upstream].name.clone());
+    record.url = Some(shown_url(&upath, parts.uri.query()));
+    strip_hop_by_hop(&mut parts.headers, keep_upgrade);
+    let caller = match who {
+        Identify::Credentials { peer } => policy.agents.identify(&parts.headers, peer)?,
+        Identify::Named(id) => policy.agents.named(id)?,
+    };
+    record.agent = Some(caller.id.clone());
+    let method = effective_method(parts.method.as_str(), &parts.headers, parts.uri.query())?;
+    if method != parts.method.as_str() {
+        record.acting_as = Some(method.clone());
+    }
+    Ok(Prepared {
+        host,
+        upstream,
+        path: upath,
+        caller,
+        method,
+    })
+}

@@ -1,0 +1,106 @@
+//! One pooled keep-alive client per upstream (system roots, plus the upstream's own
+//! `ca:` file), and upstream failures classified by cause: refused, TLS, reset,
+//! timeout. A client is reused across reloads while its upstream is unchanged.
+
+use super::{UpstreamError, UpstreamErrorKind};
+use crate::config::Upstream;
+use crate::http::body::ProxyBody;
+use http::{Request, Response};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled client of one upstream.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<Https, ProxyBody>,
+}
+
+/// Errors building a client (bad CA file, no usable roots).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream {upstream}: cannot read ca file {path}: {reason}")]
+    Ca {
+        upstream: String,
+        path: String,
+        reason: String,
+    },
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+fn root_store(u: &Upstream) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(ca) = &u.ca {
+        let err = |reason: String| ClientError::Ca {
+            upstream: u.name.clone(),
+            path: ca.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(ca).map_err(|e| err(e.to_string()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| err(e.to_string()))?;
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(err("no PEM certificates in file".into()));
+        }
+    }
+    Ok(roots)
+}
+
+impl UpstreamClient {
+    /// Builds the client for one upstream.
+    pub fn new(u: &Upstream) -> Result<UpstreamClient, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(root_store(u)?)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(u.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(UpstreamClient { client })
+    }
+
+    /// Sends a prepared request, bounded by the upstream's timeout for response headers.
+    pub async fn send(
+        &self,
+        u: &Upstream,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        match tokio::time::timeout(u.timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError {
+                upstream: u.name.clone(),
+                kind: UpstreamErrorKind::Timeout,
+                cause: format!("no response headers within {:?}", u.timeout),
+            }),
+            Ok(Err(e)) => Err(UpstreamError::classify(&u.name, &e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+

@@ -1,0 +1,111 @@
+//! Talking to upstreams: pooled clients ([`client`]), the rewrite every forwarded
+//! request and response gets ([`headers`]), and the built-in demo upstream ([`demo`]).
+//!
+//! This module forwards what it is given; deciding whether a request may go is the
+//! proxy's job, done before anything reaches here. A failure keeps its cause
+//! (refused, TLS, reset, timeout) for the log and the audit event.
+
+pub mod client;
+pub mod demo;
+pub mod headers;
+
+pub use client::{ClientError, UpstreamClient};
+
+/// What went wrong talking to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The TCP connection was refused (nothing listens).
+    Refused,
+    /// Connecting failed otherwise (DNS, unreachable, connect timeout).
+    Connect,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The connection was reset or closed before a response.
+    Reset,
+    /// No response headers within the upstream's `timeout`.
+    Timeout,
+    /// Anything else (a malformed response, a protocol error).
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// The word the log and the audit event use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Refused => "refused",
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// An upstream request that got no response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("upstream {upstream}: {} ({cause})", kind.as_str())]
+pub struct UpstreamError {
+    pub upstream: String,
+    pub kind: UpstreamErrorKind,
+    /// The underlying error chain, for operators.
+    pub cause: String,
+}
+
+impl UpstreamError {
+    /// Classifies a client error by walking its source chain.
+    pub fn classify(upstream: &str, e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        let mut kind = None;
+        let mut chain = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            if kind.is_none() {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    kind = io_kind(io);
+                    if let Some(inner) = io.get_ref() {
+                        if inner.downcast_ref::<rustls::Error>().is_some() {
+                            kind = Some(UpstreamErrorKind::Tls);
+                        }
+                    }
+                } else if s.downcast_ref::<rustls::Error>().is_some() {
+                    kind = Some(UpstreamErrorKind::Tls);
+                } else if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                    if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                        kind = Some(UpstreamErrorKind::Reset);
+                    }
+                }
+            }
+            src = s.source();
+        }
+        let kind = kind.unwrap_or_else(|| {
+            let connect = e
+                .downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_some_and(|c| c.is_connect());
+            if connect {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Protocol
+            }
+        });
+        UpstreamError {
+            upstream: upstream.to_string(),
+            kind,
+            cause: chain,
+        }
+    }
+}
+
+fn io_kind(io: &std::io::Error) -> Option<UpstreamErrorKind> {
+    use std::io::ErrorKind::*;
+    Some(match io.kind() {
+        ConnectionRefused => UpstreamErrorKind::Refused,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+            UpstreamErrorKind::Reset
+        }
+        TimedOut => UpstreamErrorKind::Connect,
+        InvalidData => UpstreamErrorKind::Tls,
+        _ => return None,
+    })
+}
