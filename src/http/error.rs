@@ -33,6 +33,8 @@ pub enum Code {
     AlreadyDecided,
     AlreadyVoted,
     MethodNotAllowed,
+    /// A reload found errors in the new config or rules; the old set stays in force.
+    ReloadFailed,
 }
 
 impl Code {
@@ -52,6 +54,7 @@ impl Code {
             StoreUnavailable | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             AlreadyDecided | AlreadyVoted => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -81,6 +84,7 @@ impl Code {
             AlreadyDecided => "already_decided",
             AlreadyVoted => "already_voted",
             MethodNotAllowed => "method_not_allowed",
+            ReloadFailed => "reload_failed",
         }
     }
 }
