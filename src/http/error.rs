@@ -32,7 +32,10 @@ pub enum Code {
     AgentCredential,
     AlreadyDecided,
     AlreadyVoted,
+    ReasonRequired,
     MethodNotAllowed,
+    /// A reload found errors in the new config or rules; the old set stays in force.
+    ReloadFailed,
 }
 
 impl Code {
@@ -41,7 +44,7 @@ impl Code {
         match self {
             NoRoute | NotFound => StatusCode::NOT_FOUND,
             Unauthenticated => StatusCode::UNAUTHORIZED,
-            BadPath | BadRequest => StatusCode::BAD_REQUEST,
+            BadPath | BadRequest | ReasonRequired => StatusCode::BAD_REQUEST,
             DeniedByRule | ApprovalRequired | Denied | ApprovalExpired | Forbidden
             | NotEligible | SelfApproval | AgentCredential => StatusCode::FORBIDDEN,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +55,7 @@ impl Code {
             StoreUnavailable | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             AlreadyDecided | AlreadyVoted => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -80,7 +84,9 @@ impl Code {
             AgentCredential => "agent_credential",
             AlreadyDecided => "already_decided",
             AlreadyVoted => "already_voted",
+            ReasonRequired => "reason_required",
             MethodNotAllowed => "method_not_allowed",
+            ReloadFailed => "reload_failed",
         }
     }
 }

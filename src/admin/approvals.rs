@@ -1,0 +1,251 @@
+//! The reviewers' approval API: list, show and vote, and the JSON an approval is
+//! shown as. Every handler here runs behind the [`Reviewer`] extractor; a vote only
+//! goes through [`Approvals::vote`](crate::approvals::Approvals::vote), which decides
+//! who may vote. Nothing here forwards, holds or decides a request itself.
+
+use super::answer::{json, ApiError};
+use super::auth::Reviewer;
+use super::extract::{ApiJson, ApiPath, ApiQuery, Expected};
+use crate::state::Airlock;
+use crate::approvals::{may_vote, seconds_left, VoteError};
+use crate::audit::format_time;
+use crate::config;
+use crate::http::{AirlockError, Code};
+use crate::store::{Approval, Decision, Status, Vote};
+use axum::extract::State;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// How many approvals a list returns when the caller does not say.
+const DEFAULT_LIMIT: usize = 500;
+/// The most approvals one list returns.
+const MAX_LIMIT: usize = 10_000;
+/// The longest vote reason kept, in characters.
+const MAX_REASON_CHARS: usize = 2000;
+
+/// `GET /api/v1/approvals?status=&limit=`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// `pending`, `approved`, …; empty or `all` for every status.
+    status: Option<String>,
+    /// 1 to 10000; 500 when absent.
+    limit: Option<String>,
+}
+
+impl ListQuery {
+    fn status(&self) -> Result<Option<Status>, AirlockError> {
+        match self.status.as_deref() {
+            None | Some("") | Some("all") => Ok(None),
+            Some(s) => Status::parse(s).map(Some).ok_or_else(|| {
+                AirlockError::new(Code::BadRequest, format!("unknown status {s:?}"))
+            }),
+        }
+    }
+
+    fn limit(&self) -> Result<usize, AirlockError> {
+        let Some(l) = &self.limit else {
+            return Ok(DEFAULT_LIMIT);
+        };
+        l.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                AirlockError::new(Code::BadRequest, format!("limit must be 1..{MAX_LIMIT}"))
+            })
+    }
+}
+
+/// The body of `POST /api/v1/approvals/{id}/votes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteBody {
+    decision: Decision,
+    reason: Option<String>,
+}
+
+impl Expected for VoteBody {
+    const EXPECTED: &'static str = r#"{"decision": "approve"|"deny", "reason": …}"#;
+}
+
+/// Lists approvals, newest first.
+pub async fn list(
+    State(airlock): State<Arc<Airlock>>,
+    Reviewer(who): Reviewer,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let (status, limit) = (q.status()?, q.limit()?);
+    let list = airlock
+        .store
+        .approvals(status, limit)
+        .await
+        .map_err(|e| AirlockError::new(Code::StoreUnavailable, e.to_string()))?;
+    let now = Utc::now();
+    let approvals: Vec<ApprovalView> = list
+        .iter()
+        .map(|a| ApprovalView::new(a, &who, now, false))
+        .collect();
+    Ok(json(StatusCode::OK, &ApprovalList { approvals }))
+}
+
+/// Shows one approval with the full context a reviewer decides on.
+pub async fn show(
+    State(airlock): State<Arc<Airlock>>,
+    Reviewer(who): Reviewer,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let a = airlock
+        .store
+        .approval(&id)
+        .await
+        .map_err(|e| AirlockError::new(Code::StoreUnavailable, e.to_string()))?
+        .ok_or_else(|| AirlockError::new(Code::NotFound, format!("no approval {id}")))?;
+    Ok(json(
+        StatusCode::OK,
+        &ApprovalView::new(&a, &who, Utc::now(), true),
+    ))
+}
+
+/// Casts the caller's vote and answers with the approval as it now stands.
+pub async fn vote(
+    State(airlock): State<Arc<Airlock>>,
+    Reviewer(who): Reviewer,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<VoteBody>,
+) -> Result<Response, ApiError> {
+    let reason = body
+        .reason
+        .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+    let a = airlock
+        .approvals
+        .vote(&id, &who, body.decision, reason)
+        .await
+        .map_err(|e| vote_refused(e, &id))?;
+    Ok(json(
+        StatusCode::OK,
+        &ApprovalView::new(&a, &who, Utc::now(), true),
+    ))
+}
+
+/// The answer for a refused vote: the approvals layer's error, mapped here.
+pub fn vote_refused(e: VoteError, id: &str) -> ApiError {
+    let code = match &e {
+        VoteError::NotFound => Code::NotFound,
+        VoteError::NotEligible => Code::NotEligible,
+        VoteError::SelfApproval => Code::SelfApproval,
+        VoteError::AlreadyDecided(_) => Code::AlreadyDecided,
+        VoteError::AlreadyVoted => Code::AlreadyVoted,
+        VoteError::ReasonRequired => Code::ReasonRequired,
+        VoteError::Store(_) | VoteError::Audit(_) => Code::StoreUnavailable,
+    };
+    if code == Code::StoreUnavailable {
+        tracing::error!(error = %e, approval = id, "vote could not be recorded");
+    }
+    ApiError(AirlockError::new(code, e.to_string()).with_approval(id))
+}
+
+/// `{"approvals": […]}`.
+#[derive(Serialize)]
+struct ApprovalList<'a> {
+    approvals: Vec<ApprovalView<'a>>,
+}
+
+/// An approval as the API shows it to one reviewer.
+#[derive(Serialize)]
+struct ApprovalView<'a> {
+    id: &'a str,
+    status: &'static str,
+    agent: &'a str,
+    rules: &'a [String],
+    method: &'a str,
+    upstream: &'a str,
+    url: &'a str,
+    created: String,
+    expires: String,
+    /// Seconds until it expires; 0 once past.
+    expires_in: i64,
+    votes: Vec<VoteView<'a>>,
+    quorum: u32,
+    justification: Option<&'a str>,
+    show: Option<&'a serde_json::Value>,
+    /// Whether this reviewer may still vote on it.
+    can_vote: bool,
+    #[serde(flatten)]
+    detail: Option<ApprovalDetail<'a>>,
+}
+
+/// What `GET /api/v1/approvals/{id}` and a vote's answer add to the list's view.
+#[derive(Serialize)]
+struct ApprovalDetail<'a> {
+    owner: Option<&'a str>,
+    host: Option<&'a str>,
+    digest: &'a str,
+    body_sha256: &'a str,
+    approvers: &'a [String],
+    request_id: &'a str,
+    decided: Option<String>,
+    decided_by: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+/// One vote as the API shows it.
+#[derive(Serialize)]
+struct VoteView<'a> {
+    reviewer: &'a str,
+    decision: &'static str,
+    reason: Option<&'a str>,
+    time: String,
+}
+
+impl<'a> ApprovalView<'a> {
+    fn new(
+        a: &'a Approval,
+        viewer: &config::Reviewer,
+        now: DateTime<Utc>,
+        full: bool,
+    ) -> ApprovalView<'a> {
+        ApprovalView {
+            id: &a.id,
+            status: a.status.as_str(),
+            agent: &a.agent,
+            rules: &a.rules,
+            method: &a.method,
+            upstream: &a.upstream,
+            url: &a.url,
+            created: format_time(&a.created),
+            expires: format_time(&a.expires),
+            expires_in: seconds_left(a, now),
+            votes: a.votes.iter().map(VoteView::new).collect(),
+            quorum: a.policy.quorum,
+            justification: a.justification.as_deref(),
+            show: a.show.as_ref(),
+            can_vote: a.status == Status::Pending
+                && may_vote(viewer, a).is_ok()
+                && !a.votes.iter().any(|v| v.reviewer == viewer.id),
+            detail: full.then(|| ApprovalDetail {
+                owner: a.owner.as_deref(),
+                host: a.host.as_deref(),
+                digest: &a.digest,
+                body_sha256: &a.body_sha256,
+                approvers: &a.policy.approvers,
+                request_id: &a.request_id,
+                decided: a.decided.as_ref().map(format_time),
+                decided_by: a.decided_by.as_deref(),
+                reason: a.reason.as_deref(),
+            }),
+        }
+    }
+}
+
+impl<'a> VoteView<'a> {
+    fn new(v: &'a Vote) -> VoteView<'a> {
+        VoteView {
+            reviewer: &v.reviewer,
+            decision: v.decision.as_str(),
+            reason: v.reason.as_deref(),
+            time: format_time(&v.time),
+        }
+    }
+}
