@@ -100,6 +100,22 @@ impl ApiClient {
         )
     }
 
+    /// Whether `base` answers `GET /healthz` as airlock's admin listener does: asked
+    /// only after an answer that suggests AIRLOCK_URL points somewhere else.
+    fn is_admin_listener(&self) -> bool {
+        let Ok(url) = self.url(&["healthz"]) else {
+            return false;
+        };
+        self.rt.block_on(async {
+            match self.http.get(url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.json::<Value>().await.is_ok_and(|v| v["status"] == "ok")
+                }
+                _ => false,
+            }
+        })
+    }
+
     /// An answer other than 200 as an error saying what to do. Token problems are
     /// errors the command could not run past (exit 2); other refusals are the
     /// server's verdict on this request (exit 1).
@@ -111,20 +127,19 @@ impl ApiClient {
         } else {
             format!("HTTP {} {code}: {message}", a.status)
         };
+        let suspicious = a.status == 401 || code == "no_route" || a.body.is_null();
+        if suspicious && !self.is_admin_listener() {
+            return Refusal::CannotRun(anyhow!(
+                "{} is not airlock's admin listener (it answered {said}): set AIRLOCK_URL to `admin.listen` from airlock.yaml, not the proxy's `listen`",
+                self.base
+            ));
+        }
         match (a.status, code) {
             (401, _) => Refusal::CannotRun(anyhow!(
                 "airlock refused the token ({said}): set AIRLOCK_TOKEN to a reviewer token, one whose sha256 digest is a reviewer's `token:` in airlock.yaml"
             )),
             (_, "agent_credential") => Refusal::CannotRun(anyhow!(
                 "AIRLOCK_TOKEN is an agent key ({said}): the admin API takes reviewer tokens only"
-            )),
-            (_, "no_route") => Refusal::CannotRun(anyhow!(
-                "{} is airlock's proxy listener, not its admin listener: set AIRLOCK_URL to `admin.listen` from airlock.yaml ({said})",
-                self.base
-            )),
-            _ if a.body.is_null() => Refusal::CannotRun(anyhow!(
-                "{said} without an airlock answer from {}: is AIRLOCK_URL airlock's admin listener?",
-                self.base
             )),
             _ => Refusal::Refused(said),
         }
@@ -224,11 +239,12 @@ fn summary(ap: &Value) -> String {
         out.push_str(&format!("    show {field} = {value}\n"));
     }
     let votes = votes(&ap["votes"]);
-    out.push_str(&format!(
-        "    votes (quorum {}): {}\n",
-        text(&ap["quorum"]),
-        if votes.is_empty() { "none yet" } else { "" }
-    ));
+    out.push_str(&format!("    votes (quorum {}):", text(&ap["quorum"])));
+    out.push_str(if votes.is_empty() {
+        " none yet\n"
+    } else {
+        "\n"
+    });
     for v in votes {
         out.push_str(&format!("      {v}\n"));
     }
