@@ -42,23 +42,32 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
     run_cli_blocking(args, ENVS).await
 }
 
+/// `airlock audit verify` as an auditor runs it: without the upstream credential's
+/// variable in the environment.
 async fn verify(cfg: &Path) -> (i32, String) {
-    let (code, out, err) = cli(&["audit", "verify", "-c", cfg.to_str().unwrap()]).await;
+    let (code, out, err) =
+        run_cli_blocking(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]).await;
     (code, format!("{out}{err}"))
 }
 
-async fn export(cfg: &Path) -> String {
-    let (code, out, err) = cli(&[
+/// `airlock audit export` (without the upstream credential's variable) plus `extra` args.
+async fn export_with(cfg: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "audit",
         "export",
         "-c",
         cfg.to_str().unwrap(),
         "--format",
         "jsonl",
-    ])
-    .await;
-    assert_eq!(code, 0, "export: {err}");
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run_cli_blocking(&args, &[]).await;
+    assert_eq!(code, 0, "export {extra:?}: {err}");
     out
+}
+
+async fn export(cfg: &Path) -> String {
+    export_with(cfg, &[]).await
 }
 
 fn events(jsonl: &str) -> Vec<Value> {
@@ -83,11 +92,15 @@ async fn lifecycle(signed: bool) -> Logged {
     ws.write("rules/r.yaml", RULES);
     let mut extra = String::from("audit:\n  level: held\n  file: audit.jsonl\n");
     if signed {
-        let (code, pem, err) = cli(&["keys", "new", "audit"]).await;
+        // `keys new audit` writes both halves and prints the lines to paste.
+        let out_path = ws.path().join("audit-key.pem");
+        let (code, out, err) =
+            cli(&["keys", "new", "audit", "--out", out_path.to_str().unwrap()]).await;
         assert_eq!(code, 0, "{err}");
-        assert!(pem.contains("PRIVATE KEY"), "{pem}");
-        ws.write("audit-key.pem", &pem);
-        extra.push_str("  signing_key: audit-key.pem\n");
+        let private = std::fs::read_to_string(&out_path).unwrap();
+        assert!(private.contains("PRIVATE KEY"), "{private}");
+        assert!(ws.path().join("audit-key.pub.pem").exists(), "{out}");
+        extra.push_str("  signing_key: audit-key.pem\n  verify_key: audit-key.pub.pem\n");
     }
     let cfg = ws.standard_config(&up.url(), &extra);
     // The upstream gets an injected credential from the environment.
@@ -221,6 +234,134 @@ async fn export_shows_the_lifecycle_without_secrets_and_verifies() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(l.up.count(), 1);
+
+    // --since takes an RFC 3339 time, a date, or a duration meaning that long ago.
+    let time =
+        |e: &Value| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap();
+    let third = all[2]["time"].as_str().unwrap();
+    let since_third = events(&export_with(&l.cfg, &["--since", third]).await);
+    let expected: Vec<&Value> = all.iter().filter(|e| time(e) >= time(&all[2])).collect();
+    assert!(expected.len() >= all.len() - 2, "{jsonl}");
+    assert_eq!(
+        since_third.iter().collect::<Vec<_>>(),
+        expected,
+        "--since {third}"
+    );
+    assert_eq!(events(&export_with(&l.cfg, &["--since", "24h"]).await), all);
+    assert_eq!(
+        events(&export_with(&l.cfg, &["--since", "2000-01-01"]).await),
+        all
+    );
+    assert!(events(&export_with(&l.cfg, &["--since", "2999-01-01"]).await).is_empty());
+    let (code, _, err) = run_cli_blocking(
+        &[
+            "audit",
+            "export",
+            "-c",
+            l.cfg.to_str().unwrap(),
+            "--since",
+            "yesterday",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    for format in ["RFC 3339", "2026-01-02T03:04:05Z", "2026-01-02", "24h"] {
+        assert!(
+            err.contains(format),
+            "--since error should name {format}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_needs_neither_credentials_nor_the_private_key() {
+    let l = lifecycle(true).await;
+    let ws = l.ws.path();
+    let cfg_text = std::fs::read_to_string(&l.cfg).unwrap();
+
+    // Serving needs the upstream credential, and says which variable is missing …
+    let (code, _, err) = run_cli_blocking(&["serve", "-c", l.cfg.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("AIRLOCK_TEST_UPSTREAM_TOKEN is not set"),
+        "{err}"
+    );
+
+    // … verifying needs neither it nor the private key: the public key checks the
+    // checkpoints.
+    std::fs::remove_file(ws.join("audit-key.pem")).unwrap();
+    let (code, out) = verify(&l.cfg).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+    assert!(
+        !out.contains(" 0 checkpoints"),
+        "checkpoints were written: {out}"
+    );
+    assert!(!out.contains("NOT checked"), "{out}");
+    assert!(out.contains("checked with audit.verify_key"), "{out}");
+    let n = events(&export(&l.cfg).await).len() as i64;
+    assert!(n >= 5, "{n} events");
+
+    // Without any key the chain is still verified, and the output says the
+    // signatures were not.
+    std::fs::write(
+        &l.cfg,
+        cfg_text.replace("  verify_key: audit-key.pub.pem\n", ""),
+    )
+    .unwrap();
+    let (code, out) = verify(&l.cfg).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("NOT checked"), "{out}");
+    assert!(out.contains("set audit.verify_key"), "{out}");
+
+    // Somebody else's public key does not vouch for these checkpoints.
+    let (code, _, err) = run_cli_blocking(
+        &[
+            "keys",
+            "new",
+            "audit",
+            "--out",
+            ws.join("other.pem").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        &l.cfg,
+        cfg_text.replace("verify_key: audit-key.pub.pem", "verify_key: other.pub.pem"),
+    )
+    .unwrap();
+    let (code, out) = verify(&l.cfg).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid signature"), "{out}");
+    std::fs::write(&l.cfg, &cfg_text).unwrap();
+
+    // A truncated tail is caught against the signed checkpoints …
+    let keep = n - 2;
+    let c = db(&l.ws);
+    assert_eq!(
+        c.execute("DELETE FROM audit_events WHERE seq > ?1", [keep])
+            .unwrap(),
+        2
+    );
+    let (code, out) = verify(&l.cfg).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.to_lowercase().contains("truncated"), "{out}");
+    assert!(out.contains(&format!("at seq {}:", keep + 1)), "{out}");
+
+    // … and an edited event is named by its seq.
+    c.execute(
+        "UPDATE audit_events SET line = replace(line, '\"agent\":\"deploy-bot\"', '\"agent\":\"etl-agent\"') WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let (code, out) = verify(&l.cfg).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("at seq 2:"), "{out}");
+    assert!(out.contains("edited"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

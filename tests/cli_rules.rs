@@ -247,3 +247,50 @@ fn a_generated_key_works_as_an_agent_key() {
         assert_eq!(up.count(), 1);
     });
 }
+
+#[test]
+fn strict_check_fails_on_warnings() {
+    let ws = Workspace::new();
+    ws.standard_config("http://127.0.0.1:9", "");
+    let cfg = ws.config();
+    let check = |strict: bool| {
+        let mut args = vec!["rules", "check", "-c", cfg.to_str().unwrap()];
+        if strict {
+            args.push("--strict");
+        }
+        run_cli(&args, &[])
+    };
+
+    // A rule without tests is a warning: reported, but only --strict fails on it.
+    ws.write(
+        "rules/r.yaml",
+        "rules:\n  - name: untested\n    when: {path: /x/**}\n    then: deny\n",
+    );
+    let (code, out, err) = check(false);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("warning: rule untested has no tests"), "{err}");
+    assert!(
+        out.starts_with("ok: ") && out.contains("1 warning(s)"),
+        "{out}"
+    );
+    let (code, out, err) = check(true);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("warning: rule untested has no tests"), "{err}");
+    assert!(out.contains("1 warning(s) (--strict)"), "{out}");
+
+    // Without warnings, --strict passes.
+    ws.write(
+        "rules/r.yaml",
+        RULES_WITH_TESTS
+            .replacen(
+                "agent: deploy-bot}\n        expect: allow",
+                "agent: deploy-bot}\n        expect: deny",
+                1,
+            )
+            .as_str(),
+    );
+    let (code, out, err) = check(true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: ") && !out.contains("warning"), "{out}");
+    assert!(err.is_empty(), "{err}");
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::spki::der::zeroize::Zeroizing;
 use ed25519_dalek::pkcs8::spki::{DecodePublicKey, EncodePublicKey};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -18,8 +19,11 @@ use super::AuditError;
 /// A signed statement "the log had `hash` at `seq`".
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The seq of the event whose hash is signed.
     pub seq: u64,
+    /// That event's hash (64 lowercase hex).
     pub hash: String,
+    /// When the checkpoint was made (not signed).
     #[serde(with = "super::event::time_serde")]
     pub time: DateTime<Utc>,
     /// Hex-encoded Ed25519 signature over [`checkpoint_message`].
@@ -85,6 +89,21 @@ impl CheckpointSigner {
         Ok(CheckpointSigner { key })
     }
 
+    /// A fresh random key (for `airlock keys new audit`).
+    pub fn generate() -> Self {
+        CheckpointSigner {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// The private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), wiped from
+    /// memory when dropped. Only `keys new` writes it out.
+    pub fn private_key_pem(&self) -> Result<Zeroizing<String>, AuditError> {
+        self.key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| AuditError::Key(e.to_string()))
+    }
+
     /// Signs `(seq, hash)`; `time` is recorded (truncated to microseconds) but not signed.
     pub fn sign(&self, seq: u64, hash: &str, time: DateTime<Utc>) -> Checkpoint {
         let sig = self.key.sign(&checkpoint_message(seq, hash));
@@ -96,6 +115,7 @@ impl CheckpointSigner {
         }
     }
 
+    /// The public half, which verifies this signer's checkpoints.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
@@ -115,12 +135,11 @@ pub fn verifying_key_from_pem_str(pem: &str) -> Result<VerifyingKey, AuditError>
         .map_err(|e| AuditError::Key(format!("not an SPKI PEM Ed25519 public key: {e}")))
 }
 
-/// A fresh random Ed25519 key as PKCS#8 PEM (for `airlock keys new audit` and tests).
+/// A fresh random Ed25519 key as PKCS#8 PEM (for tests).
 pub fn generate_signing_key_pem() -> String {
-    let key = SigningKey::generate(&mut rand::rngs::OsRng);
     // Encoding a valid in-memory 32-byte key cannot fail (no input involved).
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
+    let pem = CheckpointSigner::generate()
+        .private_key_pem()
         .expect("encoding an Ed25519 key as PKCS#8 PEM");
     pem.to_string()
 }

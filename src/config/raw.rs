@@ -2,7 +2,7 @@
 //!
 //! Every struct rejects unknown keys so a typo is an error with a location, never a
 //! silently ignored setting. Nothing here is validated beyond its YAML shape; that is
-//! [`super::Config::from_raw`]'s job.
+//! `super::build`'s job.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -88,7 +88,10 @@ pub struct RawReviewer {
 pub struct RawAudit {
     pub level: Option<String>,
     pub file: Option<String>,
+    /// Private key (PKCS#8 PEM) that signs checkpoints.
     pub signing_key: Option<String>,
+    /// Public key (SPKI PEM) that `audit verify` checks checkpoints with.
+    pub verify_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,133 @@
+//! `airlock serve`: loads the config, starts the proxy and the admin listener, prints
+//! what runs (version, PID, config, mode, rules, upstreams, store, listeners), reloads
+//! when the config or rules change, on SIGHUP and on `airlock reload`, and stops
+//! cleanly on SIGTERM or Ctrl-C.
+//!
+//! It never starts with an invalid config or an unset `${VAR}`: the error names the
+//! variable and the command exits 2.
+
+use super::{load_config, runtime};
+use crate::config::{Config, LogFormat};
+use std::process::ExitCode;
+
+/// Logs through `tracing` to stderr, as the config says (`AIRLOCK_LOG` overrides the level).
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("airlock={},warn", cfg.log_level))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log_format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.try_init(),
+    };
+}
+
+/// `airlock serve`: runs until SIGTERM or Ctrl-C; reloads on file change, SIGHUP
+/// and `airlock reload`.
+pub(super) fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(path)?;
+    init_tracing(&cfg);
+    let rt = runtime(cfg.workers)?;
+    rt.block_on(async move {
+        let opts = crate::StartOptions {
+            watch: true,
+            ..Default::default()
+        };
+        let running = crate::start_with(cfg, opts).await?;
+        print_startup(&running);
+        spawn_reload_on_sighup(running.airlock.clone());
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.stop().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an operator needs to know at start: what runs, from which config, in which
+/// mode, with which rules, upstreams, store and listeners, under which PID.
+fn print_startup(running: &crate::Running) {
+    let snap = running.airlock.snapshot();
+    let cfg = snap.cfg();
+    println!(
+        "airlock {} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    println!("airlock: config {}", cfg.file.display());
+    println!(
+        "airlock: mode {}, default {}",
+        crate::state::mode_name(cfg.mode),
+        if cfg.default_allow { "allow" } else { "deny" }
+    );
+    println!(
+        "airlock: {} rule(s), version {}{}",
+        snap.policy.rules.rules.len(),
+        crate::state::rules_version(&snap.policy.rules),
+        if running.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", running.warnings.len())
+        }
+    );
+    for u in &cfg.upstreams {
+        let route = match &u.route {
+            crate::config::Route::Prefix(p) => format!("prefix {p}"),
+            crate::config::Route::Host(h) => format!("host {h}"),
+        };
+        println!("airlock: upstream {} ({route}) -> {}", u.name, u.url);
+    }
+    println!("airlock: store {}", crate::store::redacted_url(&cfg.store));
+    println!("airlock: proxy listening on http://{}", running.proxy_addr);
+    if let Some(a) = running.admin_addr {
+        println!("airlock: admin listening on http://{a}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Reloads config and rules on `SIGHUP`; an invalid new set is refused and logged,
+/// and the old one stays in force. Listener addresses and the store are not reloaded.
+fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::state::Airlock>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = airlock.reload().await {
+                tracing::error!("reload refused, the previous configuration stays in force:\n{e}");
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = airlock;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
