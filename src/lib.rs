@@ -204,7 +204,11 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
     })
 }
 
-fn local_addr(l: &TcpListener, what: &'static str, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+fn local_addr(
+    l: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
     l.local_addr()
         .map_err(|source| StartError::Listen { what, addr, source })
 }

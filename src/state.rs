@@ -132,7 +132,10 @@ pub struct ReloadReport {
 impl ReloadReport {
     /// One line for the log: what changed.
     pub fn summary(&self) -> String {
-        let mut parts = vec![format!("{} rules (version {})", self.rules, self.rules_version)];
+        let mut parts = vec![format!(
+            "{} rules (version {})",
+            self.rules, self.rules_version
+        )];
         for (what, list) in [
             ("rules added", &self.rules_added),
             ("rules removed", &self.rules_removed),

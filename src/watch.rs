@@ -26,7 +26,10 @@ fn watched(airlock: &Airlock) -> Vec<PathBuf> {
         });
     }
     if let Some(r) = &cfg.rules {
-        if !paths.iter().any(|p| r.starts_with(p) && r.parent() == Some(p.as_path())) {
+        if !paths
+            .iter()
+            .any(|p| r.starts_with(p) && r.parent() == Some(p.as_path()))
+        {
             paths.push(r.clone());
         }
     }
@@ -121,7 +124,9 @@ pub fn spawn(airlock: Arc<Airlock>, shutdown: CancellationToken) -> tokio::task:
             }
             if any {
                 if let Err(e) = airlock.reload().await {
-                    tracing::error!("reload refused, the previous configuration stays in force:\n{e}");
+                    tracing::error!(
+                        "reload refused, the previous configuration stays in force:\n{e}"
+                    );
                 }
             }
         }

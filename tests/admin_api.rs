@@ -272,7 +272,11 @@ async fn reload_puts_new_rules_in_force_and_refuses_a_broken_set() {
         "rules:\n  - name: no-deletes\n    when: {method: DELETE}\n    then: deny\n",
     );
     let (s, v) = reload(&a).await;
-    assert_eq!((s, &v), (200, &json!({"status": "reloaded", "rules": 2})));
+    assert_eq!(
+        (s, &v["status"], &v["rules"]),
+        (200, &json!("reloaded"), &json!(2)),
+        "{v}"
+    );
     let r = agent_request(&a, AGENT_KEY, "DELETE", "/api/x")
         .send()
         .await
@@ -311,9 +315,11 @@ async fn reload_puts_new_rules_in_force_and_refuses_a_broken_set() {
 
     // Fixed, it loads.
     std::fs::remove_file(ws.path().join("rules/zz-broken.yaml")).unwrap();
+    let (s, v) = reload(&a).await;
     assert_eq!(
-        reload(&a).await,
-        (200, json!({"status": "reloaded", "rules": 2}))
+        (s, &v["status"], &v["rules"]),
+        (200, &json!("reloaded"), &json!(2)),
+        "{v}"
     );
 }
 
@@ -321,9 +327,19 @@ async fn reload_puts_new_rules_in_force_and_refuses_a_broken_set() {
 async fn readyz_reports_the_mode_in_force() {
     let (_up, ws, a) = setup_with_rules(ALLOW_ALL, "").await;
     let v = admin_json(&a, "/readyz").await;
+    let version = v["rules_version"].as_str().unwrap_or_default().to_string();
+    assert_eq!(version.len(), 16, "{v}");
+    assert!(version.bytes().all(|b| b.is_ascii_hexdigit()), "{v}");
     assert_eq!(
         v,
-        json!({"status": "ready", "rules": 1, "store": "ok", "mode": "enforce"})
+        json!({"status": "ready", "rules": 1, "rules_version": version, "store": "ok", "mode": "enforce"})
+    );
+    let metrics = metrics_text(&a).await;
+    assert!(
+        metrics.contains(&format!(
+            "airlock_config{{mode=\"enforce\",rules_version=\"{version}\"}} 1"
+        )),
+        "{metrics}"
     );
 
     let cfg = std::fs::read_to_string(ws.config()).unwrap();

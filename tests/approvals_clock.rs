@@ -105,7 +105,10 @@ async fn an_unanswered_approval_expires_at_its_timeout_not_before() {
 
     tokio::time::advance(Duration::from_secs(2)).await;
     let waited = parked.await.unwrap().unwrap();
-    assert!(matches!(waited, Waited::Expired(_)), "parked request told it expired");
+    assert!(
+        matches!(waited, Waited::Expired(_)),
+        "parked request told it expired"
+    );
     assert_eq!(status(&e, &id).await, Status::Expired);
     assert_eq!(events(&e).await, ["held", "expired"]);
 }

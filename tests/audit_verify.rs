@@ -195,12 +195,22 @@ async fn export_shows_the_lifecycle_without_secrets_and_verifies() {
     assert_eq!(mine[2]["reviewer"], "bob@example.com");
     assert_eq!(mine[3]["status"], 200);
 
-    let theirs: Vec<&str> = all
+    let theirs: Vec<&Value> = all
         .iter()
         .filter(|e| e["approval_id"] == l.denied.as_str())
+        .collect();
+    let kinds: Vec<&str> = theirs
+        .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(theirs, ["held", "vote", "denied"], "{jsonl}");
+    // The approval's lifecycle, then the held request's own outcome: answered 403.
+    assert_eq!(
+        kinds,
+        ["held", "vote", "denied", "not_forwarded"],
+        "{jsonl}"
+    );
+    assert_eq!(theirs[3]["status"], 403);
+    assert_eq!(theirs[3]["request_id"], theirs[0]["request_id"]);
 
     // No secret anywhere: agent key, reviewer tokens, injected credential, cookie, body.
     let live = std::fs::read_to_string(l.ws.path().join("audit.jsonl")).unwrap();

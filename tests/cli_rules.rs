@@ -57,11 +57,11 @@ const RULES_WITH_TESTS: &str = r#"rules:
     when: {method: DELETE, path: /v1/projects/*}
     then: deny
     tests:
-      - request: {method: DELETE, url: /api/v1/projects/p1}
+      - request: {method: DELETE, url: /api/v1/projects/p1, agent: etl-agent}
         expect: deny
       - request: {method: DELETE, url: /api/v1/projects/p1, agent: deploy-bot}
         expect: allow
-      - request: {method: GET, url: /api/v1/projects/p1}
+      - request: {method: GET, url: /api/v1/projects/p1, agent: etl-agent}
         expect: allow
 "#;
 
@@ -112,14 +112,14 @@ fn expected_rule_names_are_checked() {
     when: {path: /x/**}
     then: deny
     tests:
-      - request: {method: GET, url: /api/x/1}
+      - request: {method: GET, url: /api/x/1, agent: deploy-bot}
         expect: deny
         rules: [a, b]
   - name: b
     when: {path: /x/1}
     then: deny
     tests:
-      - request: {method: GET, url: /api/x/2}
+      - request: {method: GET, url: /api/x/2, agent: deploy-bot}
         expect: deny
         rules: [a, b]
 "#,
@@ -136,7 +136,9 @@ fn explain_prints_the_verdict_and_the_matching_rules() {
         let mut all = vec!["rules", "explain", "-c", cfg.as_str()];
         all.extend_from_slice(args);
         let (code, out, err) = run_cli(&all, &[]);
-        assert_eq!(code, 0, "{args:?}: {err}");
+        // Exit 0 only when the proxy would let the request through.
+        let allowed = out.lines().next() == Some("verdict: allow");
+        assert_eq!(code, if allowed { 0 } else { 1 }, "{args:?}: {out}{err}");
         out
     };
 
@@ -159,15 +161,30 @@ fn explain_prints_the_verdict_and_the_matching_rules() {
     assert!(out.contains("match  sql-destructive -> approve"), "{out}");
     assert!(out.contains("sql-grant: JSON /sql does not match"), "{out}");
 
-    let out = explain(&["GET", "/cloud/v1/projects/p1/instances/vm-7"]);
+    let out = explain(&[
+        "GET",
+        "/cloud/v1/projects/p1/instances/vm-7",
+        "--agent",
+        "deploy-bot",
+    ]);
     assert!(out.lines().next() == Some("verdict: allow"), "{out}");
     assert!(out.contains("no rule matched"), "{out}");
 
-    let out = explain(&["DELETE", "/cloud/v1/projects/p1/instances%2Fvm-7"]);
+    let out = explain(&[
+        "DELETE",
+        "/cloud/v1/projects/p1/instances%2Fvm-7",
+        "--agent",
+        "deploy-bot",
+    ]);
     assert!(out.starts_with("verdict: bad_path"), "{out}");
 
     // The normalized path is what the rules see.
-    let out = explain(&["DELETE", "/cloud/v1/projects/./p1//instances/%76m-7"]);
+    let out = explain(&[
+        "DELETE",
+        "/cloud/v1/projects/./p1//instances/%76m-7",
+        "--agent",
+        "deploy-bot",
+    ]);
     assert!(out.lines().next() == Some("verdict: approve"), "{out}");
     assert!(
         out.contains("path: /v1/projects/p1/instances/vm-7"),
@@ -182,6 +199,8 @@ fn explain_prints_the_verdict_and_the_matching_rules() {
         "X-HTTP-Method: GET",
         "-d",
         r#"{"sql":"DROP TABLE customers"}"#,
+        "--agent",
+        "deploy-bot",
     ]);
     assert!(out.lines().next() == Some("verdict: approve"), "{out}");
 }

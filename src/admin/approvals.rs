@@ -6,11 +6,11 @@
 use super::answer::{json, ApiError};
 use super::auth::Reviewer;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Expected};
-use crate::state::Airlock;
 use crate::approvals::{may_vote, seconds_left, VoteError};
 use crate::audit::format_time;
 use crate::config;
 use crate::http::{AirlockError, Code};
+use crate::state::Airlock;
 use crate::store::{Approval, Decision, Status, Vote};
 use axum::extract::State;
 use axum::response::Response;

@@ -4,9 +4,9 @@
 //! can never vote, reload or read approvals, not even another agent's.
 
 use super::answer::ApiError;
-use crate::state::Airlock;
 use crate::config;
 use crate::http::{AirlockError, Code};
+use crate::state::Airlock;
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 use http::{header, HeaderMap};

@@ -20,8 +20,8 @@ pub mod extract;
 pub mod health;
 pub mod reload;
 
-use crate::state::Airlock;
 use crate::http::{AirlockError, Code};
+use crate::state::Airlock;
 use answer::ApiError;
 use axum::extract::State;
 use axum::routing::{get, post};

@@ -5,8 +5,8 @@
 
 use super::answer::{json, ApiError};
 use super::auth::Reviewer;
-use crate::state::Airlock;
 use crate::http::{AirlockError, Code};
+use crate::state::Airlock;
 use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
@@ -45,7 +45,10 @@ pub async fn reload(
                 reviewer = %who.id,
                 "reload refused, the previous configuration stays in force:\n{e}"
             );
-            Err(ApiError(AirlockError::new(Code::ReloadFailed, e.to_string())))
+            Err(ApiError(AirlockError::new(
+                Code::ReloadFailed,
+                e.to_string(),
+            )))
         }
     }
 }

@@ -70,11 +70,7 @@ impl HeldSlots {
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
-        let mut h = self
-            .slots
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut h = self.slots.counts.lock().unwrap_or_else(|p| p.into_inner());
         h.total = h.total.saturating_sub(1);
         if let Some(n) = h.by_agent.get_mut(&self.agent) {
             *n = n.saturating_sub(1);

@@ -85,7 +85,8 @@ pub(super) fn rules_cmd(cmd: RulesCmd) -> anyhow::Result<ExitCode> {
                     (extra.set, extra.tests)
                 }
             };
-            let policy = crate::request::Policy::new(std::sync::Arc::new(cfg), std::sync::Arc::new(set));
+            let policy =
+                crate::request::Policy::new(std::sync::Arc::new(cfg), std::sync::Arc::new(set));
             let outcomes = runtime(1)?.block_on(crate::proxy::simulate::run_tests(&policy, &tests));
             let mut failed = 0;
             for o in &outcomes {
@@ -194,7 +195,11 @@ fn print_explain(policy: &crate::request::Policy, result: &crate::proxy::simulat
                 (None, rules::Verdict::Allow) => println!("answer:  forwarded to {upstream}"),
                 (None, v) if observe => println!(
                     "answer:  forwarded to {upstream} (observe mode; enforce would {})",
-                    if v == rules::Verdict::Deny { "deny" } else { "hold" }
+                    if v == rules::Verdict::Deny {
+                        "deny"
+                    } else {
+                        "hold"
+                    }
                 ),
                 (None, _) => println!("answer:  held for approval, then forwarded or 403"),
             }

@@ -62,4 +62,3 @@ pub fn effective_method(
     }
     Ok(named.unwrap_or_else(|| method.to_string()))
 }
-

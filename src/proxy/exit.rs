@@ -68,7 +68,9 @@ pub async fn finish(
         Some(Passage::Approved(a)) => Some(a.as_ref()),
         _ => error.as_ref().and_then(ProxyError::approval),
     };
-    let approval_id = approval.map(|a| a.id.as_str()).or(record.approval_id.as_deref());
+    let approval_id = approval
+        .map(|a| a.id.as_str())
+        .or(record.approval_id.as_deref());
 
     // The audit event.
     let audited = match outcome {
@@ -87,7 +89,9 @@ pub async fn finish(
         ev.path = record.url.clone();
         ev.body_sha256 = record.body_sha256.clone();
         ev.status = Some(status);
-        ev.reason = reason.clone().or_else(|| record.fail_closed.map(str::to_string));
+        ev.reason = reason
+            .clone()
+            .or_else(|| record.fail_closed.map(str::to_string));
         if passage == Some(Passage::Observed) {
             ev.decision = record.verdict.map(|v| v.as_str().to_string());
         }

@@ -10,7 +10,9 @@ use crate::http::body::ProxyBody;
 use crate::request::{Prepared, RequestRecord};
 use crate::state::Snapshot;
 use crate::upstream::demo;
-use crate::upstream::headers::{rewrite_request_headers, rewrite_response, upstream_uri, ClientInfo};
+use crate::upstream::headers::{
+    rewrite_request_headers, rewrite_response, upstream_uri, ClientInfo,
+};
 use http::request::Parts;
 use http::{Request, Response};
 use std::time::Instant;
@@ -46,22 +48,20 @@ pub async fn forward(
     let started = Instant::now();
     let result = match &up.target {
         Target::Demo => Ok(demo::answer(req).await),
-        Target::Http { .. } => {
-            match snap.clients[prepared.upstream].send(up, req).await {
-                Ok(mut resp) => {
-                    if let Some(client_side) = on_upgrade {
-                        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                            splice(client_side, hyper::upgrade::on(&mut resp));
-                        }
+        Target::Http { .. } => match snap.clients[prepared.upstream].send(up, req).await {
+            Ok(mut resp) => {
+                if let Some(client_side) = on_upgrade {
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        splice(client_side, hyper::upgrade::on(&mut resp));
                     }
-                    Ok(rewrite_response(resp))
                 }
-                Err(e) => {
-                    tracing::warn!(request = %record.request_id, upstream = %up.name, cause = e.kind.as_str(), error = %e.cause, "upstream request failed");
-                    Err(e.into())
-                }
+                Ok(rewrite_response(resp))
             }
-        }
+            Err(e) => {
+                tracing::warn!(request = %record.request_id, upstream = %up.name, cause = e.kind.as_str(), error = %e.cause, "upstream request failed");
+                Err(e.into())
+            }
+        },
     };
     snap.metrics[prepared.upstream]
         .latency

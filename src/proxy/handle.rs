@@ -24,7 +24,11 @@ pub struct Peer {
 
 /// Handles one agent request; never fails (errors become JSON answers), and every
 /// request, whatever path it takes, ends in the exit hook.
-pub async fn handle(airlock: Arc<Airlock>, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+pub async fn handle(
+    airlock: Arc<Airlock>,
+    req: Request<Incoming>,
+    peer: Peer,
+) -> Response<ProxyBody> {
     let snap = airlock.snapshot();
     let mut record = RequestRecord::new(airlock.next_request_id(), req.method().as_str());
     let result = phases(&airlock, &snap, req, peer, &mut record).await;

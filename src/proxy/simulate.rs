@@ -94,9 +94,15 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         })?;
     let (mut parts, body) = req.into_parts();
     let mut record = RequestRecord::new(String::from("simulated"), parts.method.as_str());
-    let refused = |e: ProxyError, record: &RequestRecord| Simulated::Refused(e.answer(&record.rules));
-    let prepared = match prepare(policy, &mut parts, Identify::Named(sim.agent), false, &mut record)
-    {
+    let refused =
+        |e: ProxyError, record: &RequestRecord| Simulated::Refused(e.answer(&record.rules));
+    let prepared = match prepare(
+        policy,
+        &mut parts,
+        Identify::Named(sim.agent),
+        false,
+        &mut record,
+    ) {
         Ok(p) => p,
         Err(e) => return Ok(refused(e.into(), &record)),
     };
@@ -119,13 +125,14 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         Body::Bytes(sim.body)
     };
     let checks = policy.rules.explain(&view, inspect);
-    let answer = (decision.verdict == Verdict::Deny && policy.cfg.mode == Mode::Enforce).then(|| {
-        ProxyError::DeniedByRule {
-            rules: record.rules.clone(),
-            fail_closed: decision.fail_closed,
-        }
-        .answer(&record.rules)
-    });
+    let answer =
+        (decision.verdict == Verdict::Deny && policy.cfg.mode == Mode::Enforce).then(|| {
+            ProxyError::DeniedByRule {
+                rules: record.rules.clone(),
+                fail_closed: decision.fail_closed,
+            }
+            .answer(&record.rules)
+        });
     Ok(Simulated::Decided {
         path: prepared.path.clone(),
         agent: prepared.caller.id.clone(),
@@ -165,7 +172,11 @@ async fn run_test(policy: &Policy, t: &RuleTest) -> TestOutcome {
     if !EXPECTATIONS.contains(&t.expect.as_str()) {
         return done(
             false,
-            format!("expect: {:?} is not one of {}", t.expect, EXPECTATIONS.join(", ")),
+            format!(
+                "expect: {:?} is not one of {}",
+                t.expect,
+                EXPECTATIONS.join(", ")
+            ),
         );
     }
     let sim = Simulation {

@@ -90,7 +90,10 @@ where
     let head = rules.head_with_line_method(&view, parts.method.as_str());
     let encoding = content_encoding(&parts.headers);
     let (decision, body) = if !rules.needs_body(&head) {
-        (rules.finish(head, Body::NotRead, encoding), Inspected::Stream(body))
+        (
+            rules.finish(head, Body::NotRead, encoding),
+            Inspected::Stream(body),
+        )
     } else if encoding.is_some() {
         (
             rules.finish(head, Body::Uninspectable("the body is compressed"), None),

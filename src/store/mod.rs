@@ -160,7 +160,9 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// The database was migrated by a newer airlock.
-    #[error("database schema version {found} is newer than this airlock ({latest}); refusing to run")]
+    #[error(
+        "database schema version {found} is newer than this airlock ({latest}); refusing to run"
+    )]
     SchemaTooNew { found: i64, latest: i64 },
     /// Another writer appended audit events in between (the caller retries).
     #[error("audit chain out of step: {0}")]

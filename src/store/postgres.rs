@@ -291,8 +291,8 @@ impl Store for PostgresStore {
         };
         let status: String = row.try_get(0)?;
         let expires: DateTime<Utc> = row.try_get(1)?;
-        let status =
-            Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("bad status {status:?}")))?;
+        let status = Status::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad status {status:?}")))?;
         if status != Status::Pending {
             return Ok(VoteResult::AlreadyDecided(status));
         }
@@ -382,7 +382,7 @@ impl Store for PostgresStore {
         if let Some(first) = events.first() {
             if first.seq as i64 != last + 1 {
                 return Err(StoreError::ChainConflict(format!(
-"next seq is {} but the batch starts at {}",
+                    "next seq is {} but the batch starts at {}",
                     last + 1,
                     first.seq
                 )));

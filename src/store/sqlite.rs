@@ -38,18 +38,16 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Open {
-                        path: dir.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                    path: dir.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
             }
         }
-        let conn =
-            Connection::open(path).map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit (a vote, a held event) survives power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -100,9 +98,7 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let mut guard = self.conn.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || f(&mut guard))
-            .await
-            ?
+        tokio::task::spawn_blocking(move || f(&mut guard)).await?
     }
 }
 
