@@ -1,4 +1,5 @@
 //! Raw rule files as written in `rules/*.yaml`: serde shapes, unknown keys rejected.
+//! Nothing here is checked beyond its YAML shape; [`super::compile`] does that.
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -16,7 +17,8 @@ pub struct RawRuleFile {
 pub struct RawRule {
     pub name: String,
     pub description: Option<String>,
-    #[serde(default)]
+    /// `when:` left out, empty (`{}`) or null all mean no conditions.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub when: RawWhen,
     pub then: String,
     pub approval: Option<RawApproval>,
@@ -41,6 +43,29 @@ pub struct RawWhen {
     pub agent: Option<Value>,
 }
 
+impl RawWhen {
+    /// Whether no condition is written: such a rule matches every request.
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_none()
+            && self.method.is_none()
+            && self.path.is_none()
+            && self.headers.is_empty()
+            && self.query.is_empty()
+            && self.json.is_empty()
+            && self.form.is_empty()
+            && self.agent.is_none()
+    }
+}
+
+/// Reads a YAML null (`when:` with nothing after it) as the default value.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApproval {
@@ -53,6 +78,9 @@ pub struct RawApproval {
     pub channels: Vec<String>,
     #[serde(default)]
     pub show: Vec<String>,
+    /// Whether a vote must give a reason.
+    #[serde(default)]
+    pub require_reason: bool,
 }
 
 #[derive(Debug, Deserialize)]
