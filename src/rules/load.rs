@@ -186,3 +186,78 @@ pub fn rules_version(mode: Mode, default: Verdict, files: &mut [(String, String)
     hex.truncate(16);
     hex
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "listen: 127.0.0.1:0\nstore: sqlite://airlock.db\nrules: rules/\nupstreams:\n  - name: api\n    prefix: /api\n    url: http://127.0.0.1:9\nreviewers:\n  - id: bob@example.com\n    groups: [sre]\n";
+
+    const RULES: &str = r#"rules:
+  - name: with-reason
+    when: {method: DELETE}
+    then: approve
+    approval: {approvers: [group:sre], require_reason: true}
+  - name: without
+    when: {method: POST}
+    then: approve
+    approval: {approvers: [group:sre]}
+"#;
+
+    /// A folder with `airlock.yaml` (`CONFIG` plus `extra`) and the given rule files.
+    fn folder(extra: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join("rules").join(name), text).unwrap();
+        }
+        let file = dir.path().join("airlock.yaml");
+        let text = format!("{CONFIG}{extra}");
+        std::fs::write(&file, &text).unwrap();
+        let cfg = Config::parse(&Source { file, text }).unwrap();
+        (dir, cfg)
+    }
+
+    fn version(extra: &str, files: &[(&str, &str)]) -> String {
+        let (_dir, cfg) = folder(extra, files);
+        load(&cfg).unwrap().set.version
+    }
+
+    #[test]
+    fn require_reason_is_read_and_defaults_to_false() {
+        let (_dir, cfg) = folder("", &[("r.yaml", RULES)]);
+        let set = load(&cfg).unwrap().set;
+        let policy = |i: usize| set.rules[i].approval.as_ref().unwrap().require_reason;
+        assert!(policy(0));
+        assert!(!policy(1));
+
+        let (_dir, cfg) = folder("", &[("r.yaml", &RULES.replace("true}", "yes please}"))]);
+        let err = load(&cfg).unwrap_err().to_string();
+        assert!(err.contains("r.yaml:5:"), "{err}");
+    }
+
+    #[test]
+    fn the_same_files_give_the_same_version() {
+        let files = [("a.yaml", RULES), ("b.yaml", "rules: []\n")];
+        let v = version("", &files);
+        assert_eq!(v.len(), 16, "{v}");
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()), "{v}");
+        // Another folder with the same files: the version does not depend on where.
+        assert_eq!(version("", &files), v);
+        // Configuration outside mode and default does not change it.
+        assert_eq!(version("workers: 2\n", &files), v);
+    }
+
+    #[test]
+    fn the_version_changes_with_the_rules_the_mode_and_the_default() {
+        let files = [("a.yaml", RULES), ("b.yaml", "rules: []\n")];
+        let v = version("", &files);
+        let edited = RULES.replace("method: POST", "method: PUT");
+        assert_ne!(version("", &[("a.yaml", &edited), files[1]]), v);
+        // The same text under another name is another rule set.
+        assert_ne!(version("", &[("c.yaml", RULES), files[1]]), v);
+        assert_ne!(version("", &files[..1]), v);
+        assert_ne!(version("mode: observe\n", &files), v);
+        assert_ne!(version("default: deny\n", &files), v);
+    }
+}
