@@ -1,7 +1,9 @@
 //! Lint warnings for `airlock rules check` (and the log at start): things that load
-//! fine but are almost certainly not what the author meant. Rules that can never match
-//! or are shadowed, rules that deny or hold every request, unknown HTTP methods, two
-//! upstreams on the same route, and owners and reviewers whose ids differ only in case.
+//! fine but are almost certainly not what the author meant. Rules shadowed by an
+//! earlier one or without tests, rules that deny or hold every request, unknown HTTP
+//! methods, two upstreams on the same route, and agent owners whose id differs from a
+//! reviewer's only in case. (Problems found while compiling a value, such as a path
+//! that can never match or an unknown approver, are warned about in `compile`.)
 //!
 //! Every warning is a [`Diagnostic`] whose message starts with `warning: `, located in
 //! the file it is about. This module only reports; it never refuses a rule set.

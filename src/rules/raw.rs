@@ -5,27 +5,37 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
+/// One rule file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuleFile {
+    /// Its rules, in order.
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
 
+/// One rule as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Unique across all rule files.
     pub name: String,
+    /// Shown to reviewers.
     pub description: Option<String>,
     /// `when:` left out, empty (`{}`) or null all mean no conditions.
     #[serde(default, deserialize_with = "null_as_default")]
     pub when: RawWhen,
+    /// `allow`, `deny` or `approve`.
     pub then: String,
+    /// Required for `then: approve`.
     pub approval: Option<RawApproval>,
+    /// Cases run by `airlock rules test`.
     #[serde(default)]
     pub tests: Vec<RawTest>,
 }
 
+/// The conditions of a rule; every one written must hold. Values are matchers: a
+/// string, `re:…`, or a list of them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
@@ -66,6 +76,7 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// The `approval:` block of an approve rule.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApproval {
@@ -83,6 +94,7 @@ pub struct RawApproval {
     pub require_reason: bool,
 }
 
+/// One `tests:` case.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
@@ -92,6 +104,7 @@ pub struct RawTest {
     pub rules: Option<Vec<String>>,
 }
 
+/// The request of a `tests:` case, with the URL the agent calls.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestRequest {
