@@ -1,7 +1,8 @@
 //! The rule engine end to end: every matcher kind decides real requests (a match gets
 //! the verdict and the upstream sees nothing; a near miss passes through), the
 //! strictest verdict wins, bodies are inspected only when needed and fail closed, the
-//! default verdict applies, and observe mode forwards while recording what it saw.
+//! default verdict applies, observe mode forwards while recording what it saw, and a
+//! request no rule matches is decided without a single allocation.
 
 mod common;
 use common::*;
@@ -13,6 +14,47 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Counts heap allocations per thread, so a test can assert that the decision for a
+/// request no rule matches allocates nothing (the proxy's hot path).
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        count_allocation();
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Allocations `f` makes on this thread.
+fn allocations_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATIONS.with(|c| c.get());
+    let out = f();
+    (ALLOCATIONS.with(|c| c.get()) - before, out)
+}
 
 /// A config with upstreams `api` (/api) and `other` (/other) on `url`, the standard
 /// identities, and `extra` appended.
@@ -823,4 +865,62 @@ async fn observe_mode_forwards_and_records_what_it_would_have_done() {
             .any(|e| e["event"] == "denied_by_rule" || e["event"] == "held"),
         "observe mode denied or held:\n{out}"
     );
+}
+
+#[test]
+fn a_request_no_rule_matches_is_decided_without_allocating() {
+    use airlock::rules::{load_files, Body, RequestView, Verdict};
+    let ws = Workspace::new();
+    let cfg_path = config(&ws, "http://127.0.0.1:9", "");
+    let rules = ws.write(
+        "rules/r.yaml",
+        r#"rules:
+  - name: project-delete
+    when: {method: DELETE, path: /v1/projects/*}
+    then: deny
+  - name: prod-writes
+    when: {path: "re:^/v1/prod/", query: {force: "true"}}
+    then: deny
+  - name: break-glass
+    when: {method: POST, headers: {x-break-glass: "re:(?i)^yes$"}}
+    then: deny
+  - name: tier
+    when: {path: /v1/jobs/**, json: {/spec/tier: prod}}
+    then: deny
+"#,
+    );
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let cfg = airlock::config::Config::parse(&airlock::config::Source {
+        file: cfg_path,
+        text,
+    })
+    .unwrap();
+    let set = load_files(&cfg, &[rules]).unwrap().set;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-break-glass", "no".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let decide = |method: &str, path: &str| {
+        let view = RequestView {
+            upstream: "api",
+            method,
+            path,
+            query: Some("force=true&page=2"),
+            headers: &headers,
+            agent: "deploy-bot",
+        };
+        let head = set.head_with_line_method(&view, method);
+        assert!(!set.needs_body(&head));
+        set.finish(head, Body::NotRead, None)
+    };
+    // Warm up: the regex engines make their per-thread caches on first use.
+    assert_eq!(decide("DELETE", "/v1/projects/p1").verdict, Verdict::Deny);
+    for (method, path) in [
+        ("GET", "/v2/projects/p1"),
+        // The path-less break-glass rule is a candidate; its header does not match.
+        ("POST", "/v2/projects/p1"),
+    ] {
+        let (n, d) = allocations_of(|| decide(method, path));
+        assert_eq!(d.verdict, Verdict::Allow, "{method} {path}");
+        assert_eq!(n, 0, "{method} {path}: {n} allocation(s) to decide a miss");
+    }
 }

@@ -57,6 +57,7 @@ fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
             reuse: Duration::from_secs(600),
             channels: vec!["api".into()],
             show: vec![],
+            require_reason: false,
         },
         method: "DELETE".into(),
         upstream: "cloud".into(),

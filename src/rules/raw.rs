@@ -1,29 +1,41 @@
 //! Raw rule files as written in `rules/*.yaml`: serde shapes, unknown keys rejected.
+//! Nothing here is checked beyond its YAML shape; [`super::compile`] does that.
 
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
+/// One rule file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuleFile {
+    /// Its rules, in order.
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
 
+/// One rule as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Unique across all rule files.
     pub name: String,
+    /// Shown to reviewers.
     pub description: Option<String>,
-    #[serde(default)]
+    /// `when:` left out, empty (`{}`) or null all mean no conditions.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub when: RawWhen,
+    /// `allow`, `deny` or `approve`.
     pub then: String,
+    /// Required for `then: approve`.
     pub approval: Option<RawApproval>,
+    /// Cases run by `airlock rules test`.
     #[serde(default)]
     pub tests: Vec<RawTest>,
 }
 
+/// The conditions of a rule; every one written must hold. Values are matchers: a
+/// string, `re:…`, or a list of them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
@@ -41,6 +53,30 @@ pub struct RawWhen {
     pub agent: Option<Value>,
 }
 
+impl RawWhen {
+    /// Whether no condition is written: such a rule matches every request.
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_none()
+            && self.method.is_none()
+            && self.path.is_none()
+            && self.headers.is_empty()
+            && self.query.is_empty()
+            && self.json.is_empty()
+            && self.form.is_empty()
+            && self.agent.is_none()
+    }
+}
+
+/// Reads a YAML null (`when:` with nothing after it) as the default value.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The `approval:` block of an approve rule.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApproval {
@@ -53,8 +89,12 @@ pub struct RawApproval {
     pub channels: Vec<String>,
     #[serde(default)]
     pub show: Vec<String>,
+    /// Whether a vote must give a reason.
+    #[serde(default)]
+    pub require_reason: bool,
 }
 
+/// One `tests:` case.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
@@ -64,6 +104,7 @@ pub struct RawTest {
     pub rules: Option<Vec<String>>,
 }
 
+/// The request of a `tests:` case, with the URL the agent calls.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTestRequest {

@@ -1,167 +1,39 @@
-//! The rule engine: a pure function from a request view (and, when asked for, its
-//! body) to a [`Decision`]. No I/O, no clock, no globals.
+//! The decision: a pure function from a request view (and, when asked for, its body)
+//! to a [`Decision`]. No I/O, no clock, no globals.
 //!
 //! Matching happens in two steps so the proxy reads a body only when it matters:
 //! [`RuleSet::head`] checks everything but the body and says whether a remaining
 //! candidate inspects it; [`RuleSet::finish`] completes the decision with the body.
 //! All path patterns of all rules live in one [`regex::RegexSet`], so the cost per
-//! request grows slowly with the number of rules.
+//! request grows slowly with the number of rules. A request whose path matches no
+//! pattern and that no path-less rule matches is decided without allocating.
 
-use super::json::{self, StrictJson};
+use super::body::{check_body, is_form, Body, ParsedBody};
+use super::rule::{Rule, Verdict};
 use http::HeaderMap;
-use regex::{Regex, RegexSet};
-use serde::{Deserialize, Serialize};
-use std::time::Duration;
-
-/// What happens to a request. Ordered by strictness: `Deny > Approve > Allow`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Allow,
-    Approve,
-    Deny,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Approve => "approve",
-            Verdict::Deny => "deny",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Verdict> {
-        match s {
-            "allow" => Some(Verdict::Allow),
-            "approve" => Some(Verdict::Approve),
-            "deny" => Some(Verdict::Deny),
-            _ => None,
-        }
-    }
-}
-
-/// One alternative of a string matcher.
-#[derive(Debug, Clone)]
-pub enum Alt {
-    Exact(String),
-    Re(Regex),
-}
-
-/// A value matcher: exact string, `re:` regex, or a list of them (any-of).
-#[derive(Debug, Clone)]
-pub struct StrMatcher {
-    pub alts: Vec<Alt>,
-}
-
-impl StrMatcher {
-    pub fn is_match(&self, v: &str) -> bool {
-        self.alts.iter().any(|a| match a {
-            Alt::Exact(e) => e == v,
-            Alt::Re(r) => r.is_match(v),
-        })
-    }
-
-    /// Matches a multi-valued input. A strict rule (deny, approve) matches when any
-    /// value matches; an allow rule only when every value matches, so a repeated
-    /// parameter can never smuggle a request past a stricter reading.
-    fn is_match_values<'v>(&self, strict: bool, values: impl Iterator<Item = &'v str>) -> bool {
-        let mut seen = false;
-        for v in values {
-            seen = true;
-            let m = self.is_match(v);
-            if strict && m {
-                return true;
-            }
-            if !strict && !m {
-                return false;
-            }
-        }
-        seen && !strict
-    }
-}
-
-/// How a held request is approved; set by the first matching approve rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalPolicy {
-    /// Reviewer ids and `group:NAME` entries.
-    pub approvers: Vec<String>,
-    pub quorum: u32,
-    #[serde(with = "secs")]
-    pub timeout: Duration,
-    #[serde(with = "secs")]
-    pub reuse: Duration,
-    pub channels: Vec<String>,
-    /// JSON pointers of body fields shown to reviewers.
-    pub show: Vec<String>,
-}
-
-mod secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
-    }
-}
-
-/// A compiled rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    pub description: Option<String>,
-    pub verdict: Verdict,
-    pub upstream: Option<StrMatcher>,
-    pub methods: Option<StrMatcher>,
-    /// Path patterns as written (their regexes live in the rule set's `RegexSet`).
-    pub paths: Vec<String>,
-    pub headers: Vec<(http::HeaderName, StrMatcher)>,
-    pub query: Vec<(String, StrMatcher)>,
-    pub json: Vec<(String, StrMatcher)>,
-    pub form: Vec<(String, StrMatcher)>,
-    pub agent: Option<StrMatcher>,
-    pub approval: Option<ApprovalPolicy>,
-}
-
-impl Rule {
-    /// Whether this rule needs the request body to decide.
-    pub fn inspects_body(&self) -> bool {
-        !self.json.is_empty() || !self.form.is_empty()
-    }
-
-    fn strict(&self) -> bool {
-        self.verdict != Verdict::Allow
-    }
-}
+use regex::RegexSet;
 
 /// What the rules see of a request. The path is normalized, with the route prefix removed.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
+    /// The upstream's name.
     pub upstream: &'a str,
     /// The method the request will act as (a method-override header already applied).
     pub method: &'a str,
+    /// The normalized path the upstream will see.
     pub path: &'a str,
+    /// The raw query string, without `?`.
     pub query: Option<&'a str>,
+    /// The request headers as received.
     pub headers: &'a HeaderMap,
+    /// The agent's id ("" when no agent was identified).
     pub agent: &'a str,
-}
-
-/// The body as far as the proxy could read it.
-#[derive(Debug, Clone, Copy)]
-pub enum Body<'a> {
-    /// The body was not read (no candidate inspects it).
-    NotRead,
-    /// The whole body, within `inspect_body`.
-    Bytes(&'a [u8]),
-    /// The body exists but cannot be inspected (too large, compressed, unreadable).
-    Uninspectable(&'static str),
 }
 
 /// The outcome of evaluating the rules for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// The strictest verdict of the matching rules, or the default.
     pub verdict: Verdict,
     /// Indices of every matching rule, in file order.
     pub matched: Vec<usize>,
@@ -183,41 +55,29 @@ pub struct Head {
     form_body: bool,
 }
 
-/// Whether a body with these headers is `application/x-www-form-urlencoded` (or
-/// untyped, which servers commonly parse as a form too).
-fn is_form(headers: &HeaderMap) -> bool {
-    match headers.get(http::header::CONTENT_TYPE) {
-        None => true,
-        Some(v) => v
-            .to_str()
-            .map(|s| {
-                s.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-            .unwrap_or(false),
-    }
-}
-
-/// Why a rule did not match, for `rules explain`.
+/// Whether one rule matched a request, for `rules explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
+    /// Every condition holds.
     Matched,
     /// Matched because the body could not be inspected (fail closed).
     MatchedFailClosed(&'static str),
+    /// The first condition that failed.
     Missed(String),
 }
 
 /// All rules, compiled.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
+    /// The rules, in file order.
     pub rules: Vec<Rule>,
+    /// The first 16 hex digits of a SHA-256 over the rule files and the config's
+    /// `mode` and `default`: the same files give the same version.
+    pub version: String,
     path_set: RegexSet,
-    /// For each regex in `path_set`, the rule it belongs to.
+    /// For each regex in `path_set`, the rule it belongs to (non-decreasing).
     path_owner: Vec<usize>,
-    /// Rules with no path condition (always path candidates).
+    /// Rules with no path condition (always path candidates), ascending.
     pathless: Vec<usize>,
     default: Verdict,
 }
@@ -229,6 +89,7 @@ impl RuleSet {
         rules: Vec<Rule>,
         path_regexes: Vec<Vec<String>>,
         default: Verdict,
+        version: String,
     ) -> Result<RuleSet, regex::Error> {
         let mut sources = Vec::new();
         let mut path_owner = Vec::new();
@@ -245,6 +106,7 @@ impl RuleSet {
         let path_set = RegexSet::new(sources)?;
         Ok(RuleSet {
             rules,
+            version,
             path_set,
             path_owner,
             pathless,
@@ -257,34 +119,46 @@ impl RuleSet {
         self.default
     }
 
-    fn path_candidates(&self, path: &str) -> Vec<bool> {
-        let mut cand = vec![false; self.rules.len()];
-        for &i in &self.pathless {
-            cand[i] = true;
+    /// Calls `f` with every rule whose path condition admits `path`, in ascending
+    /// order, each once. Allocates only when some path pattern matches.
+    fn for_each_candidate(&self, path: &str, mut f: impl FnMut(usize)) {
+        if self.path_owner.is_empty() || !self.path_set.is_match(path) {
+            self.pathless.iter().copied().for_each(f);
+            return;
         }
-        if !self.path_owner.is_empty() {
-            for m in self.path_set.matches(path).iter() {
-                cand[self.path_owner[m]] = true;
+        let hits = self.path_set.matches(path);
+        let mut pathless = self.pathless.iter().copied().peekable();
+        let mut last = None;
+        // Pattern indices ascend, so their owners never decrease; a rule with several
+        // matching paths is reported once. Path-less rules own no pattern.
+        for owner in hits.iter().map(|m| self.path_owner[m]) {
+            if last == Some(owner) {
+                continue;
             }
+            while let Some(p) = pathless.next_if(|&p| p < owner) {
+                f(p);
+            }
+            f(owner);
+            last = Some(owner);
         }
-        cand
+        pathless.for_each(f);
     }
 
     /// Step one: checks every condition except the body.
     pub fn head(&self, req: &RequestView<'_>) -> Head {
-        let cand = self.path_candidates(req.path);
         let mut matched = Vec::new();
         let mut body_candidates = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            if !cand[i] || check_head(rule, req).is_err() {
-                continue;
+        self.for_each_candidate(req.path, |i| {
+            let rule = &self.rules[i];
+            if check_head(rule, req).is_err() {
+                return;
             }
             if rule.inspects_body() {
                 body_candidates.push(i);
             } else {
                 matched.push(i);
             }
-        }
+        });
         let (query, form_body) = if body_candidates.is_empty() {
             (None, true)
         } else {
@@ -409,7 +283,8 @@ impl RuleSet {
 
     /// Every rule with whether it matched and, if not, the first condition that failed.
     pub fn explain(&self, req: &RequestView<'_>, body: Body<'_>) -> Vec<(usize, Check)> {
-        let cand = self.path_candidates(req.path);
+        let mut cand = vec![false; self.rules.len()];
+        self.for_each_candidate(req.path, |i| cand[i] = true);
         let parsed = ParsedBody::new(body, req.query, is_form(req.headers));
         self.rules
             .iter()
@@ -500,100 +375,14 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<(), Miss<'r>>
     if !rule.query.is_empty() {
         let q = req.query.unwrap_or("");
         for (key, m) in &rule.query {
-            let values: Vec<String> = form_urlencoded::parse(q.as_bytes())
+            // Values borrow from the query unless they were percent-encoded.
+            let values = form_urlencoded::parse(q.as_bytes())
                 .filter(|(k, _)| k == key)
-                .map(|(_, v)| v.into_owned())
-                .collect();
-            if !m.is_match_values(strict, values.iter().map(String::as_str)) {
+                .map(|(_, v)| v);
+            if !m.is_match_values(strict, values) {
                 return Err(Miss::Query(key));
             }
         }
     }
     Ok(())
-}
-
-/// The body, parsed once for all candidate rules.
-struct ParsedBody<'a> {
-    raw: Body<'a>,
-    query: Option<&'a str>,
-    form_body: bool,
-    json: std::cell::OnceCell<Result<StrictJson, String>>,
-}
-
-impl<'a> ParsedBody<'a> {
-    fn new(raw: Body<'a>, query: Option<&'a str>, form_body: bool) -> ParsedBody<'a> {
-        ParsedBody {
-            raw,
-            query,
-            form_body,
-            json: std::cell::OnceCell::new(),
-        }
-    }
-}
-
-fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
-    if !rule.inspects_body() {
-        return Check::Matched;
-    }
-    let strict = rule.strict();
-    let bytes = match body.raw {
-        Body::NotRead => return Check::Missed("body was not read".into()),
-        Body::Uninspectable(why) => {
-            // Fail closed: a strict rule that cannot look at the body matches; an allow
-            // rule does not (it must never open a door it could not check).
-            return if strict {
-                Check::MatchedFailClosed(why)
-            } else {
-                Check::Missed(format!("body cannot be inspected: {why}"))
-            };
-        }
-        Body::Bytes(b) => b,
-    };
-    if !rule.json.is_empty() {
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Check::Missed("no JSON body".into());
-        }
-        let doc = match body.json.get_or_init(|| json::parse_strict(bytes)) {
-            Ok(doc) => doc,
-            Err(e) => {
-                return if strict {
-                    Check::MatchedFailClosed(if e.contains("duplicate") {
-                        "the JSON body has duplicate keys"
-                    } else {
-                        "the body is not valid JSON"
-                    })
-                } else {
-                    Check::Missed(format!("body is not valid JSON: {e}"))
-                };
-            }
-        };
-        for (pointer, m) in &rule.json {
-            // Strict rules match keys case-insensitively, as Go and ASP.NET bind them.
-            let values = json::select(&doc.0, pointer, strict);
-            let texts: Vec<String> = values.iter().map(|v| json::as_text(v)).collect();
-            if !m.is_match_values(strict, texts.iter().map(String::as_str)) {
-                return Check::Missed(format!("JSON {pointer} does not match"));
-            }
-        }
-    }
-    if !rule.form.is_empty() && !bytes.is_empty() && !body.form_body {
-        return if strict {
-            Check::MatchedFailClosed("the body is not application/x-www-form-urlencoded")
-        } else {
-            Check::Missed("the body is not a form".into())
-        };
-    }
-    let query = body.query.unwrap_or("").as_bytes();
-    for (key, m) in &rule.form {
-        // Query parameters count as form fields: many servers merge the two.
-        let values: Vec<String> = form_urlencoded::parse(bytes)
-            .chain(form_urlencoded::parse(query))
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.into_owned())
-            .collect();
-        if !m.is_match_values(strict, values.iter().map(String::as_str)) {
-            return Check::Missed(format!("form field {key:?} does not match"));
-        }
-    }
-    Check::Matched
 }
