@@ -218,7 +218,7 @@ impl Airlock {
     ) -> Arc<Airlock> {
         metrics.set_config(
             mode_name(snapshot.cfg().mode),
-            &rules_version(&snapshot.policy.rules),
+            &snapshot.policy.rules.version,
         );
         Arc::new(Airlock {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -254,12 +254,15 @@ impl Airlock {
         )?;
         let report = report(&old, &new, &loaded.warnings);
         self.metrics
-            .set_config(mode_name(new.cfg().mode), &rules_version(&new.policy.rules));
+            .set_config(mode_name(new.cfg().mode), &new.policy.rules.version);
         self.snapshot.store(Arc::new(new));
         let mut ev = AuditEvent::new("rules_reloaded");
         ev.reason = Some(report.summary());
         self.audit.record(ev);
         tracing::info!(config = %path.display(), "reloaded: {}", report.summary());
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
         for w in &report.needs_restart {
             tracing::warn!("{w} changed; it takes effect after a restart");
         }
@@ -305,7 +308,7 @@ fn report(old: &Snapshot, new: &Snapshot, warnings: &[crate::config::Diagnostic]
     }
     ReloadReport {
         rules: new.policy.rules.rules.len(),
-        rules_version: rules_version(&new.policy.rules),
+        rules_version: new.policy.rules.version.clone(),
         rules_added,
         rules_removed,
         rules_changed,
@@ -317,9 +320,3 @@ fn report(old: &Snapshot, new: &Snapshot, warnings: &[crate::config::Diagnostic]
     }
 }
 
-/// The loaded rules' version (TEMPORARY until RuleSet.version lands).
-pub fn rules_version(rules: &RuleSet) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{:?}", rules.rules).as_bytes());
-    hex::encode(&h[..8])
-}

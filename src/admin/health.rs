@@ -23,7 +23,7 @@ pub async fn readyz(State(airlock): State<Arc<Airlock>>) -> Response {
     let snap = airlock.snapshot();
     let rules = snap.policy.rules.rules.len();
     let mode = crate::state::mode_name(snap.cfg().mode);
-    let version = crate::state::rules_version(&snap.policy.rules);
+    let version = snap.policy.rules.version.clone();
     match airlock.store.ping().await {
         Ok(()) => json(
             StatusCode::OK,

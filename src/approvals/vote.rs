@@ -57,7 +57,7 @@ impl Approvals {
             other => return Err(VoteError::AlreadyDecided(other)),
         }
         let reason = reason.filter(|r| !r.trim().is_empty());
-        if REQUIRE_REASON_TODO && reason.is_none() {
+        if a.policy.require_reason && reason.is_none() {
             return Err(VoteError::ReasonRequired);
         }
         // The vote is in the audit log before it can take effect: a decision the log
@@ -163,5 +163,3 @@ impl Approvals {
         Ok(())
     }
 }
-
-const REQUIRE_REASON_TODO: bool = false;

@@ -65,7 +65,7 @@ fn print_startup(running: &crate::Running) {
     println!(
         "airlock: {} rule(s), version {}{}",
         snap.policy.rules.rules.len(),
-        crate::state::rules_version(&snap.policy.rules),
+        snap.policy.rules.version.clone(),
         if running.warnings.is_empty() {
             String::new()
         } else {

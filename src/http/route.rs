@@ -18,7 +18,11 @@ impl Router {
         for (i, u) in upstreams.iter().enumerate() {
             match &u.route {
                 Route::Host(h) => {
-                    r.hosts.insert(h.clone(), i);
+                    // The first upstream with a host wins, as for prefixes (`rules
+                    // check` warns about the second). A trailing dot is dropped, as it
+                    // is from requests.
+                    let h = h.trim_end_matches('.').to_ascii_lowercase();
+                    r.hosts.entry(h).or_insert(i);
                 }
                 Route::Prefix(p) => r.prefixes.push((p.clone(), i)),
             }
