@@ -956,7 +956,15 @@ pub async fn postgres_or_skip(test: &str) -> Option<String> {
     .await
     {
         Ok(Ok(_)) => return Some(url),
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            why
+        }
         Err(_) => "no answer within 10s".to_string(),
     };
     let shown = without_credentials(&url);
