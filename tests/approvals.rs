@@ -1,6 +1,6 @@
-//! Holding requests for approval, end to end over real HTTP: the real `airlock`
-//! binary between a recording upstream and agents, reviewers voting through the admin
-//! REST API (and the CLI).
+//! Holding requests for approval, end to end over real HTTP: airlock (in process; the
+//! real binary where the process itself is checked) between a recording upstream and
+//! agents, reviewers voting through the admin REST API (and the CLI).
 
 mod common;
 use common::*;
@@ -40,7 +40,7 @@ const RULES: &str = r#"rules:
       timeout: 2s
 "#;
 
-async fn setup() -> (Upstream, Workspace, Airlock) {
+async fn setup() -> (Upstream, Workspace, InProcess) {
     setup_with_rules(RULES, "").await
 }
 
@@ -84,7 +84,7 @@ async fn held_request_is_forwarded_once_after_approval() {
         "status after the deciding vote: {v}"
     );
 
-    let r = tokio::time::timeout(Duration::from_secs(10), held)
+    let r = tokio::time::timeout(DEADLINE, held)
         .await
         .expect("the held client gets its answer after the approval")
         .unwrap();
@@ -122,7 +122,8 @@ async fn held_request_is_forwarded_once_after_approval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_holds_all_approved_and_forwarded() {
     const N: usize = 200;
-    let (up, _ws, a) = setup().await;
+    // The real binary: the thread count below is the server process's own.
+    let (up, _ws, a) = setup_process_with_rules(RULES, "").await;
     let c = client();
     let url = a.url("/api/v1/things/batch");
     let mut handles = Vec::with_capacity(N);
@@ -256,10 +257,7 @@ async fn quorum_of_two_needs_two_distinct_approvers() {
         "{v}"
     );
 
-    let r = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(DEADLINE, held).await.unwrap().unwrap();
     r.assert_forwarded_on(&id);
     assert_eq!(up.count(), 1);
 }
@@ -371,7 +369,7 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
     let started = Instant::now();
     let (held, id) = agent_hold(&a, "POST", "/api/v1/expiring/job", r#"{"x":1}"#).await;
 
-    let r = tokio::time::timeout(Duration::from_secs(10), held)
+    let r = tokio::time::timeout(DEADLINE, held)
         .await
         .expect("an expired hold is answered")
         .unwrap();
@@ -398,7 +396,7 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
     // The audit log says so: held, then expired, and no vote.
     let cfg = ws.config().to_str().unwrap().to_string();
     let (id_ref, cfg_ref) = (&id, &cfg);
-    let kinds = eventually(10, || async move {
+    let kinds = eventually(DEADLINE.as_secs(), || async move {
         let (code, out, _) = run_cli_blocking(&["audit", "export", "-c", cfg_ref], &[]).await;
         let kinds: Vec<String> = out
             .lines()
@@ -421,10 +419,7 @@ async fn deny_reason_reaches_the_agent() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "denied");
 
-    let r = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(DEADLINE, held).await.unwrap().unwrap();
     assert_eq!(r.status, 403, "{}", r.text);
     let body = r.json();
     assert_eq!(body["error"], "denied");
@@ -441,8 +436,9 @@ async fn identical_pending_requests_join_one_approval_and_forward_once() {
     let (first, id) = agent_hold(&a, "POST", "/api/v1/things/same", body).await;
     let second = agent_spawn(&a, "POST", "/api/v1/things/same", body);
     // Both are parked (the gauge counts parked requests), yet one approval is listed.
-    // (The gauge counts a request from just before it looks for an identical pending
-    // approval; the lookup is one local SQLite read, far shorter than the poll below.)
+    // The gauge counts the second request from just before it looks for its twin, so
+    // this listing alone cannot prove that it joined; what does is below: the vote
+    // answers both clients, and the audit log has one `held` event.
     wait_held_gauge(&a, 2).await;
     let list = pending(&a, BOB).await;
     assert_eq!(list.len(), 1, "the identical request joined: {list:?}");
@@ -450,11 +446,11 @@ async fn identical_pending_requests_join_one_approval_and_forward_once() {
     assert!(!first.is_finished() && !second.is_finished());
 
     assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
-    let r1 = tokio::time::timeout(Duration::from_secs(10), first)
+    let r1 = tokio::time::timeout(DEADLINE, first)
         .await
         .unwrap()
         .unwrap();
-    let r2 = tokio::time::timeout(Duration::from_secs(10), second)
+    let r2 = tokio::time::timeout(DEADLINE, second)
         .await
         .unwrap()
         .unwrap();
@@ -507,7 +503,7 @@ async fn approval_is_reused_once_after_the_client_left() {
     // The retry of the identical request is forwarded at once on that approval.
     let retry = agent_send_within(
         &a,
-        10,
+        DEADLINE.as_secs(),
         "POST",
         path,
         body,

@@ -29,7 +29,7 @@ const RULES: &str = r#"rules:
     approval: {approvers: [group:sre]}
 "#;
 
-async fn setup(extra: &str, default_deny: bool) -> (Upstream, Workspace, Airlock) {
+async fn setup(extra: &str, default_deny: bool) -> (Upstream, Workspace, InProcess) {
     let mut extra = extra.to_string();
     if default_deny {
         extra.push_str("default: deny\n");
@@ -250,9 +250,9 @@ async fn a_body_that_trickles_in_too_slowly_is_refused() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
         .await
-        .expect("answered within the body timeout")
+        .expect("answered after the body timeout")
         .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
@@ -284,7 +284,7 @@ async fn credentials_in_the_query_never_reach_reviewers_or_the_audit_log() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    a.stop();
+    a.stop().await;
     let cfg = ws.config();
     let (code, export, _) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
     assert_eq!(code, 0);

@@ -28,10 +28,10 @@ async fn send(proxy: SocketAddr, method: &str, target: &str, extra: &str) -> (u1
     (status, body)
 }
 
-fn start(up: &Upstream) -> (Workspace, Airlock) {
+async fn start(up: &Upstream) -> (Workspace, InProcess) {
     let ws = Workspace::new();
     ws.write("rules/r.yaml", RULES);
-    let a = Airlock::start(&ws.standard_config(&up.url(), ""));
+    let a = InProcess::start(&ws.standard_config(&up.url(), "")).await;
     (ws, a)
 }
 
@@ -47,7 +47,7 @@ enum Want {
 async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
     use Want::*;
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     let plain = "/api/v1/projects/p1/instances/vm-7";
     let absolute = format!("http://127.0.0.1{plain}");
     let variants: Vec<(&str, Want)> = vec![
@@ -123,7 +123,7 @@ async fn spellings_of_a_denied_path_are_denied_or_refused_never_forwarded() {
 async fn targets_the_http_parser_refuses_never_reach_the_upstream() {
     // Raw spaces and control bytes are refused before airlock sees a request.
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     for target in [
         "/api/v1/projects/p1/instances/vm 7",
         "/api/v1/projects/p1/instances/vm-7\x01",
@@ -138,7 +138,7 @@ async fn targets_the_http_parser_refuses_never_reach_the_upstream() {
 #[tokio::test]
 async fn the_normalized_path_is_what_the_upstream_receives() {
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     for (target, upstream_sees) in [
         ("/api/a/./b//c", "/a/b/c"),
         ("/api/a/x/../b/%63", "/a/b/c"),
@@ -162,7 +162,7 @@ async fn the_normalized_path_is_what_the_upstream_receives() {
 #[tokio::test]
 async fn method_overrides_are_matched_as_the_method_they_name() {
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     let target = "/api/v1/projects/p1/instances/vm-7";
     for header in [
         "X-HTTP-Method-Override: DELETE\r\n",
@@ -199,7 +199,7 @@ async fn an_override_cannot_hide_the_request_line_method() {
     // An upstream that ignores override headers acts on the request line: a DELETE
     // dressed up as a GET, or a POST dressed up as a GET, must not get through.
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     let (status, body) = send(
         a.proxy,
         "DELETE",
@@ -232,7 +232,7 @@ async fn a_lowercase_method_is_not_a_way_around_a_method_rule() {
     // Methods are case-sensitive on the wire, but upstreams that uppercase them exist;
     // a `delete` must not slip past a DELETE rule.
     let up = Upstream::start().await;
-    let (_ws, a) = start(&up);
+    let (_ws, a) = start(&up).await;
     let (status, body) = send(a.proxy, "delete", "/api/v1/projects/p1/instances/vm-7", "").await;
     assert!(
         matches!(status, 400 | 403 | 405),

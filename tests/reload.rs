@@ -1,5 +1,5 @@
 //! `SIGHUP` reloads config and rules; an invalid new set is refused and the old one
-//! stays in force.
+//! stays in force. The real binary: a signal goes to a process.
 
 mod common;
 use common::*;
@@ -42,7 +42,10 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
         "rules:\n  - name: no-deletes\n    when: {method: DELETE}\n    then: deny\n",
     );
     hup(&a);
-    eventually(10, || async { (rule_count(&a).await == 2).then_some(()) }).await;
+    eventually(DEADLINE.as_secs(), || async {
+        (rule_count(&a).await == 2).then_some(())
+    })
+    .await;
     let r = agent_request(&a, AGENT_KEY, "DELETE", "/api/x")
         .send()
         .await
@@ -55,7 +58,7 @@ async fn sighup_puts_new_rules_in_force_and_keeps_the_old_ones_when_the_new_are_
         "rules:\n  - name: broken\n    when: {path: \"re:(\"}\n    then: deny\n",
     );
     hup(&a);
-    eventually(10, || async {
+    eventually(DEADLINE.as_secs(), || async {
         a.stderr
             .lock()
             .unwrap()

@@ -1,11 +1,11 @@
 //! Holds, votes and decisions survive a restart: they live in the store, not in the
 //! process. SIGTERM answers held clients 503; a new process on the same workspace
-//! (same SQLite file) still knows every approval.
+//! (same SQLite file) still knows every approval. These drive the real binary: the
+//! process is what is stopped, killed and started again.
 
 mod common;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
 
 const RULES: &str = r#"rules:
   - name: thing-change
@@ -48,7 +48,7 @@ async fn verify_audit(cfg: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_approval_survives_sigterm_and_is_forwarded_on_retry() {
-    let (up, ws, a) = setup_with_rules(RULES, "").await;
+    let (up, ws, a) = setup_process_with_rules(RULES, "").await;
     let cfg = ws.config();
     let path = "/api/v1/things/vm-9";
     let body = r#"{"op":"resize"}"#;
@@ -60,7 +60,7 @@ async fn held_approval_survives_sigterm_and_is_forwarded_on_retry() {
         status.success(),
         "airlock exits cleanly on SIGTERM: {status:?}"
     );
-    let r = tokio::time::timeout(Duration::from_secs(10), held)
+    let r = tokio::time::timeout(DEADLINE, held)
         .await
         .expect("the held client is answered on shutdown")
         .unwrap();
@@ -85,7 +85,15 @@ async fn held_approval_survives_sigterm_and_is_forwarded_on_retry() {
     assert_eq!(up.count(), 0);
 
     // The agent retries the identical request: forwarded once on the approval.
-    let retry = agent_send_within(&a, 10, "POST", path, body, "the retry is not held again").await;
+    let retry = agent_send_within(
+        &a,
+        DEADLINE.as_secs(),
+        "POST",
+        path,
+        body,
+        "the retry is not held again",
+    )
+    .await;
     retry.assert_forwarded_on(&id);
     assert_eq!(up.count(), 1);
     assert_eq!(&up.requests()[0].body[..], body.as_bytes());
@@ -103,7 +111,7 @@ async fn held_approval_survives_sigterm_and_is_forwarded_on_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_survive_restart_and_complete_the_quorum() {
-    let (up, ws, a) = setup_with_rules(RULES, "").await;
+    let (up, ws, a) = setup_process_with_rules(RULES, "").await;
     let cfg = ws.config();
     let path = "/api/v1/critical/db";
     let body = r#"{"sql":"drop table t"}"#;
@@ -155,7 +163,15 @@ async fn votes_survive_restart_and_complete_the_quorum() {
     );
     assert_eq!(up.count(), 0);
 
-    let retry = agent_send_within(&a, 10, "POST", path, body, "the retry is not held again").await;
+    let retry = agent_send_within(
+        &a,
+        DEADLINE.as_secs(),
+        "POST",
+        path,
+        body,
+        "the retry is not held again",
+    )
+    .await;
     retry.assert_forwarded_on(&id);
     assert_eq!(up.count(), 1);
 
@@ -164,7 +180,7 @@ async fn votes_survive_restart_and_complete_the_quorum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_survives_a_crash() {
-    let (up, ws, a) = setup_with_rules(RULES, "").await;
+    let (up, ws, a) = setup_process_with_rules(RULES, "").await;
     let cfg = ws.config();
     let path = "/api/v1/things/crash";
     let body = r#"{"op":"delete"}"#;
@@ -188,7 +204,7 @@ async fn approval_survives_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_restart_joins_the_surviving_approval() {
-    let (up, ws, a) = setup_with_rules(RULES, "").await;
+    let (up, ws, a) = setup_process_with_rules(RULES, "").await;
     let cfg = ws.config();
     let path = "/api/v1/things/join";
     let body = r#"{"op":"rotate"}"#;
@@ -208,7 +224,7 @@ async fn retry_after_restart_joins_the_surviving_approval() {
     assert_eq!(up.count(), 0);
 
     assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
-    let r = tokio::time::timeout(Duration::from_secs(10), retry)
+    let r = tokio::time::timeout(DEADLINE, retry)
         .await
         .unwrap()
         .unwrap();

@@ -2,6 +2,11 @@
 //! closed); plain pass-through traffic is not affected; once the store is writable
 //! again holds work normally. The outage is a real one: the test takes SQLite's write
 //! lock on the workspace database with `BEGIN EXCLUSIVE` and keeps it.
+//!
+//! A request counts as held once its `held` audit event is durable: until then airlock
+//! may still refuse it (fail closed) if the store fails. So the test waits for that event
+//! in the live audit file before it takes the lock, not merely for the approval to be
+//! listed (which happens a moment earlier).
 
 mod common;
 use common::*;
@@ -20,29 +25,40 @@ const RULES: &str = r#"rules:
       timeout: 60s
 "#;
 
-/// Takes the database's write lock and keeps it until the connection is dropped.
-fn lock_store(ws: &Workspace) -> Connection {
-    let c = Connection::open(ws.path().join("airlock.db")).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    c
+/// Takes the database's write lock and keeps it until the connection is dropped. (On
+/// a blocking thread: it may wait for airlock's own write to finish, and airlock runs on
+/// this test's runtime.)
+async fn lock_store(ws: &Workspace) -> Connection {
+    let db = ws.path().join("airlock.db");
+    tokio::task::spawn_blocking(move || {
+        let c = Connection::open(db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        c
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_fail_closed_while_the_store_is_locked() {
-    let (up, ws, a) = setup_with_rules(RULES, "audit:\n  level: held\n").await;
+    let (up, ws, a) = setup_with_rules(RULES, "audit:\n  level: held\n  file: audit.jsonl\n").await;
     let cfg = ws.config();
 
-    // Held before the outage.
+    // Held before the outage: listed, and its `held` event is in the audit log.
     let (early, early_id) =
         agent_hold(&a, "POST", "/api/v1/things/early", r#"{"n":"early"}"#).await;
+    wait_audit_event(&ws.path().join("audit.jsonl"), "held event", |e| {
+        e["event"] == "held" && e["approval_id"] == early_id.as_str()
+    })
+    .await;
 
-    let lock = lock_store(&ws);
+    let lock = lock_store(&ws).await;
 
     // A request that needs approval cannot be held: 503, nothing forwarded.
     let r = agent_send_within(
         &a,
-        20,
+        DEADLINE.as_secs(),
         "POST",
         "/api/v1/things/during",
         r#"{"n":"during"}"#,

@@ -73,7 +73,7 @@ async fn https_upstream_is_trusted_through_its_ca_file() {
         "    timeout: 5s\n    ca: certs/upstream-ca.pem\n",
     );
     std::fs::write(&cfg, text).unwrap();
-    let a = Airlock::start(&cfg);
+    let a = InProcess::start(&cfg).await;
     let r = client()
         .get(a.url("/api/hello"))
         .bearer_auth(AGENT_KEY)
@@ -91,7 +91,7 @@ async fn https_upstream_with_an_unknown_ca_is_refused_with_502() {
     let ws = Workspace::new();
     ws.write("rules/r.yaml", "rules: []\n");
     let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
-    let a = Airlock::start(&cfg);
+    let a = InProcess::start(&cfg).await;
     let r = client()
         .get(a.url("/api/hello"))
         .bearer_auth(AGENT_KEY)

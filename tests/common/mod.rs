@@ -1,5 +1,18 @@
-//! Shared test harness: a real upstream (a small hyper server) and the real `airlock`
-//! binary, both on 127.0.0.1 ephemeral ports, plus a temporary directory with a config.
+//! Shared test harness: a real upstream (a small hyper server), airlock, and a
+//! temporary directory with a config, all on 127.0.0.1 ephemeral ports.
+//!
+//! airlock runs one of two ways, behind one trait ([`Listeners`]) that every helper
+//! takes:
+//! - [`InProcess`] (the default, what [`setup_with_rules`] starts): the library's
+//!   `airlock::start` on the test's own runtime, as mini-redis tests its server;
+//! - [`Airlock`]: the real `airlock serve` binary, for what needs the process: restarts
+//!   and crashes, signals, per-process environment variables, the process's resources.
+//!
+//! Waiting: tests wait on signals a user could observe (the admin API, the
+//! `airlock_held` gauge, the audit file, the upstream's recorded requests), each with the
+//! generous [`DEADLINE`]; never on a sleep.
+//!
+//! PostgreSQL: [`postgres_or_skip`] finds the server or skips (fails in CI).
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -188,11 +201,120 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// A running `airlock serve` process.
+/// How long a test waits for something that must happen (a hold to show up, a held
+/// client to be answered, a process to exit). Generous on purpose: a loaded 2-core CI
+/// machine can be slow, and a deadline on a positive condition costs nothing when the
+/// condition is met early.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The listeners of a running airlock, however it runs (in this process or as the real
+/// binary): all the helpers below need.
+pub trait Listeners {
+    /// Where agents connect.
+    fn proxy_addr(&self) -> SocketAddr;
+    /// The admin listener, when the config has one.
+    fn admin_addr(&self) -> Option<SocketAddr>;
+
+    /// `http://PROXY{path}`.
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy_addr(), path)
+    }
+
+    /// `http://ADMIN{path}`; panics when the config has no admin listener.
+    fn admin_url(&self, path: &str) -> String {
+        let admin = self
+            .admin_addr()
+            .expect("this airlock has no admin listener (admin: in the config)");
+        format!("http://{admin}{path}")
+    }
+}
+
+/// Installs a tracing subscriber writing to the test's output, once per test binary,
+/// when `RUST_LOG` is set (e.g. `RUST_LOG=airlock=debug cargo test --test proxy`).
+/// Without it an in-process airlock logs nothing.
+fn init_test_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// An airlock running inside the test process, as `airlock serve` would run it:
+/// `airlock::config::Config::load` then `airlock::start`, both listeners on the ports the
+/// config names (`127.0.0.1:0` in the workspaces here). The default for suites: it
+/// starts in milliseconds, needs no stdout parsing, and runs on the test's runtime.
+///
+/// Not for tests that need the process itself: a restart or a crash (SIGTERM, SIGKILL),
+/// SIGHUP, environment variables for `${VAR}` in the config (the environment is
+/// process-global, so an in-process test must never set it), or the process's own
+/// resources. Those use [`Airlock`], the real binary.
+pub struct InProcess {
+    /// Where agents connect.
+    pub proxy: SocketAddr,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
+    running: Option<airlock::Running>,
+}
+
+impl InProcess {
+    /// Loads `config` and starts airlock on the current runtime; panics with the
+    /// configuration's diagnostics or the start error.
+    pub async fn start(config: &Path) -> InProcess {
+        init_test_tracing();
+        let cfg = airlock::config::Config::load(config)
+            .unwrap_or_else(|d| panic!("invalid configuration {}:\n{d}", config.display()));
+        let running = airlock::start(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("airlock did not start: {e}"));
+        InProcess {
+            proxy: running.proxy_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+        }
+    }
+
+    /// Stops as SIGTERM would: stops accepting, answers held requests `503`, lets
+    /// in-flight forwards finish and flushes the audit log; returns when all of that is
+    /// done (so the store and the audit file can be read right after).
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(DEADLINE, running.stop())
+                .await
+                .expect("the in-process airlock did not stop within the deadline");
+        }
+    }
+}
+
+impl Listeners for InProcess {
+    fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+    }
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+}
+
+impl Drop for InProcess {
+    /// Dropped without [`InProcess::stop`] (a test that ends or panics): shut down in
+    /// the background; the test runtime's end aborts whatever is left.
+    fn drop(&mut self) {
+        if let (Some(running), Ok(rt)) =
+            (self.running.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(running.stop());
+        }
+    }
+}
+
+/// A running `airlock serve` process: the real binary, for tests where the process
+/// matters (see [`InProcess`] for which).
 pub struct Airlock {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// Everything the process wrote to stderr so far (its log).
     pub stderr: Arc<Mutex<String>>,
 }
 
@@ -202,6 +324,7 @@ impl Airlock {
         Airlock::start_with_env(config, &[])
     }
 
+    /// Like [`Airlock::start`], with environment variables for the process only.
     pub fn start_with_env(config: &Path, envs: &[(&str, &str)]) -> Airlock {
         let mut cmd = Command::new(airlock_bin());
         cmd.args(["serve", "-c"])
@@ -218,8 +341,9 @@ impl Airlock {
         let eb = err_buf.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eb.lock().unwrap().push_str(&line);
-                eb.lock().unwrap().push('\n');
+                let mut b = eb.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
             }
         });
         let mut lines = BufReader::new(stdout).lines();
@@ -250,27 +374,41 @@ impl Airlock {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy, path)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin.expect("admin listener"), path)
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM and waits (at most [`DEADLINE`]) for the process to exit. Blocks:
+    /// call it from `spawn_blocking` when held clients must keep being polled.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait().unwrap()
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "airlock did not exit within {DEADLINE:?} of SIGTERM:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the process at once (a crash).
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Listeners for Airlock {
+    fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+    }
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 }
 
@@ -310,7 +448,7 @@ where
 }
 
 /// Pending approvals as the admin API lists them.
-pub async fn pending(a: &Airlock, token: &str) -> Vec<serde_json::Value> {
+pub async fn pending(a: &impl Listeners, token: &str) -> Vec<serde_json::Value> {
     let v: serde_json::Value = client()
         .get(a.admin_url("/api/v1/approvals?status=pending"))
         .bearer_auth(token)
@@ -325,7 +463,7 @@ pub async fn pending(a: &Airlock, token: &str) -> Vec<serde_json::Value> {
 
 /// Casts a vote: (status, body).
 pub async fn vote(
-    a: &Airlock,
+    a: &impl Listeners,
     token: &str,
     id: &str,
     decision: &str,
@@ -458,9 +596,9 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, String)
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
         .await
-        .expect("raw_http: no complete answer within 20s");
+        .expect("raw_http: no complete answer within the deadline");
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -529,7 +667,7 @@ pub async fn agent_send(
 
 /// Starts deploy-bot's request `method path` with `body` in the background (it may be held).
 pub fn agent_spawn(
-    a: &Airlock,
+    a: &impl Listeners,
     method: &str,
     path: &str,
     body: &str,
@@ -540,7 +678,7 @@ pub fn agent_spawn(
 }
 
 /// The `airlock_held` gauge (requests parked right now) from the admin `/metrics`.
-pub async fn held_gauge(a: &Airlock) -> Option<i64> {
+pub async fn held_gauge(a: &impl Listeners) -> Option<i64> {
     let text = client()
         .get(a.admin_url("/metrics"))
         .send()
@@ -555,23 +693,24 @@ pub async fn held_gauge(a: &Airlock) -> Option<i64> {
         .map(|v| v as i64)
 }
 
-/// Waits until the `airlock_held` gauge reads `n`.
-pub async fn wait_held_gauge(a: &Airlock, n: i64) {
-    eventually(10, || async move {
+/// Waits until the `airlock_held` gauge reads `n`: the signal that a held request took
+/// its slot, or that a decided one gave it back.
+pub async fn wait_held_gauge(a: &impl Listeners, n: i64) {
+    eventually(DEADLINE.as_secs(), || async move {
         (held_gauge(a).await == Some(n)).then_some(())
     })
     .await
 }
 
 /// Waits until exactly `n` approvals are pending and returns them.
-pub async fn wait_pending(a: &Airlock, n: usize) -> Vec<serde_json::Value> {
-    wait_pending_within(a, n, 20).await
+pub async fn wait_pending(a: &impl Listeners, n: usize) -> Vec<serde_json::Value> {
+    wait_pending_within(a, n, DEADLINE.as_secs()).await
 }
 
 /// Casts a vote with a given client: (status, body).
 pub async fn vote_with(
     c: &reqwest::Client,
-    a: &Airlock,
+    a: &impl Listeners,
     token: &str,
     id: &str,
     decision: &str,
@@ -589,7 +728,7 @@ pub async fn vote_with(
 }
 
 /// `GET /api/v1/approvals/{id}` as `token`: (status, body).
-pub async fn approval_get(a: &Airlock, token: &str, id: &str) -> (u16, serde_json::Value) {
+pub async fn approval_get(a: &impl Listeners, token: &str, id: &str) -> (u16, serde_json::Value) {
     let r = client()
         .get(a.admin_url(&format!("/api/v1/approvals/{id}")))
         .bearer_auth(token)
@@ -609,15 +748,29 @@ pub fn sha256_hex(s: &str) -> String {
 // ---- Helpers shared by the hold tests (setup, agent requests, waiting for holds,
 // ---- voting). Appended; nothing above is changed.
 
-/// Starts an echo upstream and airlock on a fresh workspace: `rules` in `rules/r.yaml`,
-/// the config [`Workspace::standard_config`] with `extra` appended.
-pub async fn setup_with_rules(rules: &str, extra: &str) -> (Upstream, Workspace, Airlock) {
+/// Starts an echo upstream and an in-process airlock on a fresh workspace: `rules` in
+/// `rules/r.yaml`, the config [`Workspace::standard_config`] with `extra` appended.
+pub async fn setup_with_rules(rules: &str, extra: &str) -> (Upstream, Workspace, InProcess) {
+    let (up, ws, cfg) = workspace_with_rules(rules, extra).await;
+    let a = InProcess::start(&cfg).await;
+    (up, ws, a)
+}
+
+/// Like [`setup_with_rules`], with the real `airlock serve` binary.
+pub async fn setup_process_with_rules(rules: &str, extra: &str) -> (Upstream, Workspace, Airlock) {
+    let (up, ws, cfg) = workspace_with_rules(rules, extra).await;
+    let a = Airlock::start(&cfg);
+    (up, ws, a)
+}
+
+/// An echo upstream and a workspace with `rules` and the standard config: (upstream,
+/// workspace, config path).
+async fn workspace_with_rules(rules: &str, extra: &str) -> (Upstream, Workspace, PathBuf) {
     let up = Upstream::start().await;
     let ws = Workspace::new();
     ws.write("rules/r.yaml", rules);
     let cfg = ws.standard_config(&up.url(), extra);
-    let a = Airlock::start(&cfg);
-    (up, ws, a)
+    (up, ws, cfg)
 }
 
 /// The `id` of a listed approval.
@@ -627,7 +780,12 @@ pub fn id_of(v: &serde_json::Value) -> String {
 
 /// A request from agent `key` to airlock's proxy, `method path` with the bearer key set
 /// and nothing else: add headers or a body, then send it.
-pub fn agent_request(a: &Airlock, key: &str, method: &str, path: &str) -> reqwest::RequestBuilder {
+pub fn agent_request(
+    a: &impl Listeners,
+    key: &str,
+    method: &str,
+    path: &str,
+) -> reqwest::RequestBuilder {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     client().request(m, a.url(path)).bearer_auth(key)
 }
@@ -640,7 +798,7 @@ pub fn spawn_request(req: reqwest::RequestBuilder) -> tokio::task::JoinHandle<re
 /// Starts deploy-bot's request `method path` with `body` in the background and waits
 /// until it is the one pending approval: (the agent's task, the approval id).
 pub async fn agent_hold(
-    a: &Airlock,
+    a: &impl Listeners,
     method: &str,
     path: &str,
     body: &str,
@@ -653,7 +811,7 @@ pub async fn agent_hold(
 /// Sends deploy-bot's request `method path` with `body` and waits at most `secs` for
 /// the answer; panics with `what` when there is none by then.
 pub async fn agent_send_within(
-    a: &Airlock,
+    a: &impl Listeners,
     secs: u64,
     method: &str,
     path: &str,
@@ -669,7 +827,11 @@ pub async fn agent_send_within(
 }
 
 /// Waits (at most `secs`) until exactly `n` approvals are pending and returns them.
-pub async fn wait_pending_within(a: &Airlock, n: usize, secs: u64) -> Vec<serde_json::Value> {
+pub async fn wait_pending_within(
+    a: &impl Listeners,
+    n: usize,
+    secs: u64,
+) -> Vec<serde_json::Value> {
     eventually(secs, || async move {
         let p = pending(a, BOB).await;
         (p.len() == n).then_some(p)
@@ -677,9 +839,9 @@ pub async fn wait_pending_within(a: &Airlock, n: usize, secs: u64) -> Vec<serde_
     .await
 }
 
-/// Waits (at most 10s) until at least one approval is pending and returns the list.
-pub async fn wait_any_pending(a: &Airlock) -> Vec<serde_json::Value> {
-    eventually(10, || async {
+/// Waits until at least one approval is pending and returns the list.
+pub async fn wait_any_pending(a: &impl Listeners) -> Vec<serde_json::Value> {
+    eventually(DEADLINE.as_secs(), || async {
         let l = pending(a, BOB).await;
         (!l.is_empty()).then_some(l)
     })
@@ -687,7 +849,7 @@ pub async fn wait_any_pending(a: &Airlock) -> Vec<serde_json::Value> {
 }
 
 /// Bob casts `decision` on the listed approval `ap`; the vote must be accepted (200).
-pub async fn bob_decides(a: &Airlock, ap: &serde_json::Value, decision: &str) {
+pub async fn bob_decides(a: &impl Listeners, ap: &serde_json::Value, decision: &str) {
     assert_eq!(
         vote(a, BOB, ap["id"].as_str().unwrap(), decision, None)
             .await
@@ -697,14 +859,14 @@ pub async fn bob_decides(a: &Airlock, ap: &serde_json::Value, decision: &str) {
 }
 
 /// Bob denies every approval in `list`; each vote must be accepted.
-pub async fn deny_each(a: &Airlock, list: &[serde_json::Value]) {
+pub async fn deny_each(a: &impl Listeners, list: &[serde_json::Value]) {
     for ap in list {
         bob_decides(a, ap, "deny").await;
     }
 }
 
 /// `GET path` on the admin listener (no token) as JSON.
-pub async fn admin_json(a: &Airlock, path: &str) -> serde_json::Value {
+pub async fn admin_json(a: &impl Listeners, path: &str) -> serde_json::Value {
     client()
         .get(a.admin_url(path))
         .send()
@@ -716,7 +878,7 @@ pub async fn admin_json(a: &Airlock, path: &str) -> serde_json::Value {
 }
 
 /// The admin `/metrics` text.
-pub async fn metrics_text(a: &Airlock) -> String {
+pub async fn metrics_text(a: &impl Listeners) -> String {
     client()
         .get(a.admin_url("/metrics"))
         .send()
@@ -740,4 +902,94 @@ pub async fn run_cli_blocking(
     })
     .await
     .unwrap()
+}
+
+/// Waits until the audit file (`audit.file` in the config, the live JSONL copy) has an
+/// event matching `want`, and returns it. The copy is written after the batch is durable
+/// in the store, so this is the signal that an event (a `held`, a `vote`) is recorded.
+pub async fn wait_audit_event<F>(file: &Path, what: &str, want: F) -> serde_json::Value
+where
+    F: Fn(&serde_json::Value) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = tokio::fs::read_to_string(file).await.unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| want(e));
+        if let Some(e) = found {
+            return e;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no {what} in {} within {DEADLINE:?}:\n{text}",
+                file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where the PostgreSQL tests find their server: `AIRLOCK_TEST_PG_URL`, else the
+/// machine's `postgres://postgres@127.0.0.1:5432/test` (trust auth).
+pub fn postgres_url() -> String {
+    std::env::var("AIRLOCK_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Whether this run is CI: `CI` set to anything but empty, `0` or `false`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The PostgreSQL URL for `test`, once a server answers there. When none does, a run
+/// outside CI skips the test: this says so on stderr (past the test harness's output
+/// capture, so it shows in a plain `cargo test`) and returns `None`; in CI (see
+/// [`in_ci`]) the test fails instead, since CI must never skip silently.
+pub async fn postgres_or_skip(test: &str) -> Option<String> {
+    let url = postgres_url();
+    let why = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await
+    {
+        Ok(Ok(_)) => return Some(url),
+        Ok(Err(e)) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            why
+        }
+        Err(_) => "no answer within 10s".to_string(),
+    };
+    let shown = without_credentials(&url);
+    if in_ci() {
+        panic!(
+            "{test}: PostgreSQL is not reachable at {shown} ({why}), and CI is set: CI must \
+             run the PostgreSQL tests. Start the server (.ci/run does) or point \
+             AIRLOCK_TEST_PG_URL at one."
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no PostgreSQL at {shown} ({why}). Start one (127.0.0.1:5432, \
+         database test) or set AIRLOCK_TEST_PG_URL to run it; with CI set this fails."
+    );
+    None
+}
+
+/// `url` without a `user:password@` part, for messages.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
