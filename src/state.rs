@@ -319,4 +319,3 @@ fn report(old: &Snapshot, new: &Snapshot, warnings: &[crate::config::Diagnostic]
         warnings: warnings.iter().map(|w| w.to_string()).collect(),
     }
 }
-

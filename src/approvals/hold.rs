@@ -94,6 +94,7 @@ impl Approvals {
                         })
                         .unwrap_or(false);
                     if window_open
+                        && !self.withdrawn.contains_key(&existing.id)
                         && self
                             .store
                             .transition(&existing.id, Status::Approved, Status::Consumed, now, None)
@@ -131,26 +132,17 @@ impl Approvals {
             consumed: None,
             votes: Vec::new(),
         };
-        let rx = self.subscribe(&approval.id);
-        if let Err(e) = self.store.insert_approval(&approval).await {
-            self.waiters.remove(&approval.id);
-            return Err(e.into());
-        }
+        // The `held` event is durable before the approval exists: a pending approval
+        // the log does not show could otherwise be approved (and a retry forwarded on
+        // it) after a store fault between the two writes. A `held` event whose insert
+        // then fails names an approval nobody can ever vote on: harmless.
         let mut ev = event_for("held", &approval);
         ev.reason = approval.justification.clone();
         ev.show = approval.show.clone();
-        if let Err(e) = self.audit_durable(ev).await {
+        self.audit_durable(ev).await?;
+        let rx = self.subscribe(&approval.id);
+        if let Err(e) = self.store.insert_approval(&approval).await {
             self.waiters.remove(&approval.id);
-            let _ = self
-                .store
-                .transition(
-                    &approval.id,
-                    Status::Pending,
-                    Status::Cancelled,
-                    self.now(),
-                    Some("audit log unavailable"),
-                )
-                .await;
             return Err(e.into());
         }
         tracing::info!(approval = %approval.id, agent = %approval.agent, rules = ?approval.rules, "request held for approval");
@@ -218,6 +210,7 @@ impl Approvals {
         let id = t.approval.id.clone();
         let approval = self.store.approval(&id).await?.unwrap_or(t.approval);
         Ok(match outcome {
+            Outcome::Approved if self.withdrawn.contains_key(&id) => Waited::Denied(approval),
             Outcome::Approved => {
                 if self
                     .store

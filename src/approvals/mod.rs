@@ -47,6 +47,9 @@ pub struct Approvals {
     /// Held requests now (for `limits.max_held`).
     pub slots: HeldSlots,
     waiters: DashMap<String, watch::Sender<Option<Outcome>>>,
+    /// Approvals whose decision the audit log could not record and whose withdrawal
+    /// the store has not confirmed yet: never forwarded on, whatever the store says.
+    withdrawn: DashMap<String, ()>,
 }
 
 impl Approvals {
@@ -64,6 +67,7 @@ impl Approvals {
             metrics,
             clock,
             waiters: DashMap::new(),
+            withdrawn: DashMap::new(),
         })
     }
 

@@ -6,6 +6,7 @@ use super::{event_for, Approvals, Outcome, VoteError};
 use crate::config::Reviewer;
 use crate::identity::Reviewers;
 use crate::store::{Approval, Decision, Status, Vote, VoteResult};
+use std::sync::Arc;
 
 /// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
 /// or its owner), and only when the rule's approvers name them. Identities are compared
@@ -22,9 +23,45 @@ pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
 }
 
 impl Approvals {
+    /// Marks a decision the log could not record as cancelled in the store, retrying in
+    /// the background while the store refuses; until then [`Approvals::withdrawn`]
+    /// keeps anything from being forwarded on it.
+    async fn withdraw(self: &Arc<Self>, id: &str, status: Status) {
+        const WHY: &str = "the decision could not be written to the audit log";
+        match self
+            .store
+            .transition(id, status, Status::Cancelled, self.now(), Some(WHY))
+            .await
+        {
+            Ok(_) => {
+                self.withdrawn.remove(id);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, approval = id, "could not withdraw an unrecorded decision yet; retrying");
+                let me = self.clone();
+                let id = id.to_string();
+                tokio::spawn(async move {
+                    let mut wait = std::time::Duration::from_millis(200);
+                    loop {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                        let r = me
+                            .store
+                            .transition(&id, status, Status::Cancelled, me.now(), Some(WHY))
+                            .await;
+                        if r.is_ok() {
+                            me.withdrawn.remove(&id);
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     /// Casts a reviewer's vote and returns the approval as it now stands.
     pub async fn vote(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         reviewer: &Reviewer,
         decision: Decision,
@@ -115,7 +152,7 @@ impl Approvals {
     /// parked requests are told. If the log cannot take it, the decision is withdrawn
     /// (fail closed) and nothing is forwarded on it.
     async fn decided(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         a: &Approval,
         status: Status,
@@ -131,16 +168,10 @@ impl Approvals {
         ev.reviewer = Some(reviewer.id.clone());
         ev.reason = reason.clone();
         if let Err(e) = self.audit_durable(ev).await {
-            let _ = self
-                .store
-                .transition(
-                    id,
-                    status,
-                    Status::Cancelled,
-                    self.now(),
-                    Some("the decision could not be written to the audit log"),
-                )
-                .await;
+            // Fail closed: the decision is withdrawn here at once, and in the store as
+            // soon as the store takes the write.
+            self.withdrawn.insert(id.to_string(), ());
+            self.withdraw(id, status).await;
             self.notify(
                 id,
                 Outcome::Denied {

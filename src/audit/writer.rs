@@ -288,6 +288,8 @@ impl Writer {
 pub struct MemorySink {
     inner: Mutex<MemoryInner>,
     failing: AtomicBool,
+    /// Appends fail once this many events are stored (0: never).
+    fail_at: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -305,6 +307,11 @@ impl MemorySink {
     /// While set, every `append` fails with `AuditError::Store` and stores nothing.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Every `append` fails once `n` events are stored (a fault in the middle of a flow).
+    pub fn fail_after(&self, n: usize) {
+        self.fail_at.store(n, Ordering::SeqCst);
     }
 
     pub fn events(&self) -> Vec<AuditEvent> {
@@ -332,7 +339,10 @@ impl AuditSink for MemorySink {
         events: &[AuditEvent],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        if self.failing.load(Ordering::SeqCst) {
+        let fail_at = self.fail_at.load(Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst)
+            || (fail_at > 0 && self.lock().events.len() >= fail_at)
+        {
             return Err(AuditError::Store("memory sink set to fail".into()));
         }
         let mut inner = self.lock();

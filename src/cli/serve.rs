@@ -36,9 +36,12 @@ pub(super) fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let running = crate::start_with(cfg, opts).await?;
-        print_startup(&running);
+        // Signal handlers exist before anyone is told we listen: a SIGHUP or SIGTERM
+        // sent right after the startup lines must not kill the process.
+        let stop = stop_signal();
         spawn_reload_on_sighup(running.airlock.clone());
-        wait_for_signal().await;
+        print_startup(&running);
+        stop.await;
         tracing::info!("shutting down");
         running.stop().await;
         Ok::<_, anyhow::Error>(())
@@ -92,42 +95,51 @@ fn print_startup(running: &crate::Running) {
 /// and the old one stays in force. Listener addresses and the store are not reloaded.
 fn spawn_reload_on_sighup(airlock: std::sync::Arc<crate::state::Airlock>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; reload with `airlock reload`");
             return;
         };
-        while hup.recv().await.is_some() {
-            if let Err(e) = airlock.reload().await {
-                tracing::error!("reload refused, the previous configuration stays in force:\n{e}");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = airlock.reload().await {
+                    tracing::error!(
+                        "reload refused, the previous configuration stays in force:\n{e}"
+                    );
+                }
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     let _ = airlock;
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,6 +1,7 @@
-//! Approval expiry against tokio's clock, paused: a 15-minute timeout is tested in
-//! milliseconds, with no real waiting and no timing luck. The approvals engine runs
-//! in-process over a real (in-memory) SQLite store and a real audit log.
+//! The approvals engine in-process, over a real (in-memory) SQLite store and a real
+//! audit log: expiry against tokio's clock, paused (a 15-minute timeout is tested in
+//! milliseconds, with no real waiting and no timing luck), `require_reason`, and what
+//! happens when the audit log cannot record a hold or a decision (fail closed).
 
 use airlock::approvals::{Approvals, Clock, HoldRequest, Opened, VoteError, Waited};
 use airlock::audit::{AuditLog, MemorySink};
@@ -41,7 +42,12 @@ async fn engine() -> Engine {
 }
 
 fn policy() -> ApprovalPolicy {
+    policy_with(false)
+}
+
+fn policy_with(require_reason: bool) -> ApprovalPolicy {
     serde_json::from_value(serde_json::json!({
+        "require_reason": require_reason,
         "approvers": ["group:sre"],
         "quorum": 1,
         "timeout": TIMEOUT.as_secs(),
@@ -157,4 +163,72 @@ async fn a_vote_in_time_releases_the_parked_request_once() {
     assert!(matches!(waited, Waited::Forward(_)));
     assert_eq!(status(&e, &id).await, Status::Consumed);
     assert_eq!(events(&e).await, ["held", "vote", "approved"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rule_that_requires_a_reason_refuses_a_vote_without_one() {
+    let e = engine().await;
+    let mut req = request("d4");
+    req.policy = policy_with(true);
+    let Opened::Waiting(ticket) = e.approvals.open(req).await.unwrap() else {
+        panic!("a new request is parked");
+    };
+    let id = ticket.approval.id.clone();
+    for empty in [None, Some("   ".to_string())] {
+        let r = e
+            .approvals
+            .vote(&id, &bob(), Decision::Approve, empty)
+            .await;
+        assert!(matches!(r, Err(VoteError::ReasonRequired)), "{r:?}");
+    }
+    assert_eq!(status(&e, &id).await, Status::Pending);
+    let a = e
+        .approvals
+        .vote(&id, &bob(), Decision::Approve, Some("change window".into()))
+        .await
+        .unwrap();
+    assert_eq!(a.status, Status::Approved);
+    assert_eq!(a.votes[0].reason.as_deref(), Some("change window"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_the_log_cannot_record_leaves_nothing_to_approve() {
+    let e = engine().await;
+    e.sink.set_failing(true);
+    let r = e.approvals.open(request("d5")).await;
+    assert!(r.is_err(), "the hold is refused");
+    e.sink.set_failing(false);
+    let pending = e.store.approvals(Some(Status::Pending), 10).await.unwrap();
+    assert!(
+        pending.is_empty(),
+        "no approval a reviewer could act on: {pending:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decision_the_log_cannot_record_is_withdrawn_and_never_used() {
+    let e = engine().await;
+    let Opened::Waiting(ticket) = e.approvals.open(request("d6")).await.unwrap() else {
+        panic!("a new request is parked");
+    };
+    let id = ticket.approval.id.clone();
+    let shutdown = CancellationToken::new();
+    let approvals = e.approvals.clone();
+    let parked = tokio::spawn(async move { approvals.wait(ticket, &shutdown).await });
+
+    // The vote event gets in; then the log fails before the decision is recorded.
+    e.sink.fail_after(events(&e).await.len() + 1);
+    let r = e.approvals.vote(&id, &bob(), Decision::Approve, None).await;
+    e.sink.fail_after(0);
+    assert!(matches!(r, Err(VoteError::Audit(_))), "{r:?}");
+    assert!(
+        matches!(parked.await.unwrap().unwrap(), Waited::Denied(_)),
+        "the parked request is not forwarded"
+    );
+    assert_eq!(status(&e, &id).await, Status::Cancelled);
+    // An identical retry opens a new approval instead of using the withdrawn one.
+    match e.approvals.open(request("d6")).await.unwrap() {
+        Opened::Reused(_) => panic!("forwarded on a decision the log does not show"),
+        Opened::Waiting(t) => assert_ne!(t.approval.id, id),
+    }
 }
