@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 const ALLOW_ALL: &str = "rules:\n  - name: ok\n    when: {path: /nothing}\n    then: allow\n";
 
 /// A request to the admin listener: `method path` with an optional bearer `token`.
-fn admin(a: &Airlock, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+fn admin(a: &impl Listeners, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let r = client().request(m, a.admin_url(path));
     match token {
@@ -57,7 +57,7 @@ fn expect_error(
 }
 
 /// `POST /api/v1/reload` as bob: (status, body).
-async fn reload(a: &Airlock) -> (u16, Value) {
+async fn reload(a: &impl Listeners) -> (u16, Value) {
     let r = admin(a, "POST", "/api/v1/reload", Some(BOB))
         .send()
         .await
@@ -67,7 +67,7 @@ async fn reload(a: &Airlock) -> (u16, Value) {
 }
 
 /// What deploy-bot gets for `method /api/x`.
-async fn agent_status(a: &Airlock, method: &str) -> u16 {
+async fn agent_status(a: &impl Listeners, method: &str) -> u16 {
     agent_request(a, AGENT_KEY, method, "/api/x")
         .send()
         .await
@@ -345,5 +345,7 @@ async fn readyz_reports_the_mode_in_force() {
     let cfg = std::fs::read_to_string(ws.config()).unwrap();
     ws.write("airlock.yaml", &format!("{cfg}mode: observe\n"));
     assert_eq!(reload(&a).await.0, 200);
-    assert_eq!(admin_json(&a, "/readyz").await["mode"], "observe");
+    let v = admin_json(&a, "/readyz").await;
+    assert_eq!(v["mode"], "observe");
+    assert_ne!(v["rules_version"], version.as_str(), "the version covers the mode");
 }
