@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 const ALLOW_ALL: &str = "rules:\n  - name: ok\n    when: {path: /nothing}\n    then: allow\n";
 
 /// A request to the admin listener: `method path` with an optional bearer `token`.
-fn admin(a: &impl Listeners, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+fn admin(
+    a: &impl Listeners,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let r = client().request(m, a.admin_url(path));
     match token {
@@ -347,5 +352,9 @@ async fn readyz_reports_the_mode_in_force() {
     assert_eq!(reload(&a).await.0, 200);
     let v = admin_json(&a, "/readyz").await;
     assert_eq!(v["mode"], "observe");
-    assert_ne!(v["rules_version"], version.as_str(), "the version covers the mode");
+    assert_ne!(
+        v["rules_version"],
+        version.as_str(),
+        "the version covers the mode"
+    );
 }
