@@ -7,7 +7,7 @@
 
 use crate::approvals::{Approvals, HoldLimits};
 use crate::audit::{AuditEvent, AuditLog};
-use crate::config::{AuditLevel, Config, Diagnostics, Mode};
+use crate::config::{AuditLevel, Config, Diagnostics};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::request::Policy;
 use crate::rules::RuleSet;
@@ -87,14 +87,6 @@ impl Snapshot {
 /// Whether two upstream configs can share one connection pool.
 fn same_connection(a: &crate::config::Upstream, b: &crate::config::Upstream) -> bool {
     a.url == b.url && a.ca == b.ca && a.connect_timeout == b.connect_timeout
-}
-
-/// `enforce` or `observe`.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Observe => "observe",
-    }
 }
 
 /// Why a reload was refused (the running configuration stays in force).
@@ -216,10 +208,7 @@ impl Airlock {
         approvals: Arc<Approvals>,
         shutdown: CancellationToken,
     ) -> Arc<Airlock> {
-        metrics.set_config(
-            mode_name(snapshot.cfg().mode),
-            &snapshot.policy.rules.version,
-        );
+        metrics.set_config(snapshot.cfg().mode.as_str(), &snapshot.policy.rules.version);
         Arc::new(Airlock {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -254,7 +243,7 @@ impl Airlock {
         )?;
         let report = report(&old, &new, &loaded.warnings);
         self.metrics
-            .set_config(mode_name(new.cfg().mode), &new.policy.rules.version);
+            .set_config(new.cfg().mode.as_str(), &new.policy.rules.version);
         self.snapshot.store(Arc::new(new));
         let mut ev = AuditEvent::new("rules_reloaded");
         ev.reason = Some(report.summary());

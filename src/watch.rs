@@ -12,28 +12,39 @@ use tokio_util::sync::CancellationToken;
 /// How long the files must stay unchanged before a reload.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// The paths a config's reload depends on: the config file's folder (editors replace
-/// files by renaming, which only a folder watch sees) and the rules path.
-fn watched(airlock: &Airlock) -> Vec<PathBuf> {
+/// The paths a config's reload depends on, with how to watch each: the config file's
+/// folder, not recursively (editors replace files by renaming, which only a folder
+/// watch sees), and the rules file or folder.
+fn watched(airlock: &Airlock) -> Vec<(PathBuf, RecursiveMode)> {
     let snap = airlock.snapshot();
     let cfg = snap.cfg();
     let mut paths = Vec::new();
     if let Some(dir) = cfg.file.parent() {
-        paths.push(if dir.as_os_str().is_empty() {
+        let dir = if dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             dir.to_path_buf()
-        });
+        };
+        paths.push((dir, RecursiveMode::NonRecursive));
     }
     if let Some(r) = &cfg.rules {
-        if !paths
-            .iter()
-            .any(|p| r.starts_with(p) && r.parent() == Some(p.as_path()))
-        {
-            paths.push(r.clone());
-        }
+        let mode = if r.is_dir() {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        paths.push((r.clone(), mode));
     }
     paths
+}
+
+/// A cheap first filter, run for every file event (the store's database may live in
+/// the same folder and change constantly): YAML files and the config file's name.
+fn maybe_config(path: &std::path::Path, config_name: Option<&std::ffi::OsStr>) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    ) || (config_name.is_some() && path.file_name() == config_name)
 }
 
 /// A path made absolute through its folder (the file itself may be gone mid-rename).
@@ -75,11 +86,19 @@ fn relevant(airlock: &Airlock, path: &std::path::Path) -> bool {
 /// Watches the config and rules until `shutdown`; reloads after each burst of changes.
 pub fn spawn(airlock: Arc<Airlock>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let config_name = airlock
+        .snapshot()
+        .cfg()
+        .file
+        .file_name()
+        .map(|n| n.to_os_string());
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !ev.kind.is_access() {
                 for p in ev.paths {
-                    let _ = tx.send(p);
+                    if maybe_config(&p, config_name.as_deref()) {
+                        let _ = tx.send(p);
+                    }
                 }
             }
         }
@@ -92,12 +111,7 @@ pub fn spawn(airlock: Arc<Airlock>, shutdown: CancellationToken) -> tokio::task:
         }
     };
     if let Some(w) = watcher.as_mut() {
-        for p in watched(&airlock) {
-            let mode = if p.is_dir() {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
+        for (p, mode) in watched(&airlock) {
             if let Err(e) = w.watch(&p, mode) {
                 tracing::warn!(path = %p.display(), error = %e, "cannot watch for changes");
             }

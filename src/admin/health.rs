@@ -22,7 +22,7 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(airlock): State<Arc<Airlock>>) -> Response {
     let snap = airlock.snapshot();
     let rules = snap.policy.rules.rules.len();
-    let mode = crate::state::mode_name(snap.cfg().mode);
+    let mode = snap.cfg().mode.as_str();
     let version = snap.policy.rules.version.clone();
     match airlock.store.ping().await {
         Ok(()) => json(

@@ -251,7 +251,7 @@ fn explain_json(
             mode,
         } => serde_json::json!({
             "verdict": decision.verdict.as_str(),
-            "mode": crate::state::mode_name(*mode),
+            "mode": *mode.as_str(),
             "status": answer.as_ref().map(|e| e.status().as_u16()),
             "error": answer.as_ref().map(|e| e.error.as_str()),
             "message": answer.as_ref().map(|e| e.message.clone()),

@@ -62,7 +62,7 @@ fn print_startup(running: &crate::Running) {
     println!("airlock: config {}", cfg.file.display());
     println!(
         "airlock: mode {}, default {}",
-        crate::state::mode_name(cfg.mode),
+        cfg.mode.as_str(),
         if cfg.default_allow { "allow" } else { "deny" }
     );
     println!(

@@ -19,6 +19,16 @@ pub enum Mode {
     Observe,
 }
 
+impl Mode {
+    /// `enforce` or `observe`, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
 /// Which requests reach the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditLevel {
