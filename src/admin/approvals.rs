@@ -164,8 +164,8 @@ struct ApprovalView<'a> {
     url: &'a str,
     created: String,
     expires: String,
-    /// Seconds until it expires; 0 once past.
-    expires_in: i64,
+    /// Seconds until it expires (0 once past); `null` once decided: no countdown.
+    expires_in: Option<i64>,
     votes: Vec<VoteView<'a>>,
     quorum: u32,
     justification: Option<&'a str>,
@@ -216,7 +216,7 @@ impl<'a> ApprovalView<'a> {
             url: &a.url,
             created: format_time(&a.created),
             expires: format_time(&a.expires),
-            expires_in: seconds_left(a, now),
+            expires_in: (a.status == Status::Pending).then(|| seconds_left(a, now)),
             votes: a.votes.iter().map(VoteView::new).collect(),
             quorum: a.policy.quorum,
             justification: a.justification.as_deref(),
