@@ -386,7 +386,10 @@ async fn unanswered_approval_expires_and_refuses_late_votes() {
 
     let (_, full) = approval_get(&a, BOB, &id).await;
     assert_eq!(full["status"], "expired");
-    assert!(full["expires_in"].is_null(), "no countdown once decided: {full}");
+    assert!(
+        full["expires_in"].is_null(),
+        "no countdown once decided: {full}"
+    );
     assert!(pending(&a, BOB).await.is_empty());
 
     let (s, v) = vote(&a, BOB, &id, "approve", None).await;

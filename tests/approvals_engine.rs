@@ -232,3 +232,114 @@ async fn a_decision_the_log_cannot_record_is_withdrawn_and_never_used() {
         Opened::Waiting(t) => assert_ne!(t.approval.id, id),
     }
 }
+
+/// An audit sink that holds the write of an `approved` event until the test says
+/// whether it succeeds: the window between the store deciding and the log recording.
+struct GatedSink {
+    inner: MemorySink,
+    gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<bool>>>,
+}
+
+#[async_trait::async_trait]
+impl airlock::audit::AuditSink for GatedSink {
+    async fn append(
+        &self,
+        events: &[airlock::audit::AuditEvent],
+        checkpoint: Option<&airlock::audit::Checkpoint>,
+    ) -> Result<(), airlock::audit::AuditError> {
+        if events.iter().any(|e| e.event == "approved") {
+            if let Some(rx) = self.gate.lock().await.take() {
+                if !rx.await.unwrap_or(false) {
+                    return Err(airlock::audit::AuditError::Store("gated: refused".into()));
+                }
+            }
+        }
+        self.inner.append(events, checkpoint).await
+    }
+
+    async fn head(&self) -> Result<(u64, String), airlock::audit::AuditError> {
+        self.inner.head().await
+    }
+}
+
+/// While a vote's `approved` event is not yet durable, an identical retry is not
+/// forwarded on the approval: it waits for the outcome, and if the log refuses the
+/// decision, nothing at all is forwarded.
+async fn retry_during_an_unrecorded_decision(log_accepts: bool) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_memory().unwrap());
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let sink = Arc::new(GatedSink {
+        inner: MemorySink::new(),
+        gate: tokio::sync::Mutex::new(Some(gate)),
+    });
+    let (audit, _task) = AuditLog::start(sink, None, None).await.unwrap();
+    let approvals = Approvals::new(
+        store.clone(),
+        audit,
+        Arc::new(Metrics::new()),
+        Clock::tokio(),
+    );
+    let Opened::Waiting(ticket) = approvals.open(request("d7")).await.unwrap() else {
+        panic!("a new request is parked");
+    };
+    let id = ticket.approval.id.clone();
+    let shutdown = CancellationToken::new();
+    let first = {
+        let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
+        tokio::spawn(async move { approvals.wait(ticket, &shutdown).await })
+    };
+    let voting = {
+        let (approvals, id) = (approvals.clone(), id.clone());
+        tokio::spawn(async move { approvals.vote(&id, &bob(), Decision::Approve, None).await })
+    };
+    // The store says approved; the log does not have it yet.
+    while store.approval(&id).await.unwrap().unwrap().status != Status::Approved {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let retry = match approvals.open(request("d7")).await.unwrap() {
+        Opened::Reused(_) => panic!("forwarded on a decision the log does not have yet"),
+        Opened::Waiting(t) => {
+            assert_eq!(t.approval.id, id, "the retry joins the approval");
+            let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
+            tokio::spawn(async move { approvals.wait(t, &shutdown).await })
+        }
+    };
+    release.send(log_accepts).unwrap();
+    let vote = voting.await.unwrap();
+    let outcomes = [first.await.unwrap().unwrap(), retry.await.unwrap().unwrap()];
+    let forwarded = outcomes
+        .iter()
+        .filter(|w| matches!(w, Waited::Forward(_)))
+        .count();
+    if log_accepts {
+        assert!(vote.is_ok(), "{vote:?}");
+        assert_eq!(forwarded, 1, "exactly one of the two goes out");
+        assert_eq!(
+            status2(&Engine2(store.clone()), &id).await,
+            Status::Consumed
+        );
+    } else {
+        assert!(matches!(vote, Err(VoteError::Audit(_))), "{vote:?}");
+        assert_eq!(forwarded, 0, "nothing goes out on an unrecorded decision");
+        assert_eq!(
+            status2(&Engine2(store.clone()), &id).await,
+            Status::Cancelled
+        );
+    }
+}
+
+struct Engine2(Arc<dyn Store>);
+
+async fn status2(e: &Engine2, id: &str) -> Status {
+    e.0.approval(id).await.unwrap().unwrap().status
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_while_the_decision_is_being_recorded() {
+    retry_during_an_unrecorded_decision(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_is_not_forwarded_when_the_log_refuses_the_decision() {
+    retry_during_an_unrecorded_decision(false).await;
+}

@@ -84,6 +84,18 @@ impl Approvals {
                     self.refresh(&mut ticket).await?;
                     return Ok(Opened::Waiting(ticket));
                 }
+                Status::Approved if !self.usable(&existing.id) => {
+                    // A vote is still making its decision durable (or it was withdrawn):
+                    // wait for the outcome with the request that opened it.
+                    let rx = self.subscribe(&existing.id);
+                    let mut ticket = Ticket {
+                        approval: existing,
+                        joined: true,
+                        rx,
+                    };
+                    self.refresh(&mut ticket).await?;
+                    return Ok(Opened::Waiting(ticket));
+                }
                 Status::Approved => {
                     let window_open = existing
                         .decided
@@ -94,7 +106,6 @@ impl Approvals {
                         })
                         .unwrap_or(false);
                     if window_open
-                        && !self.withdrawn.contains_key(&existing.id)
                         && self
                             .store
                             .transition(&existing.id, Status::Approved, Status::Consumed, now, None)
@@ -157,6 +168,8 @@ impl Approvals {
     async fn refresh(&self, t: &mut Ticket) -> Result<(), StoreError> {
         if let Some(a) = self.store.approval(&t.approval.id).await? {
             let outcome = match a.status {
+                // Not yet: the vote that approved it is still writing the decision.
+                Status::Approved if self.unconfirmed.contains_key(&a.id) => None,
                 Status::Approved | Status::Consumed => Some(Outcome::Approved),
                 Status::Denied => Some(Outcome::Denied {
                     reason: a.reason.clone(),
@@ -210,7 +223,7 @@ impl Approvals {
         let id = t.approval.id.clone();
         let approval = self.store.approval(&id).await?.unwrap_or(t.approval);
         Ok(match outcome {
-            Outcome::Approved if self.withdrawn.contains_key(&id) => Waited::Denied(approval),
+            Outcome::Approved if !self.usable(&id) => Waited::Denied(approval),
             Outcome::Approved => {
                 if self
                     .store

@@ -50,6 +50,10 @@ pub struct Approvals {
     /// Approvals whose decision the audit log could not record and whose withdrawal
     /// the store has not confirmed yet: never forwarded on, whatever the store says.
     withdrawn: DashMap<String, ()>,
+    /// Approvals a vote may be deciding right now: the store can already say approved
+    /// while the `approved` event is not yet durable. Nothing is forwarded on them until
+    /// the vote is done (an identical retry waits for the outcome instead).
+    unconfirmed: DashMap<String, usize>,
 }
 
 impl Approvals {
@@ -68,12 +72,19 @@ impl Approvals {
             clock,
             waiters: DashMap::new(),
             withdrawn: DashMap::new(),
+            unconfirmed: DashMap::new(),
         })
     }
 
     /// The time approvals are decided by.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Whether an approved status in the store may be acted on: its decision is in the
+    /// audit log (no vote is still writing it) and was not withdrawn.
+    fn usable(&self, id: &str) -> bool {
+        !self.unconfirmed.contains_key(id) && !self.withdrawn.contains_key(id)
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<Option<Outcome>> {

@@ -111,6 +111,9 @@ impl Approvals {
             reason: reason.clone(),
             time: now,
         };
+        // From before the store can say approved until the decision is durable (or
+        // withdrawn), nothing may be forwarded on this approval.
+        let _deciding = Unconfirmed::new(self, id);
         let result = match self.store.vote(id, &vote, a.policy.quorum, now).await {
             Ok(r) => r,
             Err(e) => {
@@ -182,6 +185,9 @@ impl Approvals {
             );
             return Err(e.into());
         }
+        // The decision is durable: it may be acted on from now (before parked requests
+        // are told, so they find it usable).
+        self.unconfirmed.remove(id);
         self.metrics.decision(word);
         self.notify(
             id,
@@ -192,5 +198,30 @@ impl Approvals {
             },
         );
         Ok(())
+    }
+}
+
+/// Marks an approval as possibly decided but not yet recorded, for as long as it lives.
+struct Unconfirmed<'a> {
+    approvals: &'a Approvals,
+    id: String,
+}
+
+impl<'a> Unconfirmed<'a> {
+    fn new(approvals: &'a Approvals, id: &str) -> Self {
+        *approvals.unconfirmed.entry(id.to_string()).or_insert(0) += 1;
+        Unconfirmed {
+            approvals,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for Unconfirmed<'_> {
+    fn drop(&mut self) {
+        self.approvals.unconfirmed.remove_if_mut(&self.id, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 }
