@@ -45,8 +45,9 @@ impl Snapshot {
                         .cfg
                         .upstreams
                         .iter()
-                        .position(|o| same_connection(o, u))
-                        .map(|i| p.clients[i].clone())
+                        .zip(&p.clients)
+                        .find(|(o, c)| c.serves(o, u))
+                        .map(|(_, c)| c.clone())
                 });
                 match kept {
                     Some(c) => Ok(c),
@@ -82,11 +83,6 @@ impl Snapshot {
     pub fn audits_everything(&self) -> bool {
         self.policy.cfg.audit.level == AuditLevel::All
     }
-}
-
-/// Whether two upstream configs can share one connection pool.
-fn same_connection(a: &crate::config::Upstream, b: &crate::config::Upstream) -> bool {
-    a.url == b.url && a.ca == b.ca && a.connect_timeout == b.connect_timeout
 }
 
 /// Why a reload was refused (the running configuration stays in force).

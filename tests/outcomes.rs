@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const RULES: &str = r#"rules:
   - name: no-deletes
@@ -260,4 +261,112 @@ limits: {{max_body: 1KiB, inspect_body: 1KiB, body_timeout: 1s, max_held: 1}}
         .unwrap();
     assert_eq!(forwarded["fields"]["approval"], id.as_str());
     assert_eq!(forwarded["fields"]["rules"], "change-things");
+}
+
+const HOLD_RULES: &str = r#"rules:
+  - name: change-things
+    when: {method: POST, path: /v1/things/**}
+    then: approve
+    approval: {approvers: [group:sre], timeout: 1h}
+"#;
+
+fn held_request(path: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {AGENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_goes_away_while_held_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let (_up, ws, a) = setup_with_rules(HOLD_RULES, "audit:\n  file: audit.jsonl\n").await;
+    let mut agent = tokio::net::TcpStream::connect(a.proxy_addr())
+        .await
+        .unwrap();
+    agent
+        .write_all(&held_request("/api/v1/things/x"))
+        .await
+        .unwrap();
+    let id = id_of(&wait_pending(&a, 1).await[0]);
+    drop(agent);
+    let ev = wait_audit_event(&ws.path().join("audit.jsonl"), "client_gone", |e| {
+        e["event"] == "client_gone"
+    })
+    .await;
+    assert_eq!(ev["approval_id"], id.as_str());
+    assert_eq!(ev["agent"], "deploy-bot");
+    // The approval stays pending: approved later, an identical retry is forwarded on it.
+    assert_eq!(pending(&a, BOB).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_forward_completes_and_is_recorded_when_the_agent_goes_away() {
+    use tokio::io::AsyncWriteExt;
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let upstream = raw_upstream(move |_req| {
+        let (arrived_tx, gate) = (arrived_tx.clone(), gate.clone());
+        async move {
+            let _ = arrived_tx.send(());
+            gate.notified().await;
+            hyper::Response::new(test_body("done"))
+        }
+    })
+    .await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", HOLD_RULES);
+    let cfg = ws.standard_config(
+        &format!("http://{upstream}"),
+        "audit:\n  file: audit.jsonl\n",
+    );
+    let a = InProcess::start(&cfg).await;
+
+    let mut agent = tokio::net::TcpStream::connect(a.proxy_addr())
+        .await
+        .unwrap();
+    agent
+        .write_all(&held_request("/api/v1/things/y"))
+        .await
+        .unwrap();
+    let id = id_of(&wait_pending(&a, 1).await[0]);
+    let (s, v) = vote(&a, BOB, &id, "approve", None).await;
+    assert_eq!(s, 200, "{v}");
+    arrived
+        .recv()
+        .await
+        .expect("the approved request reaches the upstream");
+    // The agent hangs up while the upstream is still working on the approved request.
+    drop(agent);
+    // (Not a synchronisation point: if airlock has not noticed the hang-up yet, this
+    // test only checks less, it cannot fail for it.)
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    release.notify_one();
+    let ev = wait_audit_event(&ws.path().join("audit.jsonl"), "forwarded", |e| {
+        e["event"] == "forwarded"
+    })
+    .await;
+    assert_eq!(ev["approval_id"], id.as_str());
+    assert_eq!(ev["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_failure_after_approval_names_the_approval_not_the_rules() {
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", HOLD_RULES);
+    let cfg = ws.standard_config("http://127.0.0.1:1", "");
+    let a = InProcess::start(&cfg).await;
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/things/z", "{}").await;
+    let (s, v) = vote(&a, BOB, &id, "approve", None).await;
+    assert_eq!(s, 200, "{v}");
+    let r = held.await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert_eq!(r.json()["approval_id"], id.as_str(), "{}", r.text);
+    assert_eq!(r.approval_header.as_deref(), Some(id.as_str()));
+
+    // A plain pass-through failure does not tell which rules watch the request.
+    let r = agent_send(&client(), &a.url("/api/v1/other"), "GET", AGENT_KEY, "").await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(r.json()["rule"].is_null(), "{}", r.text);
 }

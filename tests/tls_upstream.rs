@@ -120,3 +120,35 @@ async fn a_missing_ca_file_is_a_config_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_rotated_ca_file_is_trusted_anew_after_a_reload() {
+    let (port, ca_pem) = https_upstream().await;
+    let (_, other_ca) = https_upstream().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", "rules: []\n");
+    ws.write("certs/upstream-ca.pem", &ca_pem);
+    let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "    timeout: 5s\n",
+        "    timeout: 5s\n    ca: certs/upstream-ca.pem\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = InProcess::start(&cfg).await;
+    let get = || async { agent_send(&client(), &a.url("/api/hello"), "GET", AGENT_KEY, "").await };
+    assert_eq!(get().await.status, 200);
+
+    // The same `ca:` path now holds another CA: the upstream's certificate is no
+    // longer trusted, and a reload must not keep the old trust in a pooled client.
+    ws.write("certs/upstream-ca.pem", &other_ca);
+    let r = client()
+        .post(a.admin_url("/api/v1/reload"))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get().await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(r.text.contains("(tls)"), "the cause is named: {}", r.text);
+}

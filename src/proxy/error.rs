@@ -131,7 +131,17 @@ impl ProxyError {
             other => other.to_string(),
         };
         let mut answer = AirlockError::new(code, message);
-        if !rules.is_empty() && code != Code::Unauthenticated {
+        // Rule names go to the agent only where a rule is why it was refused (not on an
+        // upstream failure, where they would tell what observe mode watches).
+        let rule_caused = matches!(
+            self,
+            ProxyError::DeniedByRule { .. }
+                | ProxyError::NoPolicy { .. }
+                | ProxyError::TooManyHeld(_)
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::Hold(_)
+        );
+        if rule_caused && !rules.is_empty() {
             answer = answer.with_rules(rules.to_vec());
         }
         match self {

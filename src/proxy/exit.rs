@@ -53,7 +53,20 @@ pub async fn finish(
 ) -> Response<ProxyBody> {
     let (mut response, passage, error) = match result {
         Ok((r, p)) => (r, Some(p), None),
-        Err((e, p)) => (e.answer(&record.rules).into_response(), p, Some(e)),
+        Err((e, p)) => {
+            let mut answer = e.answer(&record.rules);
+            // Whenever an approval is known, the agent learns which one it concerns.
+            let known = match &p {
+                Some(Passage::Approved(a)) => Some(a.id.as_str()),
+                _ => record.approval_id.as_deref(),
+            };
+            if answer.approval_id.is_none() {
+                if let Some(id) = known {
+                    answer = answer.with_approval(id);
+                }
+            }
+            (answer.into_response(), p, Some(e))
+        }
     };
     let status = response.status().as_u16();
     let outcome = match (&passage, &error) {
@@ -161,4 +174,85 @@ fn reason_for(e: &ProxyError) -> Option<String> {
         },
         _ => e.to_string(),
     })
+}
+
+/// Records a request whose agent went away before it was answered (the request's
+/// future was dropped mid-phase): outcome `client_gone`, status 499 in the access log.
+/// Armed until [`Gone::disarm`]; the exit hook proper takes over from there.
+pub struct Gone {
+    airlock: std::sync::Arc<Airlock>,
+    snap: std::sync::Arc<Snapshot>,
+    /// The request's record, filled in by the phases.
+    pub record: RequestRecord,
+    armed: bool,
+}
+
+impl Gone {
+    /// Arms the guard for one request.
+    pub fn new(
+        airlock: std::sync::Arc<Airlock>,
+        snap: std::sync::Arc<Snapshot>,
+        record: RequestRecord,
+    ) -> Gone {
+        Gone {
+            airlock,
+            snap,
+            record,
+            armed: true,
+        }
+    }
+
+    /// The phases are over: the exit hook records the outcome.
+    pub fn disarm(mut self) -> RequestRecord {
+        self.armed = false;
+        std::mem::replace(&mut self.record, RequestRecord::new(String::new(), ""))
+    }
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let record = &self.record;
+        const OUTCOME: &str = "client_gone";
+        let audited = self.snap.audits_everything()
+            || record.approval_id.is_some()
+            || record
+                .verdict
+                .is_some_and(|v| v != crate::rules::Verdict::Allow);
+        if audited {
+            let mut ev = AuditEvent::new(OUTCOME);
+            ev.request_id = Some(record.request_id.clone());
+            ev.approval_id = record.approval_id.clone();
+            ev.agent = record.agent.clone();
+            ev.rules = record.rules.clone();
+            ev.method = Some(record.method_label());
+            ev.upstream = record.upstream_name.clone();
+            ev.host = record.host.clone();
+            ev.path = record.url.clone();
+            ev.body_sha256 = record.body_sha256.clone();
+            ev.reason = Some("the agent went away before it was answered".into());
+            self.airlock.audit.record(ev);
+        }
+        self.airlock.metrics.outcome(OUTCOME);
+        tracing::info!(
+            target: "airlock::access",
+            request = %record.request_id,
+            method = %record.method_label(),
+            upstream = record.upstream_name.as_deref().unwrap_or("-"),
+            path = record.url.as_deref().unwrap_or("-"),
+            agent = record.agent.as_deref().unwrap_or("-"),
+            verdict = record.verdict.map_or("-", |v| v.as_str()),
+            rules = %record.rules.join(","),
+            outcome = OUTCOME,
+            status = 499u16,
+            latency_ms = (record.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            approval = record.approval_id.as_deref().unwrap_or("-"),
+            reason = "the agent went away",
+            "{} {} 499",
+            record.method_label(),
+            record.url.as_deref().unwrap_or("-"),
+        );
+    }
 }

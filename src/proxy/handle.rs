@@ -7,9 +7,13 @@ use super::hold::hold;
 use super::ProxyError;
 use crate::config::Mode;
 use crate::http::body::{full, ProxyBody};
-use crate::request::{decide, prepare, Identify, RequestRecord};
+use crate::http::{AirlockError, Code};
+use crate::request::{decide, prepare, Identify, Prepared, RequestRecord};
 use crate::rules::Verdict;
 use crate::state::{Airlock, Snapshot};
+use crate::store::Approval;
+use bytes::Bytes;
+use http::request::Parts;
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -23,69 +27,124 @@ pub struct Peer {
 }
 
 /// Handles one agent request; never fails (errors become JSON answers), and every
-/// request, whatever path it takes, ends in the exit hook.
+/// request, whatever path it takes, ends in the exit hook — also when the agent goes
+/// away before the answer ([`exit::Gone`] records that).
 pub async fn handle(
     airlock: Arc<Airlock>,
     req: Request<Incoming>,
     peer: Peer,
 ) -> Response<ProxyBody> {
     let snap = airlock.snapshot();
-    let mut record = RequestRecord::new(airlock.next_request_id(), req.method().as_str());
-    let result = phases(&airlock, &snap, req, peer, &mut record).await;
-    exit::finish(&airlock, &snap, &record, result).await
+    let record = RequestRecord::new(airlock.next_request_id(), req.method().as_str());
+    let mut gone = exit::Gone::new(airlock.clone(), snap.clone(), record);
+    let next = phases(&airlock, &snap, req, peer, &mut gone.record).await;
+    let record = gone.disarm();
+    match next {
+        Next::Done(result) => exit::finish(&airlock, &snap, &record, result).await,
+        Next::Approved(approved) => {
+            // The upstream acts on an approval from here: the forward and its durable
+            // `forwarded` event complete even if the agent goes away meanwhile.
+            let task = tokio::spawn(async move {
+                let Approved {
+                    prepared,
+                    parts,
+                    body,
+                    approval,
+                } = *approved;
+                let passage = Passage::Approved(Box::new(approval));
+                let result = forward(&snap, &prepared, peer, parts, full(body), None, &record)
+                    .await
+                    .map(|r| (r, passage.clone()))
+                    .map_err(|e| (e, Some(passage)));
+                exit::finish(&airlock, &snap, &record, result).await
+            });
+            task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the forward of an approved request failed");
+                AirlockError::new(
+                    Code::UpstreamUnavailable,
+                    "the approved request could not be forwarded",
+                )
+                .into_response()
+            })
+        }
+    }
 }
 
-/// The phases in order. Returns the upstream's response and how it got there.
+/// An approved request, ready to forward.
+struct Approved {
+    prepared: Prepared,
+    parts: Parts,
+    body: Bytes,
+    approval: Approval,
+}
+
+/// Where the phases leave a request: done (answered, or forwarded as it came), or
+/// approved and to be forwarded by a task of its own.
+enum Next {
+    Done(exit::PhasesResult),
+    Approved(Box<Approved>),
+}
+
+/// The phases in order: prepare, decide, then deny, hold or forward.
 async fn phases(
     airlock: &Airlock,
     snap: &Snapshot,
     mut req: Request<Incoming>,
     peer: Peer,
     record: &mut RequestRecord,
-) -> Result<(Response<ProxyBody>, Passage), (ProxyError, Option<Passage>)> {
+) -> Next {
     let policy = &snap.policy;
     let on_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let who = Identify::Credentials {
         peer: peer.addr.ip(),
     };
-    let prepared = prepare(policy, &mut parts, who, on_upgrade.is_some(), record)
-        .map_err(|e| (e.into(), None))?;
-    let (decision, body) = decide(policy, &prepared, &parts, body, record)
-        .await
-        .map_err(|e| (e.into(), None))?;
+    let refused = |e: ProxyError| Next::Done(Err((e, None)));
+    let prepared = match prepare(policy, &mut parts, who, on_upgrade.is_some(), record) {
+        Ok(p) => p,
+        Err(e) => return refused(e.into()),
+    };
+    let (decision, body) = match decide(policy, &prepared, &parts, body, record).await {
+        Ok(d) => d,
+        Err(e) => return refused(e.into()),
+    };
     let passage = match (policy.cfg.mode, decision.verdict) {
         (_, Verdict::Allow) => Passage::Passed,
         (Mode::Observe, _) => Passage::Observed,
         (Mode::Enforce, Verdict::Deny) => {
-            return Err((
-                ProxyError::DeniedByRule {
-                    rules: record.rules.clone(),
-                    fail_closed: decision.fail_closed,
-                },
-                None,
-            ))
+            return refused(ProxyError::DeniedByRule {
+                rules: record.rules.clone(),
+                fail_closed: decision.fail_closed,
+            })
         }
         (Mode::Enforce, Verdict::Approve) => {
-            let (parts, body, approval) =
-                hold(airlock, snap, &prepared, parts, body, &decision, record)
-                    .await
-                    .map_err(|e| (e, None))?;
-            let passage = Passage::Approved(Box::new(approval));
-            return forward(snap, &prepared, peer, parts, full(body), None, record)
-                .await
-                .map(|r| (r, passage.clone()))
-                .map_err(|e| (e, Some(passage)));
+            return match hold(airlock, snap, &prepared, parts, body, &decision, record).await {
+                Ok((parts, body, approval)) => Next::Approved(Box::new(Approved {
+                    prepared,
+                    parts,
+                    body,
+                    approval,
+                })),
+                Err(e) => refused(e),
+            };
         }
     };
     if passage == Passage::Observed {
         tracing::warn!(request = %record.request_id, agent = %prepared.caller.id, verdict = decision.verdict.as_str(), rules = ?record.rules, "observe mode: forwarding a request enforce mode would {}", if decision.verdict == Verdict::Deny { "deny" } else { "hold" });
     }
-    let body = body.into_body();
-    forward(snap, &prepared, peer, parts, body, on_upgrade, record)
-        .await
-        .map(|r| (r, passage.clone()))
-        .map_err(|e| (e, Some(passage)))
+    let result = forward(
+        snap,
+        &prepared,
+        peer,
+        parts,
+        body.into_body(),
+        on_upgrade,
+        record,
+    )
+    .await
+    .map(|r| (r, passage.clone()))
+    .map_err(|e| (e, Some(passage)));
+    Next::Done(result)
 }
 
 /// A WebSocket handshake (the only upgrade airlock passes through: any other

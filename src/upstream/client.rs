@@ -17,6 +17,8 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<Https, ProxyBody>,
+    /// SHA-256 of the `ca:` file the client trusts (none without one).
+    trust: Option<[u8; 32]>,
 }
 
 /// Errors building a client (bad CA file, no usable roots).
@@ -83,7 +85,20 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(https);
-        Ok(UpstreamClient { client })
+        Ok(UpstreamClient {
+            client,
+            trust: ca_fingerprint(u),
+        })
+    }
+
+    /// Whether this client can serve `u` as it is configured now: same URL, connect
+    /// timeout and trust (the `ca:` file's current contents, not just its path, so a
+    /// rotated CA is picked up by a reload).
+    pub fn serves(&self, old: &Upstream, u: &Upstream) -> bool {
+        old.url == u.url
+            && old.ca == u.ca
+            && old.connect_timeout == u.connect_timeout
+            && self.trust == ca_fingerprint(u)
     }
 
     /// Sends a prepared request, bounded by the upstream's timeout for response headers.
@@ -102,4 +117,12 @@ impl UpstreamClient {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// SHA-256 of an upstream's `ca:` file as it is now (`None` without one, or when it
+/// cannot be read: building the client then reports why).
+fn ca_fingerprint(u: &Upstream) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let pem = std::fs::read(u.ca.as_ref()?).ok()?;
+    Some(sha2::Sha256::digest(pem).into())
 }

@@ -62,20 +62,7 @@ impl UpstreamError {
             chain.push_str(": ");
             chain.push_str(&s.to_string());
             if kind.is_none() {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    kind = io_kind(io);
-                    if let Some(inner) = io.get_ref() {
-                        if inner.downcast_ref::<rustls::Error>().is_some() {
-                            kind = Some(UpstreamErrorKind::Tls);
-                        }
-                    }
-                } else if s.downcast_ref::<rustls::Error>().is_some() {
-                    kind = Some(UpstreamErrorKind::Tls);
-                } else if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                    if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-                        kind = Some(UpstreamErrorKind::Reset);
-                    }
-                }
+                kind = classify_one(s);
             }
             src = s.source();
         }
@@ -93,6 +80,32 @@ impl UpstreamError {
             upstream: upstream.to_string(),
             kind,
             cause: chain,
+        }
+    }
+}
+
+/// The kind one error of a chain shows. An `io::Error` may wrap other errors (a TLS
+/// alert wrapped twice by the TLS layers): those are looked into, since an
+/// `io::Error`'s `source()` skips the error it wraps.
+fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<UpstreamErrorKind> {
+    let mut cur = e;
+    let mut by_kind = None;
+    loop {
+        if cur.is::<rustls::Error>() {
+            return Some(UpstreamErrorKind::Tls);
+        }
+        if let Some(h) = cur.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return Some(UpstreamErrorKind::Reset);
+            }
+        }
+        let Some(io) = cur.downcast_ref::<std::io::Error>() else {
+            return by_kind;
+        };
+        by_kind = by_kind.or_else(|| io_kind(io));
+        match io.get_ref() {
+            Some(inner) => cur = inner,
+            None => return by_kind,
         }
     }
 }
