@@ -203,6 +203,8 @@ fn explain_prints_the_verdict_and_the_matching_rules() {
         "deploy-bot",
     ]);
     assert!(out.lines().next() == Some("verdict: approve"), "{out}");
+    // … and explain shows the rule that holds it as matched, not as missed.
+    assert!(out.contains("match  sql-destructive -> approve"), "{out}");
 }
 
 #[test]

@@ -119,12 +119,30 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         headers: &parts.headers,
         agent: &prepared.caller.id,
     };
-    let inspect = if sim.body.len() > policy.cfg.limits.inspect_body {
+    // The body as decide saw it: compressed or too large means uninspectable.
+    let inspect = if crate::http::content_encoding(&parts.headers).is_some() {
+        Body::Uninspectable("the body is compressed")
+    } else if sim.body.len() > policy.cfg.limits.inspect_body {
         Body::Uninspectable("the body is larger than limits.inspect_body")
     } else {
         Body::Bytes(sim.body)
     };
-    let checks = policy.rules.explain(&view, inspect);
+    let mut checks = policy.rules.explain(&view, inspect);
+    // With a method override a strict rule also matches on the request line's method
+    // (as decide weighs it): explain those matches with that method.
+    if parts.method.as_str() != prepared.method {
+        let line = RequestView {
+            method: parts.method.as_str(),
+            ..view
+        };
+        for ((i, check), (_, by_line)) in
+            checks.iter_mut().zip(policy.rules.explain(&line, inspect))
+        {
+            if decision.matched.contains(i) && matches!(check, Check::Missed(_)) {
+                *check = by_line;
+            }
+        }
+    }
     let answer =
         (decision.verdict == Verdict::Deny && policy.cfg.mode == Mode::Enforce).then(|| {
             ProxyError::DeniedByRule {
