@@ -9,7 +9,7 @@ use airlock::config::Reviewer;
 use airlock::metrics::Metrics;
 use airlock::rules::ApprovalPolicy;
 use airlock::store::sqlite::SqliteStore;
-use airlock::store::{Decision, Status, Store};
+use airlock::store::{Decision, Status, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -342,4 +342,134 @@ async fn a_retry_waits_while_the_decision_is_being_recorded() {
 #[tokio::test(start_paused = true)]
 async fn a_retry_is_not_forwarded_when_the_log_refuses_the_decision() {
     retry_during_an_unrecorded_decision(false).await;
+}
+
+/// A store whose writes of a status can be made to fail (a full disk, a lock held
+/// elsewhere), counting the attempts; everything else goes to a real SQLite store.
+struct FaultyStore {
+    inner: SqliteStore,
+    failing: std::sync::atomic::AtomicBool,
+    transitions: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for FaultyStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn insert_approval(&self, a: &airlock::store::Approval) -> Result<(), StoreError> {
+        self.inner.insert_approval(a).await
+    }
+    async fn approval(&self, id: &str) -> Result<Option<airlock::store::Approval>, StoreError> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<airlock::store::Approval>, StoreError> {
+        self.inner.approvals(status, limit).await
+    }
+    async fn find_active(
+        &self,
+        agent: &str,
+        digest: &str,
+    ) -> Result<Option<airlock::store::Approval>, StoreError> {
+        self.inner.find_active(agent, digest).await
+    }
+    async fn vote(
+        &self,
+        id: &str,
+        vote: &airlock::store::Vote,
+        quorum: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<airlock::store::VoteResult, StoreError> {
+        self.inner.vote(id, vote, quorum, now).await
+    }
+    async fn transition(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now: chrono::DateTime<chrono::Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.transitions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::NoConnection("test: the disk is full"));
+        }
+        self.inner.transition(id, from, to, now, reason).await
+    }
+    async fn due(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<String>, StoreError> {
+        self.inner.due(now).await
+    }
+    async fn audit_append(
+        &self,
+        events: &[airlock::audit::AuditEvent],
+        checkpoint: Option<&airlock::audit::Checkpoint>,
+    ) -> Result<(), StoreError> {
+        self.inner.audit_append(events, checkpoint).await
+    }
+    async fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_events(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<airlock::audit::AuditEvent>, StoreError> {
+        self.inner.audit_events(since).await
+    }
+    async fn audit_checkpoints(&self) -> Result<Vec<airlock::audit::Checkpoint>, StoreError> {
+        self.inner.audit_checkpoints().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiry_the_store_cannot_record_is_retried_with_back_off_not_in_a_loop() {
+    use std::sync::atomic::Ordering;
+    let faulty = Arc::new(FaultyStore {
+        inner: SqliteStore::open_memory().unwrap(),
+        failing: false.into(),
+        transitions: 0.into(),
+    });
+    let store: Arc<dyn Store> = faulty.clone();
+    let sink = Arc::new(MemorySink::new());
+    let (audit, _task) = AuditLog::start(sink, None, None).await.unwrap();
+    let approvals = Approvals::new(store, audit, Arc::new(Metrics::new()), Clock::tokio());
+    let Opened::Waiting(ticket) = approvals.open(request("d8")).await.unwrap() else {
+        panic!("a new request is parked");
+    };
+    let id = ticket.approval.id.clone();
+    let shutdown = CancellationToken::new();
+    let parked = {
+        let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
+        tokio::spawn(async move { approvals.wait(ticket, &shutdown).await })
+    };
+    faulty.failing.store(true, Ordering::SeqCst);
+    tokio::time::advance(TIMEOUT + Duration::from_millis(1)).await;
+    // Real time passes with tokio's clock standing still (a blocking task holds it):
+    // a loop without back-off would try hundreds of times meanwhile.
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let attempts = faulty.transitions.load(Ordering::SeqCst);
+    assert!(attempts <= 2, "no tight loop: {attempts} attempts");
+    // Ten seconds with the store refusing every write: a handful of attempts.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let attempts = faulty.transitions.load(Ordering::SeqCst);
+    assert!(
+        (1..=12).contains(&attempts),
+        "backed off, not spun: {attempts} attempts in 10 s"
+    );
+    assert!(!parked.is_finished(), "still held, never forwarded");
+    // The store recovers: the next attempt expires it.
+    faulty.failing.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let waited = parked.await.unwrap().unwrap();
+    assert!(matches!(waited, Waited::Expired(_)));
+    assert_eq!(
+        faulty.inner.approval(&id).await.unwrap().unwrap().status,
+        Status::Expired
+    );
 }

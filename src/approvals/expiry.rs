@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 impl Approvals {
     /// Expires a pending approval (once; the audit event is written by the winner).
-    pub async fn expire(&self, id: &str) {
+    /// Returns false when the store could not be written (the caller backs off).
+    pub async fn expire(&self, id: &str) -> bool {
         match self
             .store
             .transition(id, Status::Pending, Status::Expired, self.now(), None)
@@ -22,9 +23,13 @@ impl Approvals {
                     self.audit.record(event_for("expired", &a));
                 }
                 self.notify(id, Outcome::Expired);
+                true
             }
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, approval = id, "could not expire approval"),
+            Ok(false) => true,
+            Err(e) => {
+                tracing::error!(error = %e, approval = id, "could not expire approval");
+                false
+            }
         }
     }
 
@@ -44,7 +49,9 @@ impl Approvals {
                 match me.store.due(me.now()).await {
                     Ok(ids) => {
                         for id in ids {
-                            me.expire(&id).await;
+                            if !me.expire(&id).await {
+                                break; // the store refuses writes: try again next tick
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),

@@ -192,12 +192,15 @@ impl Approvals {
         shutdown: &CancellationToken,
     ) -> Result<Waited, HoldError> {
         let started = tokio::time::Instant::now();
-        let deadline = {
+        let mut deadline = {
             let left = (t.approval.expires - self.now())
                 .to_std()
                 .unwrap_or(Duration::ZERO);
             tokio::time::Instant::now() + left
         };
+        // While the store cannot record the expiry, try again with back-off (never in
+        // a tight loop): 100 ms, doubling, at most 5 s apart.
+        let mut backoff = Duration::from_millis(100);
         let outcome = loop {
             if let Some(o) = t.rx.borrow_and_update().clone() {
                 break o;
@@ -211,7 +214,10 @@ impl Approvals {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    self.expire(&t.approval.id).await;
+                    if !self.expire(&t.approval.id).await {
+                        deadline = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                     self.refresh(&mut t).await?;
                 }
                 _ = shutdown.cancelled() => return Ok(Waited::ShuttingDown(t.approval)),
