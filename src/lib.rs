@@ -53,7 +53,6 @@ use crate::config::{Config, Diagnostics};
 use crate::state::{Airlock, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +75,15 @@ impl Running {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Approved requests already on their way upstream finish and are recorded.
+        let grace = self.airlock.snapshot().cfg().limits.shutdown_grace;
+        self.airlock.forwards.close();
+        if tokio::time::timeout(grace, self.airlock.forwards.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("approved forwards still running after limits.shutdown_grace");
         }
         // Everything recorded so far is written before we return; the writer task
         // itself ends when the last handle to the log is dropped.
@@ -187,7 +195,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
         listener,
         airlock.clone(),
         shutdown.clone(),
-        Duration::from_secs(30),
+        cfg.limits.shutdown_grace,
     )));
     tasks.push(airlock.approvals.spawn_sweeper(shutdown.clone()));
     if opts.watch {

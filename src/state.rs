@@ -188,6 +188,9 @@ pub struct Airlock {
     pub approvals: Arc<Approvals>,
     pub store: Arc<dyn Store>,
     pub shutdown: CancellationToken,
+    /// Forwards of approved requests, which run in tasks of their own: a shutdown
+    /// waits for them (up to `limits.shutdown_grace`).
+    pub forwards: tokio_util::task::TaskTracker,
     /// One reload at a time (file watch, SIGHUP and the API may race).
     reloading: tokio::sync::Mutex<()>,
     request_prefix: u32,
@@ -212,6 +215,7 @@ impl Airlock {
             approvals,
             store,
             shutdown,
+            forwards: tokio_util::task::TaskTracker::new(),
             reloading: tokio::sync::Mutex::new(()),
             request_prefix: rand::random(),
             request_seq: AtomicU64::new(1),

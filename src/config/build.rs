@@ -513,11 +513,19 @@ impl Build<'_> {
             "30s",
             Duration::from_secs(30),
         );
+        let shutdown_grace = self.duration(
+            "shutdown_grace:",
+            "limits.shutdown_grace",
+            rl.and_then(|l| l.shutdown_grace.as_deref()),
+            "30s",
+            Duration::from_secs(30),
+        );
         let limits = Limits {
             max_body,
             inspect_body,
             header_timeout,
             body_timeout,
+            shutdown_grace,
             max_held: rl.and_then(|l| l.max_held).unwrap_or(10_000),
             max_held_per_agent: rl
                 .and_then(|l| l.max_held_per_agent.or(l.max_held))

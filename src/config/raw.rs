@@ -101,6 +101,7 @@ pub struct RawLimits {
     pub inspect_body: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
     pub max_held: Option<usize>,
     pub max_held_per_agent: Option<usize>,
     pub max_connections: Option<usize>,

@@ -148,6 +148,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long a body that must be read (inspected or held) may take to arrive.
     pub body_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests before cutting them.
+    pub shutdown_grace: Duration,
     /// Held requests at once, over all agents.
     pub max_held: usize,
     /// Held requests one agent may have at once (default: `max_held`).

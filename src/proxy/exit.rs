@@ -215,14 +215,24 @@ impl Drop for Gone {
             return;
         }
         let record = &self.record;
-        const OUTCOME: &str = "client_gone";
-        let audited = self.snap.audits_everything()
+        // Cut by a shutdown whose grace period ran out, or the agent hung up.
+        let cut = self.airlock.shutdown.is_cancelled();
+        let (outcome, why) = if cut {
+            (
+                "cut_at_shutdown",
+                "airlock shut down before the request finished (limits.shutdown_grace); the upstream may have acted",
+            )
+        } else {
+            ("client_gone", "the agent went away before it was answered")
+        };
+        let audited = cut
+            || self.snap.audits_everything()
             || record.approval_id.is_some()
             || record
                 .verdict
                 .is_some_and(|v| v != crate::rules::Verdict::Allow);
         if audited {
-            let mut ev = AuditEvent::new(OUTCOME);
+            let mut ev = AuditEvent::new(outcome);
             ev.request_id = Some(record.request_id.clone());
             ev.approval_id = record.approval_id.clone();
             ev.agent = record.agent.clone();
@@ -232,10 +242,10 @@ impl Drop for Gone {
             ev.host = record.host.clone();
             ev.path = record.url.clone();
             ev.body_sha256 = record.body_sha256.clone();
-            ev.reason = Some("the agent went away before it was answered".into());
+            ev.reason = Some(why.into());
             self.airlock.audit.record(ev);
         }
-        self.airlock.metrics.outcome(OUTCOME);
+        self.airlock.metrics.outcome(outcome);
         tracing::info!(
             target: "airlock::access",
             request = %record.request_id,
@@ -245,11 +255,11 @@ impl Drop for Gone {
             agent = record.agent.as_deref().unwrap_or("-"),
             verdict = record.verdict.map_or("-", |v| v.as_str()),
             rules = %record.rules.join(","),
-            outcome = OUTCOME,
+            outcome,
             status = 499u16,
             latency_ms = (record.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
             approval = record.approval_id.as_deref().unwrap_or("-"),
-            reason = "the agent went away",
+            reason = why,
             "{} {} 499",
             record.method_label(),
             record.url.as_deref().unwrap_or("-"),

@@ -44,7 +44,8 @@ pub async fn handle(
         Next::Approved(approved) => {
             // The upstream acts on an approval from here: the forward and its durable
             // `forwarded` event complete even if the agent goes away meanwhile.
-            let task = tokio::spawn(async move {
+            let forwards = airlock.forwards.clone();
+            let task = forwards.spawn(async move {
                 let Approved {
                     prepared,
                     parts,

@@ -40,7 +40,11 @@ pub async fn run(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100);
+    // Every connection's task, so that what is still running when the grace period is
+    // over can be cut deliberately (each cut request is then recorded by its exit guard).
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.cancelled() => break,
@@ -70,7 +74,7 @@ pub async fn run(
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        conns.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -82,6 +86,11 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period over; closing remaining connections");
+        tracing::warn!(
+            connections = conns.len(),
+            "shutdown grace period (limits.shutdown_grace) over; cutting the remaining connections"
+        );
     }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }
