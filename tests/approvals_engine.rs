@@ -60,6 +60,7 @@ fn policy_with(require_reason: bool) -> ApprovalPolicy {
 
 fn request(digest: &str) -> HoldRequest {
     HoldRequest {
+        id: airlock::approvals::new_approval_id(),
         request_id: "req_1".into(),
         agent: "deploy-bot".into(),
         owner: Some("alice@example.com".into()),

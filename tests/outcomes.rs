@@ -22,8 +22,9 @@ const RULES: &str = r#"rules:
 "#;
 
 /// Outcome events (the request's own end), as opposed to approval lifecycle events.
-const OUTCOMES: [&str; 16] = [
+const OUTCOMES: [&str; 17] = [
     "passed",
+    "not_sent",
     "forwarded",
     "observed",
     "not_forwarded",
@@ -156,10 +157,10 @@ limits: {{max_body: 1KiB, inspect_body: 1KiB, body_timeout: 1s, max_held: 1}}
     assert_eq!(s, 200, "{v}");
     assert_eq!(held.await.unwrap().status, 200);
     sent.push(("forwarded", 200));
-    // passed, but the upstream refuses the connection: 502 with the cause
+    // allowed, but the upstream refuses the connection: nothing was sent, 502
     let r = agent_send(&c, &a.url("/down/x"), "GET", AGENT_KEY, "").await;
     assert_eq!(r.status, 502, "{}", r.text);
-    sent.push(("passed", 502));
+    sent.push(("not_sent", 502));
 
     // The audit log: one outcome event per request, each its own request id.
     let file = ws.path().join("audit.jsonl");

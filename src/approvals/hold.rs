@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 /// Everything known about a request about to be held.
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
+    /// The id a new approval gets ([`new_approval_id`]); chosen by the caller so that
+    /// its record names the approval even if the request ends while it is opened.
+    pub id: String,
     pub request_id: String,
     pub agent: String,
     pub owner: Option<String>,
@@ -55,7 +58,8 @@ pub enum Waited {
     ShuttingDown(Approval),
 }
 
-fn new_approval_id() -> String {
+/// A fresh approval id: `ap_` and 16 unambiguous lowercase letters and digits.
+pub fn new_approval_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut rng = rand::thread_rng();
@@ -120,7 +124,7 @@ impl Approvals {
         let timeout =
             chrono::Duration::from_std(req.policy.timeout).unwrap_or(chrono::Duration::minutes(15));
         let approval = Approval {
-            id: new_approval_id(),
+            id: req.id,
             status: Status::Pending,
             agent: req.agent,
             owner: req.owner,

@@ -4,8 +4,9 @@
 //!
 //! Outcome names, also the audit event names: `passed` (allowed and forwarded),
 //! `observed` (observe mode forwarded what enforce would hold or deny), `forwarded`
-//! (forwarded on an approval), `not_forwarded` (held, then denied, expired, already
-//! used, or interrupted by shutdown), or airlock's error code for a refusal
+//! (forwarded on an approval), `not_sent` (decided to go, but the upstream could not
+//! be reached: refused, no connection, TLS handshake), `not_forwarded` (held, then
+//! denied, expired, already used, or interrupted by shutdown), or airlock's error code for a refusal
 //! (`denied_by_rule`, `unauthenticated`, `bad_path`, `bad_request`, `no_route`,
 //! `body_too_large`, `body_timeout`, `too_many_held`, `store_unavailable`, …).
 //! At `audit.level: held` every outcome but `passed` and `no_route` is audited; at
@@ -70,6 +71,9 @@ pub async fn finish(
     };
     let status = response.status().as_u16();
     let outcome = match (&passage, &error) {
+        // The upstream was never reached (refused, no connection, TLS handshake): the
+        // request was decided to go, but nothing of it was sent.
+        (Some(_), Some(ProxyError::Upstream(u))) if !u.kind.may_have_sent() => "not_sent",
         (Some(p), _) => p.outcome(),
         (None, Some(e)) if e.approval().is_some() => "not_forwarded",
         (None, Some(ProxyError::DigestMismatch { .. })) => "not_forwarded",

@@ -3,7 +3,7 @@
 //! wait for the decision. Only the exact request that was approved comes out, once.
 
 use super::ProxyError;
-use crate::approvals::{HoldRequest, Opened, Waited};
+use crate::approvals::{new_approval_id, HoldRequest, Opened, Waited};
 use crate::http::body::BoxError;
 use crate::request::record::with_query;
 use crate::request::{Inspected, Prepared, RequestRecord};
@@ -119,6 +119,7 @@ where
         })?;
     let show = show_fields(&approval_policy.show, &body);
     let request = HoldRequest {
+        id: new_approval_id(),
         request_id: record.request_id.clone(),
         agent: prepared.caller.id.clone(),
         owner: prepared.caller.owner.clone(),
@@ -133,6 +134,9 @@ where
         justification,
         show,
     };
+    // Named before it exists: a request that ends while its hold is being opened is
+    // recorded with the approval it was opening (or joining, set below).
+    record.approval_id = Some(request.id.clone());
     let approval = match airlock.approvals.open(request).await? {
         Opened::Reused(a) => a,
         Opened::Waiting(ticket) => {

@@ -29,6 +29,15 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
+    /// Whether any of the request may have reached the upstream: not when the
+    /// connection was refused, never made, or its TLS handshake failed.
+    pub fn may_have_sent(self) -> bool {
+        !matches!(
+            self,
+            UpstreamErrorKind::Refused | UpstreamErrorKind::Connect | UpstreamErrorKind::Tls
+        )
+    }
+
     /// The word the log and the audit event use.
     pub fn as_str(self) -> &'static str {
         match self {
