@@ -5,7 +5,9 @@
 
 mod common;
 
-use airlock::audit::{verify, AuditEvent, Chain, GENESIS_HASH};
+use airlock::audit::{
+    generate_signing_key_pem, verify, AuditEvent, Chain, CheckpointSigner, GENESIS_HASH,
+};
 use airlock::rules::ApprovalPolicy;
 use airlock::store::{self, Approval, Decision, Status, Store, Vote, VoteResult};
 use chrono::{Duration as CDuration, Utc};
@@ -242,6 +244,41 @@ async fn audit_chain(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(later.is_empty());
+
+    // A live writer hands the store unsealed events: it seals them on the stored head,
+    // inside its transaction, and signs a checkpoint over the new head.
+    let signer = CheckpointSigner::from_pem_str(&generate_signing_key_pem()).unwrap();
+    let unsealed: Vec<AuditEvent> = (0..3)
+        .map(|i| {
+            let mut ev = AuditEvent::new("passed");
+            ev.request_id = Some(format!("req_{i}"));
+            ev
+        })
+        .collect();
+    let sealed = s.audit_seal_append(unsealed, Some(&signer)).await.unwrap();
+    let seqs: Vec<u64> = sealed.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [6, 7, 8]);
+    assert_eq!(sealed[0].prev_hash, chain.head());
+    assert_eq!(s.audit_head().await.unwrap(), (8, sealed[2].hash.clone()));
+    assert!(s
+        .audit_seal_append(Vec::new(), Some(&signer))
+        .await
+        .unwrap()
+        .is_empty());
+    let events = s.audit_events(None).await.unwrap();
+    assert_eq!(&events[5..], &sealed[..]);
+    let checkpoints = s.audit_checkpoints().await.unwrap();
+    assert_eq!(
+        checkpoints.len(),
+        1,
+        "one checkpoint, none for the empty batch"
+    );
+    assert_eq!(
+        (checkpoints[0].seq, &checkpoints[0].hash),
+        (8, &sealed[2].hash)
+    );
+    let report = verify(&events, &checkpoints, Some(&signer.verifying_key()));
+    assert!(report.ok(), "{report}");
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The hash chain head.
 
-use super::{compute_hash, AuditEvent, GENESIS_HASH};
+use chrono::{DateTime, Utc};
+
+use super::{compute_hash, AuditEvent, Checkpoint, CheckpointSigner, GENESIS_HASH};
 
 /// Position of the chain: the seq the next event gets and the hash it links to.
 ///
@@ -50,5 +52,25 @@ impl Chain {
         ev.hash = compute_hash(&self.head, ev);
         self.next_seq += 1;
         self.head = ev.hash.clone();
+    }
+
+    /// Seals `events` in order and, when a `signer` is given and the batch is not empty,
+    /// signs a checkpoint over the new head (`time` is the checkpoint's time).
+    ///
+    /// A store calls this inside its append transaction, under its audit lock, on a chain
+    /// built from the head it just read: that is what keeps several writers in one line.
+    pub fn seal_batch(
+        &mut self,
+        events: &mut [AuditEvent],
+        signer: Option<&CheckpointSigner>,
+        time: DateTime<Utc>,
+    ) -> Option<Checkpoint> {
+        for ev in events.iter_mut() {
+            self.seal(ev);
+        }
+        if events.is_empty() {
+            return None;
+        }
+        signer.map(|s| s.sign(self.last_seq(), self.head(), time))
     }
 }

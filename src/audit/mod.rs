@@ -6,8 +6,8 @@
 //!   [`compute_hash`] and [`Chain`]),
 //! - Ed25519-signed checkpoints over `(seq, hash)` ([`Checkpoint`], [`CheckpointSigner`]),
 //! - offline verification of an exported or stored log ([`verify`]),
-//! - the single writer task that seals events in arrival order, group-commits them to an
-//!   [`AuditSink`] and mirrors them to an optional JSONL file ([`AuditLog`]).
+//! - the single writer task that group-commits events in arrival order to an
+//!   [`AuditSink`] and mirrors the sealed result to an optional JSONL file ([`AuditLog`]).
 //!
 //! It must never write secrets. Callers fill in chosen fields only: no `Authorization`
 //! header, no cookies, no injected upstream credentials, no airlock agent keys, and never a
@@ -15,7 +15,10 @@
 //! selects with `show`. Nothing in this module copies headers or bodies on its own.
 //!
 //! Storage is abstracted behind [`AuditSink`]; the store owns durability and atomicity of
-//! one batch. The chain head only advances after the sink confirmed a batch.
+//! one batch, and the chain head: a batch is sealed (seq, `prev_hash`, hash, checkpoint)
+//! inside the store's transaction, under its audit lock, on the head it has just read
+//! ([`AuditSink::seal_append`]). So any number of writers — several replicas on one
+//! database — append to one unbroken chain and never conflict.
 
 mod chain;
 mod checkpoint;
@@ -47,6 +50,11 @@ pub enum AuditError {
     /// The store refused or failed the write (the event is NOT durable).
     #[error("audit store error: {0}")]
     Store(String),
+    /// The store failed in a way a retry may fix (connection lost, serialization failure,
+    /// database busy); the event is NOT durable.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    /// The JSONL copy or another file could not be written.
     #[error("audit i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// Signing key could not be read or parsed.
@@ -58,4 +66,11 @@ pub enum AuditError {
     /// The writer task has stopped.
     #[error("audit log closed")]
     Closed,
+}
+
+impl AuditError {
+    /// Whether trying the same write again may succeed (see [`AuditError::Unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AuditError::Unavailable(_))
+    }
 }

@@ -565,3 +565,89 @@ async fn queued_events_are_group_committed() {
     drop(log);
     handle.await.unwrap();
 }
+
+/// A sink that fails its next `faults` writes with a fault a retry may fix.
+struct FlakySink {
+    inner: MemorySink,
+    faults: AtomicUsize,
+    attempts: AtomicUsize,
+}
+
+impl FlakySink {
+    fn new(faults: usize) -> Self {
+        FlakySink {
+            inner: MemorySink::new(),
+            faults: AtomicUsize::new(faults),
+            attempts: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for FlakySink {
+    async fn append(
+        &self,
+        events: &[AuditEvent],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), AuditError> {
+        self.inner.append(events, checkpoint).await
+    }
+    async fn head(&self) -> Result<(u64, String), AuditError> {
+        self.inner.head().await
+    }
+    async fn seal_append(
+        &self,
+        events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let left = self.faults.load(Ordering::SeqCst);
+        if left > 0 {
+            self.faults.store(left - 1, Ordering::SeqCst);
+            return Err(AuditError::Unavailable("connection reset".into()));
+        }
+        self.inner.seal_append(events, signer).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_append_outlasts_transient_faults() {
+    let sink = Arc::new(FlakySink::new(2));
+    let (log, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
+    assert_eq!(
+        log.append(tagged("after two faults".into())).await.unwrap(),
+        1
+    );
+    assert_eq!(sink.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(sink.inner.events().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_append_fails_closed_when_faults_persist() {
+    let sink = Arc::new(FlakySink::new(3));
+    let (log, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
+    let err = log.append(tagged("never stored".into())).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)), "{err}");
+    assert_eq!(
+        sink.attempts.load(Ordering::SeqCst),
+        3,
+        "three attempts, then no more"
+    );
+    assert!(sink.inner.events().is_empty());
+    // The store is back: the next append lands at seq 1, the chain unbroken.
+    assert_eq!(log.append(tagged("next".into())).await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recorded_event_is_kept_not_retried_in_place() {
+    let sink = Arc::new(FlakySink::new(1));
+    let (log, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
+    log.record(tagged("recorded".into()));
+    log.flush().await;
+    assert_eq!(sink.attempts.load(Ordering::SeqCst), 1);
+    assert!(sink.inner.events().is_empty());
+    assert_eq!(log.append(tagged("durable".into())).await.unwrap(), 2);
+    let stored = sink.inner.events();
+    assert_eq!(stored[0].reason.as_deref(), Some("recorded"));
+    assert!(verify(&stored, &[], None).ok());
+}

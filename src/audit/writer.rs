@@ -18,9 +18,14 @@ use super::{
 pub const MAX_BATCH: usize = 512;
 
 /// Durable storage of the audit log.
+///
+/// The writer calls [`AuditSink::seal_append`]: the sink seals the batch on the head it
+/// holds and stores it in one step. A sink that several writers share (a database behind
+/// several replicas) must override it to read its head and append under one lock.
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    /// Appends sealed events (and optionally one checkpoint) atomically, in order.
+    /// Appends already sealed events (and optionally one checkpoint) atomically, in order,
+    /// refusing a batch that does not continue the stored chain.
     /// Either everything is stored or nothing is (one transaction).
     async fn append(
         &self,
@@ -29,6 +34,22 @@ pub trait AuditSink: Send + Sync + 'static {
     ) -> Result<(), AuditError>;
     /// (last seq, last hash) of the stored log, (0, GENESIS) when empty.
     async fn head(&self) -> Result<(u64, String), AuditError>;
+    /// Seals `events` onto the stored chain (seq, `prev_hash`, hash), signs a checkpoint
+    /// over the new head when `signer` is given, stores both atomically and returns the
+    /// sealed events.
+    ///
+    /// The default reads [`AuditSink::head`] and then calls [`AuditSink::append`]: right
+    /// only for a sink with one writer. Shared sinks override it.
+    async fn seal_append(
+        &self,
+        mut events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        let (seq, hash) = self.head().await?;
+        let checkpoint = Chain::new(seq, &hash).seal_batch(&mut events, signer, Utc::now());
+        self.append(&events, checkpoint.as_ref()).await?;
+        Ok(events)
+    }
 }
 
 /// Reported after every batch the writer attempted (for the audit append latency metric).
@@ -68,7 +89,7 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Reads the head from `sink` and spawns the writer task. `jsonl_file` is opened in
+    /// Checks that `sink` can read its head and spawns the writer task. `jsonl_file` is opened in
     /// append mode (created if missing) before the task starts.
     pub async fn start(
         sink: Arc<dyn AuditSink>,
@@ -85,7 +106,9 @@ impl AuditLog {
         jsonl_file: Option<PathBuf>,
         on_batch: Option<BatchObserver>,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
-        let (last_seq, last_hash) = sink.head().await?;
+        // Fail at start when the store cannot even be read; the head itself is read
+        // again under the store's lock for every batch.
+        sink.head().await?;
         let jsonl = match jsonl_file {
             Some(path) => Some(
                 tokio::fs::OpenOptions::new()
@@ -102,7 +125,6 @@ impl AuditLog {
             signer,
             jsonl,
             on_batch,
-            chain: Chain::new(last_seq, &last_hash),
             retry: Vec::new(),
         };
         let handle = tokio::spawn(writer.run(rx));
@@ -140,13 +162,17 @@ struct Writer {
     signer: Option<CheckpointSigner>,
     jsonl: Option<tokio::fs::File>,
     on_batch: Option<BatchObserver>,
-    chain: Chain,
     /// Fire-and-forget events of a failed batch, written first in the next one.
     retry: Vec<AuditEvent>,
 }
 
 /// Most fire-and-forget events kept for a retry while the store is failing.
 const MAX_RETRY: usize = 100_000;
+
+/// Pauses before the second and third attempt at a batch a durable caller waits for,
+/// when the store failed in a way a retry may fix: three attempts over about 0.8 s,
+/// then the callers are told (they fail closed).
+const APPEND_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(600)];
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
@@ -188,66 +214,57 @@ impl Writer {
     async fn commit(&mut self, events: &mut Vec<AuditEvent>, replies: &mut Vec<Option<Reply>>) {
         let started = Instant::now();
         let n = events.len();
-        let mut attempt = 0;
-        let (chain, result) = loop {
-            // Seal into a copy; the real head only moves after the sink accepted the batch.
-            let mut chain = self.chain.clone();
-            for ev in events.iter_mut() {
-                chain.seal(ev);
-            }
-            let checkpoint = self
-                .signer
-                .as_ref()
-                .map(|s| s.sign(chain.last_seq(), chain.head(), Utc::now()));
-            let result = self.sink.append(events, checkpoint.as_ref()).await;
-            attempt += 1;
-            if result.is_err() && attempt < 3 {
-                // Another writer (a second replica on the same database) may have
-                // appended first: continue the chain from the stored head and retry.
-                if let Ok((seq, hash)) = self.sink.head().await {
-                    if seq != self.chain.last_seq() || hash != self.chain.head() {
-                        self.chain = Chain::new(seq, &hash);
-                        continue;
-                    }
+        // Someone waits for this batch: give a transient fault a few chances before
+        // failing them closed. A batch of recorded events alone is kept for the next one.
+        let durable = replies.iter().any(Option::is_some);
+        let mut pauses = APPEND_BACKOFF.iter();
+        let result = loop {
+            let result = self
+                .sink
+                .seal_append(events.clone(), self.signer.as_ref())
+                .await;
+            match (&result, pauses.next()) {
+                (Err(e), Some(pause)) if durable && e.is_transient() => {
+                    tracing::warn!(error = %e, events = n, "audit store append failed; retrying");
+                    tokio::time::sleep(*pause).await;
                 }
+                _ => break result,
             }
-            break (chain, result);
         };
         let ok = result.is_ok();
         match result {
-            Ok(()) => {
-                self.chain = chain;
-                self.write_jsonl(events).await;
-                for (ev, reply) in events.iter().zip(replies.drain(..)) {
+            Ok(sealed) => {
+                self.write_jsonl(&sealed).await;
+                for (ev, reply) in sealed.iter().zip(replies.drain(..)) {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(ev.seq));
                     }
                 }
             }
             Err(e) => {
+                tracing::error!(error = %e, events = n, "audit store append failed");
+                let transient = e.is_transient();
                 let msg = match e {
-                    AuditError::Store(m) => m,
+                    AuditError::Store(m) | AuditError::Unavailable(m) => m,
                     other => other.to_string(),
                 };
-                tracing::error!(error = %msg, events = n, "audit store append failed");
                 // Callers that wait are told (they fail closed); recorded events are
                 // kept and written with the next batch.
                 for (ev, reply) in events.drain(..).zip(replies.drain(..)) {
                     match reply {
                         Some(reply) => {
-                            let _ = reply.send(Err(AuditError::Store(msg.clone())));
+                            let err = if transient {
+                                AuditError::Unavailable(msg.clone())
+                            } else {
+                                AuditError::Store(msg.clone())
+                            };
+                            let _ = reply.send(Err(err));
                         }
                         None if self.retry.len() < MAX_RETRY => self.retry.push(ev),
                         None => {
                             tracing::error!(event = %ev.event, "audit retry queue full; event dropped")
                         }
                     }
-                }
-                // The sink is atomic, so its head should be unchanged; re-read it anyway in
-                // case an ambiguous failure (e.g. a timeout after commit) did store the batch.
-                match self.sink.head().await {
-                    Ok((seq, hash)) => self.chain = Chain::new(seq, &hash),
-                    Err(e) => tracing::warn!(error = %e, "audit store head unavailable"),
                 }
             }
         }
@@ -330,6 +347,16 @@ impl MemorySink {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The contents, locked for a write, or the failure a test asked for.
+    fn writable(&self) -> Result<std::sync::MutexGuard<'_, MemoryInner>, AuditError> {
+        let inner = self.lock();
+        let fail_at = self.fail_at.load(Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) || (fail_at > 0 && inner.events.len() >= fail_at) {
+            return Err(AuditError::Store("memory sink set to fail".into()));
+        }
+        Ok(inner)
+    }
 }
 
 #[async_trait::async_trait]
@@ -339,13 +366,7 @@ impl AuditSink for MemorySink {
         events: &[AuditEvent],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), AuditError> {
-        let fail_at = self.fail_at.load(Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst)
-            || (fail_at > 0 && self.lock().events.len() >= fail_at)
-        {
-            return Err(AuditError::Store("memory sink set to fail".into()));
-        }
-        let mut inner = self.lock();
+        let mut inner = self.writable()?;
         let expected = inner.events.last().map_or(1, |e| e.seq + 1);
         if events.first().is_some_and(|e| e.seq != expected) {
             return Err(AuditError::Store(format!(
@@ -367,5 +388,25 @@ impl AuditSink for MemorySink {
             .events
             .last()
             .map_or((0, GENESIS_HASH.to_string()), |e| (e.seq, e.hash.clone())))
+    }
+
+    /// Seals and stores under the sink's mutex, so writers sharing it never conflict.
+    async fn seal_append(
+        &self,
+        mut events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
+        let mut inner = self.writable()?;
+        let mut chain = inner
+            .events
+            .last()
+            .map_or_else(Chain::genesis, |e| Chain::new(e.seq, &e.hash));
+        let checkpoint = chain.seal_batch(&mut events, signer, Utc::now());
+        inner.events.extend_from_slice(&events);
+        if let Some(cp) = checkpoint {
+            inner.checkpoints.push(cp);
+        }
+        inner.appends += 1;
+        Ok(events)
     }
 }

@@ -9,7 +9,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::audit::{AuditEvent, Checkpoint};
+use crate::audit::{AuditError, AuditEvent, Checkpoint, CheckpointSigner};
 use crate::rules::ApprovalPolicy;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -167,12 +167,36 @@ pub enum StoreError {
     /// Another writer appended audit events in between (the caller retries).
     #[error("audit chain out of step: {0}")]
     ChainConflict(String),
+    /// The connection broke while a commit was under way: the write may or may not
+    /// have been stored, so it must not simply be repeated.
+    #[error("commit outcome unknown: {0}")]
+    CommitUnknown(String),
     /// The blocking task running a SQLite call failed.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// The store URL names no backend airlock has.
     #[error("unknown store url {0:?} (use sqlite://PATH, sqlite::memory: or postgres://…)")]
     UnknownUrl(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if tried again: a lost or refused connection,
+    /// a serialization failure or deadlock, a busy or locked database, a chain conflict.
+    /// Never true of [`StoreError::CommitUnknown`], whose write may already be stored.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => sqlite::is_transient(e),
+            StoreError::Postgres(e) => postgres::is_transient(e),
+            StoreError::NoConnection(_) | StoreError::ChainConflict(_) => true,
+            StoreError::Open { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Encode { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::CommitUnknown(_)
+            | StoreError::Task(_)
+            | StoreError::UnknownUrl(_) => false,
+        }
+    }
 }
 
 /// Everything airlock persists.
@@ -213,12 +237,24 @@ pub trait Store: Send + Sync + 'static {
     /// Pending approvals whose expiry has passed.
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 
-    /// Appends sealed audit events (and a checkpoint) atomically.
+    /// Appends already sealed audit events (and a checkpoint) atomically; refuses with
+    /// [`StoreError::ChainConflict`] a batch that does not continue the stored chain.
+    /// For importing a sealed log; live writers use [`Store::audit_seal_append`].
     async fn audit_append(
         &self,
         events: &[AuditEvent],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError>;
+    /// Seals `events` onto the stored chain and appends them in ONE transaction under
+    /// the store's audit lock: reads the head (last seq and hash), sets each event's seq,
+    /// `prev_hash` and hash, inserts them, and when `signer` is given signs and inserts a
+    /// checkpoint over the new head. Returns the sealed events. Writers on any number
+    /// of replicas never conflict. An empty batch stores nothing.
+    async fn audit_seal_append(
+        &self,
+        events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
     /// (last seq, last hash) of the audit log.
     async fn audit_head(&self) -> Result<(u64, String), StoreError>;
     /// Audit events in seq order, optionally from a time on.
@@ -251,8 +287,18 @@ pub async fn open(url: &str, base: &std::path::Path) -> Result<Arc<dyn Store>, S
     Err(StoreError::UnknownUrl(url.to_string()))
 }
 
-/// Adapts a [`Store`] to the audit writer's sink.
+/// Adapts a [`Store`] to the audit writer's sink: batches are sealed inside the store's
+/// transaction ([`Store::audit_seal_append`]).
 pub struct StoreSink(pub Arc<dyn Store>);
+
+/// A store error as the audit writer sees it: retryable or not.
+fn audit_error(e: StoreError) -> AuditError {
+    if e.is_transient() {
+        AuditError::Unavailable(e.to_string())
+    } else {
+        AuditError::Store(e.to_string())
+    }
+}
 
 #[async_trait::async_trait]
 impl crate::audit::AuditSink for StoreSink {
@@ -260,18 +306,26 @@ impl crate::audit::AuditSink for StoreSink {
         &self,
         events: &[AuditEvent],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), crate::audit::AuditError> {
+    ) -> Result<(), AuditError> {
         self.0
             .audit_append(events, checkpoint)
             .await
-            .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
+            .map_err(audit_error)
     }
 
-    async fn head(&self) -> Result<(u64, String), crate::audit::AuditError> {
+    async fn head(&self) -> Result<(u64, String), AuditError> {
+        self.0.audit_head().await.map_err(audit_error)
+    }
+
+    async fn seal_append(
+        &self,
+        events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, AuditError> {
         self.0
-            .audit_head()
+            .audit_seal_append(events, signer)
             .await
-            .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
+            .map_err(audit_error)
     }
 }
 

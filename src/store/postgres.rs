@@ -1,13 +1,14 @@
 //! The PostgreSQL store (`store: postgres://…`), for several airlock replicas sharing
 //! one database. Same contract as SQLite: every approval state change is a
 //! compare-and-set inside a transaction (`SELECT … FOR UPDATE`), and audit appends
-//! take a transaction-scoped advisory lock and check that the batch continues the
-//! stored chain, so two replicas can never interleave or fork it.
+//! take a transaction-scoped advisory lock, read the chain head and seal the batch on it
+//! in that same transaction, so any number of replicas append to one chain and never
+//! interleave, fork or conflict.
 //!
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
 use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
-use crate::audit::{AuditEvent, Checkpoint, GENESIS_HASH};
+use crate::audit::{AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
@@ -27,6 +28,73 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a PostgreSQL failure may pass if the call is tried again: the connection broke
+/// or could not be made, the server is shutting down or starting, or the transaction lost
+/// a serialization, deadlock or lock race.
+pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        // No server answer at all: I/O, a closed connection, a refused connect.
+        return true;
+    };
+    let code = db.code().code();
+    code.starts_with("08") // connection exception
+        || code.starts_with("40") // transaction rollback: serialization, deadlock
+        || code.starts_with("53") // insufficient resources: too many connections
+        || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
+        || code == "55P03" // lock not available
+}
+
+/// Inserts sealed events and an optional checkpoint inside `tx`.
+async fn insert_audit(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[AuditEvent],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), StoreError> {
+    let st = tx
+        .prepare(
+            "INSERT INTO audit_events (seq, time, event, hash, line) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+    for ev in events {
+        tx.execute(
+            &st,
+            &[
+                &(ev.seq as i64),
+                &ev.time,
+                &ev.event,
+                &ev.hash,
+                &crate::audit::to_jsonl_line(ev),
+            ],
+        )
+        .await?;
+    }
+    if let Some(cp) = checkpoint {
+        tx.execute(
+            "INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO UPDATE SET hash = EXCLUDED.hash, time = EXCLUDED.time, signature = EXCLUDED.signature",
+            &[&(cp.seq as i64), &cp.hash, &cp.time, &cp.signature],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// (last seq, last hash) of the audit log, read through `c` (a client or a transaction).
+async fn audit_head_of(
+    c: &impl tokio_postgres::GenericClient,
+) -> Result<(u64, String), StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => (r.try_get::<_, i64>(0)? as u64, r.try_get(1)?),
+        None => (0, GENESIS_HASH.to_string()),
+    })
+}
+
+/// A pool of connections to one PostgreSQL database shared by every replica.
 pub struct PostgresStore {
     url: String,
     clients: Vec<Mutex<Option<Client>>>,
@@ -388,43 +456,43 @@ impl Store for PostgresStore {
                 )));
             }
         }
-        let st = tx.prepare("INSERT INTO audit_events (seq, time, event, hash, line) VALUES ($1, $2, $3, $4, $5)").await?;
-        for ev in events {
-            tx.execute(
-                &st,
-                &[
-                    &(ev.seq as i64),
-                    &ev.time,
-                    &ev.event,
-                    &ev.hash,
-                    &crate::audit::to_jsonl_line(ev),
-                ],
-            )
-            .await?;
-        }
-        if let Some(cp) = checkpoint {
-            tx.execute(
-                "INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO UPDATE SET hash = EXCLUDED.hash, time = EXCLUDED.time, signature = EXCLUDED.signature",
-                &[&(cp.seq as i64), &cp.hash, &cp.time, &cp.signature],
-            )
-            .await?;
-        }
+        insert_audit(&tx, events, checkpoint).await?;
         tx.commit().await?;
         Ok(())
     }
 
+    async fn audit_seal_append(
+        &self,
+        mut events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        client!(self, c);
+        let tx = c.transaction().await?;
+        // Held until commit or rollback: every writer on every replica reads the head and
+        // appends after the one before it has committed.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await?;
+        let (seq, hash) = audit_head_of(&tx).await?;
+        let checkpoint = Chain::new(seq, &hash).seal_batch(&mut events, signer, Utc::now());
+        insert_audit(&tx, &events, checkpoint.as_ref()).await?;
+        // A commit whose answer was lost may have been stored: never report it as
+        // retryable, or a retry would write the batch twice.
+        tx.commit().await.map_err(|e| {
+            if e.as_db_error().is_some() {
+                StoreError::Postgres(e)
+            } else {
+                StoreError::CommitUnknown(describe(&e))
+            }
+        })?;
+        Ok(events)
+    }
+
     async fn audit_head(&self) -> Result<(u64, String), StoreError> {
         client!(self, c);
-        let row = c
-            .query_opt(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
-            .await?;
-        Ok(match row {
-            Some(r) => (r.try_get::<_, i64>(0)? as u64, r.try_get(1)?),
-            None => (0, GENESIS_HASH.to_string()),
-        })
+        audit_head_of(&*c).await
     }
 
     async fn audit_events(

@@ -7,7 +7,7 @@
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
 use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
-use crate::audit::{format_time, AuditEvent, Checkpoint, GENESIS_HASH};
+use crate::audit::{format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -21,6 +21,59 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 /// How long a write waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Whether a SQLite failure may pass if the call is tried again: the database was busy or
+/// locked by another connection or process.
+pub(super) fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Inserts sealed events and an optional checkpoint inside `tx`.
+fn insert_audit(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[AuditEvent],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), StoreError> {
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO audit_events (seq, time, event, hash, line) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for ev in events {
+            st.execute(params![
+                ev.seq as i64,
+                format_time(&ev.time),
+                ev.event,
+                ev.hash,
+                crate::audit::to_jsonl_line(ev)
+            ])?;
+        }
+    }
+    if let Some(cp) = checkpoint {
+        tx.execute(
+            "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, signature) VALUES (?1, ?2, ?3, ?4)",
+            params![cp.seq as i64, cp.hash, format_time(&cp.time), cp.signature],
+        )?;
+    }
+    Ok(())
+}
+
+/// (last seq, last hash) of the audit log, read with `c` (inside a transaction or not).
+fn audit_head_of(c: &Connection) -> Result<(u64, String), StoreError> {
+    let row: Option<(i64, String)> = c
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row
+        .map(|(s, h)| (s as u64, h))
+        .unwrap_or((0, GENESIS_HASH.to_string())))
+}
+
+/// A SQLite database file (or an in-memory one) holding everything airlock persists.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
@@ -413,48 +466,52 @@ impl Store for SqliteStore {
         let checkpoint = checkpoint.cloned();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let last: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| r.get(0))?;
+            let last: i64 =
+                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
+                    r.get(0)
+                })?;
             if let Some(first) = events.first() {
                 if first.seq as i64 != last + 1 {
                     return Err(StoreError::ChainConflict(format!(
-"next seq is {} but the batch starts at {}",
+                        "next seq is {} but the batch starts at {}",
                         last + 1,
                         first.seq
                     )));
                 }
             }
-            {
-                let mut st = tx.prepare_cached("INSERT INTO audit_events (seq, time, event, hash, line) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-                for ev in &events {
-                    st.execute(params![ev.seq as i64, format_time(&ev.time), ev.event, ev.hash, crate::audit::to_jsonl_line(ev)])?;
-                }
-            }
-            if let Some(cp) = &checkpoint {
-                tx.execute(
-                    "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, signature) VALUES (?1, ?2, ?3, ?4)",
-                    params![cp.seq as i64, cp.hash, format_time(&cp.time), cp.signature],
-                )?;
-            }
+            insert_audit(&tx, &events, checkpoint.as_ref())?;
             tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn audit_head(&self) -> Result<(u64, String), StoreError> {
-        self.with(|c| {
-            let row: Option<(i64, String)> = c
-                .query_row(
-                    "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(row
-                .map(|(s, h)| (s as u64, h))
-                .unwrap_or((0, GENESIS_HASH.to_string())))
+    async fn audit_seal_append(
+        &self,
+        events: Vec<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let signer = signer.cloned();
+        self.with(move |c| {
+            let mut events = events;
+            // IMMEDIATE takes the write lock first: no other connection or process can
+            // append between reading the head and committing.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (seq, hash) = audit_head_of(&tx)?;
+            let checkpoint =
+                Chain::new(seq, &hash).seal_batch(&mut events, signer.as_ref(), Utc::now());
+            insert_audit(&tx, &events, checkpoint.as_ref())?;
+            tx.commit()?;
+            Ok(events)
         })
         .await
+    }
+
+    async fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        self.with(|c| audit_head_of(c)).await
     }
 
     async fn audit_events(
