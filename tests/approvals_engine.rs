@@ -412,6 +412,13 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.inner.audit_append(events, checkpoint).await
     }
+    async fn audit_seal_append(
+        &self,
+        events: Vec<airlock::audit::AuditEvent>,
+        signer: Option<&airlock::audit::CheckpointSigner>,
+    ) -> Result<Vec<airlock::audit::AuditEvent>, StoreError> {
+        self.inner.audit_seal_append(events, signer).await
+    }
     async fn audit_head(&self) -> Result<(u64, String), StoreError> {
         self.inner.audit_head().await
     }
