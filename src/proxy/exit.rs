@@ -52,25 +52,21 @@ pub async fn finish(
     record: &RequestRecord,
     result: PhasesResult,
 ) -> Response<ProxyBody> {
-    let (mut response, passage, error) = match result {
-        Ok((r, p)) => (r, Some(p), None),
-        Err((e, p)) => {
-            let mut answer = e.answer(&record.rules);
-            // Whenever an approval is known, the agent learns which one it concerns.
-            let known = match &p {
-                Some(Passage::Approved(a)) => Some(a.id.as_str()),
-                _ => record.approval_id.as_deref(),
-            };
-            if answer.approval_id.is_none() {
-                if let Some(id) = known {
-                    answer = answer.with_approval(id);
-                }
-            }
-            (answer.into_response(), p, Some(e))
-        }
+    let (answered, passage) = match result {
+        Ok((r, p)) => (Ok(r), Some(p)),
+        Err((e, p)) => (Err(e), p),
     };
-    let status = response.status().as_u16();
-    let outcome = match (&passage, &error) {
+    let error = answered.as_ref().err();
+    // The approval the request concerns: the one it went out on, the one its failure
+    // names, or the one it was holding on.
+    let approval_id: Option<String> = match &passage {
+        Some(Passage::Approved(a)) => Some(a.id.clone()),
+        _ => error
+            .and_then(ProxyError::approval)
+            .map(|a| a.id.clone())
+            .or_else(|| record.approval_id.clone()),
+    };
+    let outcome = match (&passage, error) {
         // The upstream was never reached (refused, no connection, TLS handshake): the
         // request was decided to go, but nothing of it was sent.
         (Some(_), Some(ProxyError::Upstream(u))) if !u.kind.may_have_sent() => "not_sent",
@@ -80,14 +76,26 @@ pub async fn finish(
         (None, Some(e)) => e.code().as_str(),
         (None, None) => "passed",
     };
-    let reason = error.as_ref().and_then(reason_for);
-    let approval = match &passage {
-        Some(Passage::Approved(a)) => Some(a.as_ref()),
-        _ => error.as_ref().and_then(ProxyError::approval),
+    let reason = error.and_then(reason_for);
+    let unauthenticated = matches!(
+        error,
+        Some(ProxyError::Refused(Refusal::Unauthenticated(_)))
+    );
+    let upstream_answered = answered.is_ok();
+    let mut response = match answered {
+        Ok(r) => r,
+        Err(e) => {
+            let mut answer = e.answer(&record.rules);
+            // Whenever an approval is known, the agent learns which one it concerns.
+            if answer.approval_id.is_none() {
+                if let Some(id) = &approval_id {
+                    answer = answer.with_approval(id.clone());
+                }
+            }
+            answer.into_response()
+        }
     };
-    let approval_id = approval
-        .map(|a| a.id.as_str())
-        .or(record.approval_id.as_deref());
+    let status = response.status().as_u16();
 
     // The audit event.
     let audited = match outcome {
@@ -95,16 +103,7 @@ pub async fn finish(
         _ => true,
     };
     if audited {
-        let mut ev = AuditEvent::new(outcome);
-        ev.request_id = Some(record.request_id.clone());
-        ev.approval_id = approval_id.map(str::to_string);
-        ev.agent = record.agent.clone();
-        ev.rules = record.rules.clone();
-        ev.method = Some(record.method_label());
-        ev.upstream = record.upstream_name.clone();
-        ev.host = record.host.clone();
-        ev.path = record.url.clone();
-        ev.body_sha256 = record.body_sha256.clone();
+        let mut ev = outcome_event(record, outcome, approval_id.clone());
         ev.status = Some(status);
         ev.reason = reason
             .clone()
@@ -127,43 +126,70 @@ pub async fn finish(
         if let Some(v) = record.verdict {
             snap.metrics[i].verdict(v).inc();
         }
-        if matches!(
-            error,
-            Some(ProxyError::Refused(Refusal::Unauthenticated(_)))
-        ) {
+        if unauthenticated {
             snap.metrics[i].unauthenticated.inc();
         }
     }
     airlock.metrics.outcome(outcome);
 
-    // The access log line.
-    let latency_ms = record.started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(
-        target: "airlock::access",
-        request = %record.request_id,
-        method = %record.method_label(),
-        upstream = record.upstream_name.as_deref().unwrap_or("-"),
-        path = record.url.as_deref().unwrap_or("-"),
-        agent = record.agent.as_deref().unwrap_or("-"),
-        verdict = record.verdict.map_or("-", |v| v.as_str()),
-        rules = %record.rules.join(","),
+    access_line(
+        record,
         outcome,
         status,
-        latency_ms = (latency_ms * 1000.0).round() / 1000.0,
-        approval = approval_id.unwrap_or("-"),
-        reason = reason.as_deref().unwrap_or(""),
-        "{} {} {}",
-        record.method_label(),
-        record.url.as_deref().unwrap_or("-"),
-        status,
+        approval_id.as_deref(),
+        reason.as_deref().unwrap_or(""),
     );
 
-    if let (Some(Passage::Approved(a)), true) = (&passage, error.is_none()) {
+    if let (Some(Passage::Approved(a)), true) = (&passage, upstream_answered) {
         if let Ok(v) = HeaderValue::from_str(&a.id) {
             response.headers_mut().insert("x-airlock-approval-id", v);
         }
     }
     response
+}
+
+/// An outcome event carrying what the record knows of the request.
+fn outcome_event(record: &RequestRecord, outcome: &str, approval_id: Option<String>) -> AuditEvent {
+    let mut ev = AuditEvent::new(outcome);
+    ev.request_id = Some(record.request_id.clone());
+    ev.approval_id = approval_id;
+    ev.agent = record.agent.clone();
+    ev.rules = record.rules.clone();
+    ev.method = Some(record.method_label().into_owned());
+    ev.upstream = record.upstream_name.clone();
+    ev.host = record.host.clone();
+    ev.path = record.url.clone();
+    ev.body_sha256 = record.body_sha256.clone();
+    ev
+}
+
+/// The one access log line of a request.
+fn access_line(
+    record: &RequestRecord,
+    outcome: &str,
+    status: u16,
+    approval_id: Option<&str>,
+    reason: &str,
+) {
+    let latency_ms = (record.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let method = record.method_label();
+    let path = record.url.as_deref().unwrap_or("-");
+    tracing::info!(
+        target: "airlock::access",
+        request = %record.request_id,
+        method = %method,
+        upstream = record.upstream_name.as_deref().unwrap_or("-"),
+        path,
+        agent = record.agent.as_deref().unwrap_or("-"),
+        verdict = record.verdict.map_or("-", |v| v.as_str()),
+        rules = %record.rules.join(","),
+        outcome,
+        status,
+        latency_ms,
+        approval = approval_id.unwrap_or("-"),
+        reason,
+        "{method} {path} {status}",
+    );
 }
 
 /// The reason an audit event and the access log give for a failure: for an upstream
@@ -236,37 +262,11 @@ impl Drop for Gone {
                 .verdict
                 .is_some_and(|v| v != crate::rules::Verdict::Allow);
         if audited {
-            let mut ev = AuditEvent::new(outcome);
-            ev.request_id = Some(record.request_id.clone());
-            ev.approval_id = record.approval_id.clone();
-            ev.agent = record.agent.clone();
-            ev.rules = record.rules.clone();
-            ev.method = Some(record.method_label());
-            ev.upstream = record.upstream_name.clone();
-            ev.host = record.host.clone();
-            ev.path = record.url.clone();
-            ev.body_sha256 = record.body_sha256.clone();
+            let mut ev = outcome_event(record, outcome, record.approval_id.clone());
             ev.reason = Some(why.into());
             self.airlock.audit.record(ev);
         }
         self.airlock.metrics.outcome(outcome);
-        tracing::info!(
-            target: "airlock::access",
-            request = %record.request_id,
-            method = %record.method_label(),
-            upstream = record.upstream_name.as_deref().unwrap_or("-"),
-            path = record.url.as_deref().unwrap_or("-"),
-            agent = record.agent.as_deref().unwrap_or("-"),
-            verdict = record.verdict.map_or("-", |v| v.as_str()),
-            rules = %record.rules.join(","),
-            outcome,
-            status = 499u16,
-            latency_ms = (record.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
-            approval = record.approval_id.as_deref().unwrap_or("-"),
-            reason = why,
-            "{} {} 499",
-            record.method_label(),
-            record.url.as_deref().unwrap_or("-"),
-        );
+        access_line(record, outcome, 499, record.approval_id.as_deref(), why);
     }
 }

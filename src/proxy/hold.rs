@@ -107,7 +107,7 @@ where
     let upstream = &policy.cfg.upstreams[prepared.upstream];
     let url = with_query(&prepared.path, parts.uri.query());
     // With a method override both methods are bound and shown: "POST as DELETE".
-    let method = record.method_label();
+    let method = record.method_label().into_owned();
     let digest = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
     let body_sha256 = hex::encode(Sha256::digest(&body));
     record.body_sha256 = Some(body_sha256.clone());

@@ -110,15 +110,7 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         Ok(d) => d,
         Err(e) => return Ok(refused(e.into(), &record)),
     };
-    let upstream = policy.cfg.upstreams[prepared.upstream].name.clone();
-    let view = RequestView {
-        upstream: &upstream,
-        method: &prepared.method,
-        path: &prepared.path,
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        agent: &prepared.caller.id,
-    };
+    let view = crate::request::view(policy, &prepared, &parts);
     // The body as decide saw it: compressed or too large means uninspectable.
     let inspect = if crate::http::content_encoding(&parts.headers).is_some() {
         Body::Uninspectable("the body is compressed")
@@ -152,10 +144,10 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
             .answer(&record.rules)
         });
     Ok(Simulated::Decided {
+        upstream: view.upstream.to_string(),
         path: prepared.path.clone(),
         agent: prepared.caller.id.clone(),
         method: prepared.method.clone(),
-        upstream,
         rules: record.rules,
         decision,
         checks,

@@ -64,6 +64,18 @@ where
     }
 }
 
+/// What the rules see of a prepared request.
+pub fn view<'a>(policy: &'a Policy, prepared: &'a Prepared, parts: &'a Parts) -> RequestView<'a> {
+    RequestView {
+        upstream: &policy.cfg.upstreams[prepared.upstream].name,
+        method: &prepared.method,
+        path: &prepared.path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        agent: &prepared.caller.id,
+    }
+}
+
 /// Decides a prepared request, recording the verdict and the matched rules.
 pub async fn decide<B>(
     policy: &Policy,
@@ -78,14 +90,7 @@ where
 {
     let rules = &policy.rules;
     let limits = &policy.cfg.limits;
-    let view = RequestView {
-        upstream: &policy.cfg.upstreams[prepared.upstream].name,
-        method: &prepared.method,
-        path: &prepared.path,
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        agent: &prepared.caller.id,
-    };
+    let view = view(policy, prepared, parts);
     // With a method override, the rules weigh the request line's method too.
     let head = rules.head_with_line_method(&view, parts.method.as_str());
     let encoding = content_encoding(&parts.headers);

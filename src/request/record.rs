@@ -52,10 +52,10 @@ impl RequestRecord {
     }
 
     /// The method as reviewers see it: `DELETE`, or `POST as DELETE` with an override.
-    pub fn method_label(&self) -> String {
+    pub fn method_label(&self) -> std::borrow::Cow<'_, str> {
         match &self.acting_as {
-            Some(m) => format!("{} as {m}", self.method),
-            None => self.method.clone(),
+            Some(m) => format!("{} as {m}", self.method).into(),
+            None => self.method.as_str().into(),
         }
     }
 
