@@ -61,18 +61,25 @@ async fn https_upstream() -> (u16, String) {
     (port, ca.pem())
 }
 
-#[tokio::test]
-async fn https_upstream_is_trusted_through_its_ca_file() {
-    let (port, ca_pem) = https_upstream().await;
+/// A workspace whose upstream `api` is `https://localhost:{port}`, trusted through
+/// `ca: certs/upstream-ca.pem` holding `ca_pem`.
+fn workspace_trusting(port: u16, ca_pem: &str) -> (Workspace, std::path::PathBuf) {
     let ws = Workspace::new();
     ws.write("rules/r.yaml", "rules: []\n");
-    ws.write("certs/upstream-ca.pem", &ca_pem);
+    ws.write("certs/upstream-ca.pem", ca_pem);
     let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         "    timeout: 5s\n",
         "    timeout: 5s\n    ca: certs/upstream-ca.pem\n",
     );
     std::fs::write(&cfg, text).unwrap();
+    (ws, cfg)
+}
+
+#[tokio::test]
+async fn https_upstream_is_trusted_through_its_ca_file() {
+    let (port, ca_pem) = https_upstream().await;
+    let (_ws, cfg) = workspace_trusting(port, &ca_pem);
     let a = InProcess::start(&cfg).await;
     let r = client()
         .get(a.url("/api/hello"))
@@ -125,15 +132,7 @@ async fn a_missing_ca_file_is_a_config_error() {
 async fn a_rotated_ca_file_is_trusted_anew_after_a_reload() {
     let (port, ca_pem) = https_upstream().await;
     let (_, other_ca) = https_upstream().await;
-    let ws = Workspace::new();
-    ws.write("rules/r.yaml", "rules: []\n");
-    ws.write("certs/upstream-ca.pem", &ca_pem);
-    let cfg = ws.standard_config(&format!("https://localhost:{port}"), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "    timeout: 5s\n",
-        "    timeout: 5s\n    ca: certs/upstream-ca.pem\n",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    let (ws, cfg) = workspace_trusting(port, &ca_pem);
     let a = InProcess::start(&cfg).await;
     let get = || async { agent_send(&client(), &a.url("/api/hello"), "GET", AGENT_KEY, "").await };
     assert_eq!(get().await.status, 200);
