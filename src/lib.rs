@@ -159,7 +159,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
     });
     let (audit, audit_task) = AuditLog::start_with(
         Arc::new(store::StoreSink(store.clone())),
-        signer,
+        signer.clone(),
         cfg.audit.file.clone(),
         Some(observer),
     )
@@ -167,7 +167,15 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
     .map_err(StartError::Audit)?;
     let snapshot = Snapshot::new(cfg.clone(), Arc::new(loaded.set), &metrics, None)?;
     let shutdown = CancellationToken::new();
-    let approvals = Approvals::new(store.clone(), audit.clone(), metrics.clone(), opts.clock);
+    let approvals = Approvals::new(
+        store.clone(),
+        audit.clone(),
+        signer,
+        metrics.clone(),
+        opts.clock,
+    );
+    // Before any request: settle what a crashed airlock left being forwarded.
+    approvals.recover().await;
     let airlock = Airlock::new(snapshot, store, audit, metrics, approvals, shutdown.clone());
 
     let listen = |what: &'static str, addr: SocketAddr| async move {

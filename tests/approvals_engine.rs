@@ -1,15 +1,16 @@
-//! The approvals engine in-process, over a real (in-memory) SQLite store and a real
-//! audit log: expiry against tokio's clock, paused (a 15-minute timeout is tested in
-//! milliseconds, with no real waiting and no timing luck), `require_reason`, and what
-//! happens when the audit log cannot record a hold or a decision (fail closed).
+//! The approvals engine in-process, over a real (in-memory) SQLite store that also holds
+//! the audit log: expiry against tokio's clock, paused (a 15-minute timeout is tested in
+//! milliseconds, with no real waiting and no timing luck), `require_reason`, what
+//! happens when the store cannot record a hold, a vote or an expiry (fail closed), and
+//! recovery of a forward a crashed airlock left claimed.
 
 use airlock::approvals::{Approvals, Clock, HoldRequest, Opened, VoteError, Waited};
-use airlock::audit::{AuditLog, MemorySink};
+use airlock::audit::AuditLog;
 use airlock::config::Reviewer;
 use airlock::metrics::Metrics;
 use airlock::rules::ApprovalPolicy;
 use airlock::store::sqlite::SqliteStore;
-use airlock::store::{Decision, Status, Store, StoreError};
+use airlock::store::{Decision, Status, Store, StoreError, StoreSink};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,26 +20,34 @@ const TIMEOUT: Duration = Duration::from_secs(15 * 60);
 struct Engine {
     approvals: Arc<Approvals>,
     store: Arc<dyn Store>,
-    sink: Arc<MemorySink>,
+    faults: Arc<FaultyStore>,
     audit: AuditLog,
 }
 
 async fn engine() -> Engine {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_memory().unwrap());
-    let sink = Arc::new(MemorySink::new());
-    let (audit, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
-    let approvals = Approvals::new(
-        store.clone(),
-        audit.clone(),
-        Arc::new(Metrics::new()),
-        Clock::tokio(),
-    );
+    let faults = Arc::new(FaultyStore::new());
+    let store: Arc<dyn Store> = faults.clone();
+    let (audit, _task) = AuditLog::start(Arc::new(StoreSink(store.clone())), None, None)
+        .await
+        .unwrap();
+    let approvals = another_instance(&store, &audit);
     Engine {
         approvals,
         store,
-        sink,
+        faults,
         audit,
     }
+}
+
+/// An approvals engine over the same store: another airlock process (after a restart).
+fn another_instance(store: &Arc<dyn Store>, audit: &AuditLog) -> Arc<Approvals> {
+    Approvals::new(
+        store.clone(),
+        audit.clone(),
+        None,
+        Arc::new(Metrics::new()),
+        Clock::tokio(),
+    )
 }
 
 fn policy() -> ApprovalPolicy {
@@ -93,7 +102,8 @@ async fn status(e: &Engine, id: &str) -> Status {
 
 async fn events(e: &Engine) -> Vec<String> {
     e.audit.flush().await;
-    e.sink.events().into_iter().map(|ev| ev.event).collect()
+    let all = e.store.audit_events(None).await.unwrap();
+    all.into_iter().map(|ev| ev.event).collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,7 +172,10 @@ async fn a_vote_in_time_releases_the_parked_request_once() {
     assert_eq!(a.status, Status::Approved);
     let waited = parked.await.unwrap().unwrap();
     assert!(matches!(waited, Waited::Forward(_)));
-    assert_eq!(status(&e, &id).await, Status::Consumed);
+    // Claimed for forwarding by this instance, durably, before anything is sent.
+    let a = e.store.approval(&id).await.unwrap().unwrap();
+    assert_eq!(a.status, Status::Forwarding);
+    assert_eq!(a.forwarder.as_deref(), Some(e.approvals.instance()));
     assert_eq!(events(&e).await, ["held", "vote", "approved"]);
 }
 
@@ -195,10 +208,10 @@ async fn a_rule_that_requires_a_reason_refuses_a_vote_without_one() {
 #[tokio::test(start_paused = true)]
 async fn a_hold_the_log_cannot_record_leaves_nothing_to_approve() {
     let e = engine().await;
-    e.sink.set_failing(true);
+    e.faults.fail(&e.faults.audit, true);
     let r = e.approvals.open(request("d5")).await;
     assert!(r.is_err(), "the hold is refused");
-    e.sink.set_failing(false);
+    e.faults.fail(&e.faults.audit, false);
     let pending = e.store.approvals(Some(Status::Pending), 10).await.unwrap();
     assert!(
         pending.is_empty(),
@@ -207,7 +220,7 @@ async fn a_hold_the_log_cannot_record_leaves_nothing_to_approve() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_decision_the_log_cannot_record_is_withdrawn_and_never_used() {
+async fn a_vote_the_store_cannot_record_changes_nothing_and_writes_nothing() {
     let e = engine().await;
     let Opened::Waiting(ticket) = e.approvals.open(request("d6")).await.unwrap() else {
         panic!("a new request is parked");
@@ -217,140 +230,152 @@ async fn a_decision_the_log_cannot_record_is_withdrawn_and_never_used() {
     let approvals = e.approvals.clone();
     let parked = tokio::spawn(async move { approvals.wait(ticket, &shutdown).await });
 
-    // The vote event gets in; then the log fails before the decision is recorded.
-    e.sink.fail_after(events(&e).await.len() + 1);
+    e.faults.fail(&e.faults.votes, true);
     let r = e.approvals.vote(&id, &bob(), Decision::Approve, None).await;
-    e.sink.fail_after(0);
-    assert!(matches!(r, Err(VoteError::Audit(_))), "{r:?}");
+    assert!(matches!(r, Err(VoteError::Store(_))), "{r:?}");
+    assert_eq!(status(&e, &id).await, Status::Pending);
     assert!(
-        matches!(parked.await.unwrap().unwrap(), Waited::Denied(_)),
-        "the parked request is not forwarded"
+        !parked.is_finished(),
+        "nothing released on an unrecorded vote"
     );
-    assert_eq!(status(&e, &id).await, Status::Cancelled);
-    // An identical retry opens a new approval instead of using the withdrawn one.
-    match e.approvals.open(request("d6")).await.unwrap() {
-        Opened::Reused(_) => panic!("forwarded on a decision the log does not show"),
-        Opened::Waiting(t) => assert_ne!(t.approval.id, id),
-    }
+    let logged = events(&e).await;
+    assert!(
+        !logged.iter().any(|e| e == "vote" || e == "approved"),
+        "{logged:?}"
+    );
+    // The store takes the vote again: the vote and its decision land together.
+    e.faults.fail(&e.faults.votes, false);
+    e.approvals
+        .vote(&id, &bob(), Decision::Approve, None)
+        .await
+        .unwrap();
+    assert!(matches!(parked.await.unwrap().unwrap(), Waited::Forward(_)));
+    let logged = events(&e).await;
+    assert_eq!(&logged[logged.len() - 2..], ["vote", "approved"]);
 }
 
-/// An audit sink that holds the write of an `approved` event until the test says
-/// whether it succeeds: the window between the store deciding and the log recording.
-struct GatedSink {
-    inner: MemorySink,
-    gate: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<bool>>>,
-}
-
-#[async_trait::async_trait]
-impl airlock::audit::AuditSink for GatedSink {
-    async fn append(
-        &self,
-        events: &[airlock::audit::AuditEvent],
-        checkpoint: Option<&airlock::audit::Checkpoint>,
-    ) -> Result<(), airlock::audit::AuditError> {
-        if events.iter().any(|e| e.event == "approved") {
-            if let Some(rx) = self.gate.lock().await.take() {
-                if !rx.await.unwrap_or(false) {
-                    return Err(airlock::audit::AuditError::Store("gated: refused".into()));
-                }
-            }
+/// Two racing votes by one reviewer: one vote, one `vote` event, one decision.
+#[tokio::test]
+async fn two_racing_votes_by_one_reviewer_count_once() {
+    let e = engine().await;
+    let mut req = request("d9");
+    req.policy.quorum = 2;
+    let Opened::Waiting(ticket) = e.approvals.open(req).await.unwrap() else {
+        panic!("a new request is parked");
+    };
+    let id = ticket.approval.id.clone();
+    let votes: Vec<_> = (0..4)
+        .map(|_| {
+            let (approvals, id) = (e.approvals.clone(), id.clone());
+            tokio::spawn(async move { approvals.vote(&id, &bob(), Decision::Approve, None).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for v in votes {
+        match v.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(VoteError::AlreadyVoted) => {}
+            Err(other) => panic!("unexpected {other:?}"),
         }
-        self.inner.append(events, checkpoint).await
     }
-
-    async fn head(&self) -> Result<(u64, String), airlock::audit::AuditError> {
-        self.inner.head().await
-    }
+    assert_eq!(ok, 1, "exactly one vote counts");
+    let a = e.store.approval(&id).await.unwrap().unwrap();
+    assert_eq!((a.status, a.votes.len()), (Status::Pending, 1));
+    assert_eq!(events(&e).await, ["held", "vote"]);
 }
 
-/// While a vote's `approved` event is not yet durable, an identical retry is not
-/// forwarded on the approval: it waits for the outcome, and if the log refuses the
-/// decision, nothing at all is forwarded.
-async fn retry_during_an_unrecorded_decision(log_accepts: bool) {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_memory().unwrap());
-    let (release, gate) = tokio::sync::oneshot::channel();
-    let sink = Arc::new(GatedSink {
-        inner: MemorySink::new(),
-        gate: tokio::sync::Mutex::new(Some(gate)),
-    });
-    let (audit, _task) = AuditLog::start(sink, None, None).await.unwrap();
-    let approvals = Approvals::new(
-        store.clone(),
-        audit,
-        Arc::new(Metrics::new()),
-        Clock::tokio(),
-    );
-    let Opened::Waiting(ticket) = approvals.open(request("d7")).await.unwrap() else {
+/// Claims a fresh approval for forwarding with `e`'s instance; returns its id.
+async fn claimed(e: &Engine, digest: &str) -> String {
+    let Opened::Waiting(ticket) = e.approvals.open(request(digest)).await.unwrap() else {
         panic!("a new request is parked");
     };
     let id = ticket.approval.id.clone();
     let shutdown = CancellationToken::new();
-    let first = {
-        let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
-        tokio::spawn(async move { approvals.wait(ticket, &shutdown).await })
-    };
-    let voting = {
-        let (approvals, id) = (approvals.clone(), id.clone());
-        tokio::spawn(async move { approvals.vote(&id, &bob(), Decision::Approve, None).await })
-    };
-    // The store says approved; the log does not have it yet.
-    while store.approval(&id).await.unwrap().unwrap().status != Status::Approved {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let retry = match approvals.open(request("d7")).await.unwrap() {
-        Opened::Reused(_) => panic!("forwarded on a decision the log does not have yet"),
-        Opened::Waiting(t) => {
-            assert_eq!(t.approval.id, id, "the retry joins the approval");
-            let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
-            tokio::spawn(async move { approvals.wait(t, &shutdown).await })
+    let approvals = e.approvals.clone();
+    let parked = tokio::spawn(async move { approvals.wait(ticket, &shutdown).await });
+    e.approvals
+        .vote(&id, &bob(), Decision::Approve, None)
+        .await
+        .unwrap();
+    assert!(matches!(parked.await.unwrap().unwrap(), Waited::Forward(_)));
+    id
+}
+
+/// A crash between the claim and the `forwarded` event: the next airlock marks the
+/// approval `outcome_unknown` (audited), never sends it again, and tells an identical
+/// retry so; a claim whose `forwarded` event is in the log is settled as consumed.
+#[tokio::test(start_paused = true)]
+async fn a_forward_left_claimed_by_a_crash_is_recovered_not_resent() {
+    let e = engine().await;
+    let unknown = claimed(&e, "d10").await;
+    let sent = claimed(&e, "d11").await;
+    let mut ev = airlock::audit::AuditEvent::new("forwarded");
+    ev.approval_id = Some(sent.clone());
+    e.audit.append(ev).await.unwrap();
+
+    // Recovery by the instance holding the claims changes nothing: they may be in flight.
+    e.approvals.recover().await;
+    assert_eq!(status(&e, &unknown).await, Status::Forwarding);
+
+    // The process is gone; the next one starts.
+    let next = another_instance(&e.store, &e.audit);
+    next.recover().await;
+    assert_eq!(status(&e, &unknown).await, Status::OutcomeUnknown);
+    assert_eq!(status(&e, &sent).await, Status::Consumed);
+    let of = |id: &str| {
+        let store = e.store.clone();
+        let id = id.to_string();
+        async move {
+            let evs = store.audit_events_of(&id).await.unwrap();
+            evs.into_iter().map(|e| e.event).collect::<Vec<_>>()
         }
     };
-    release.send(log_accepts).unwrap();
-    let vote = voting.await.unwrap();
-    let outcomes = [first.await.unwrap().unwrap(), retry.await.unwrap().unwrap()];
-    let forwarded = outcomes
-        .iter()
-        .filter(|w| matches!(w, Waited::Forward(_)))
-        .count();
-    if log_accepts {
-        assert!(vote.is_ok(), "{vote:?}");
-        assert_eq!(forwarded, 1, "exactly one of the two goes out");
-        assert_eq!(
-            status2(&Engine2(store.clone()), &id).await,
-            Status::Consumed
-        );
-    } else {
-        assert!(matches!(vote, Err(VoteError::Audit(_))), "{vote:?}");
-        assert_eq!(forwarded, 0, "nothing goes out on an unrecorded decision");
-        assert_eq!(
-            status2(&Engine2(store.clone()), &id).await,
-            Status::Cancelled
-        );
+    assert_eq!(
+        of(&unknown).await,
+        ["held", "vote", "approved", "outcome_unknown"]
+    );
+    assert_eq!(of(&sent).await, ["held", "vote", "approved", "forwarded"]);
+    // Recovering again writes nothing more.
+    next.recover().await;
+    assert_eq!(of(&unknown).await.len(), 4);
+    // An identical retry is told, not sent.
+    match next.open(request("d10")).await.unwrap() {
+        Opened::OutcomeUnknown(a) => assert_eq!(a.id, unknown),
+        _ => panic!("an identical retry must learn the outcome is unknown"),
     }
 }
 
-struct Engine2(Arc<dyn Store>);
-
-async fn status2(e: &Engine2, id: &str) -> Status {
-    e.0.approval(id).await.unwrap().unwrap().status
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_retry_waits_while_the_decision_is_being_recorded() {
-    retry_during_an_unrecorded_decision(true).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_retry_is_not_forwarded_when_the_log_refuses_the_decision() {
-    retry_during_an_unrecorded_decision(false).await;
-}
-
-/// A store whose writes of a status can be made to fail (a full disk, a lock held
-/// elsewhere), counting the attempts; everything else goes to a real SQLite store.
+/// A real SQLite store whose status changes, votes or audit appends can be made to fail
+/// (a full disk, a lock held elsewhere), counting the status changes attempted.
 struct FaultyStore {
     inner: SqliteStore,
-    failing: std::sync::atomic::AtomicBool,
+    transitions_fail: std::sync::atomic::AtomicBool,
+    votes: std::sync::atomic::AtomicBool,
+    audit: std::sync::atomic::AtomicBool,
     transitions: std::sync::atomic::AtomicUsize,
+}
+
+impl FaultyStore {
+    fn new() -> FaultyStore {
+        FaultyStore {
+            inner: SqliteStore::open_memory().unwrap(),
+            transitions_fail: false.into(),
+            votes: false.into(),
+            audit: false.into(),
+            transitions: 0.into(),
+        }
+    }
+
+    fn fail(&self, what: &std::sync::atomic::AtomicBool, on: bool) {
+        what.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(what: &std::sync::atomic::AtomicBool) -> Result<(), StoreError> {
+        if what.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::NoConnection("test: the disk is full"));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -384,23 +409,48 @@ impl Store for FaultyStore {
         vote: &airlock::store::Vote,
         quorum: u32,
         now: chrono::DateTime<chrono::Utc>,
+        audit: &airlock::store::VoteAudit,
+        signer: Option<&airlock::audit::CheckpointSigner>,
     ) -> Result<airlock::store::VoteResult, StoreError> {
-        self.inner.vote(id, vote, quorum, now).await
+        Self::check(&self.votes)?;
+        self.inner.vote(id, vote, quorum, now, audit, signer).await
     }
-    async fn transition(
+    async fn transition_audited(
         &self,
         id: &str,
         from: Status,
         to: Status,
         now: chrono::DateTime<chrono::Utc>,
         reason: Option<&str>,
+        event: Option<airlock::audit::AuditEvent>,
+        signer: Option<&airlock::audit::CheckpointSigner>,
     ) -> Result<bool, StoreError> {
         self.transitions
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::NoConnection("test: the disk is full"));
-        }
-        self.inner.transition(id, from, to, now, reason).await
+        Self::check(&self.transitions_fail)?;
+        self.inner
+            .transition_audited(id, from, to, now, reason, event, signer)
+            .await
+    }
+    async fn claim(
+        &self,
+        id: &str,
+        forwarder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.claim(id, forwarder, now).await
+    }
+    async fn register_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.register_instance(id).await
+    }
+    async fn instance_alive(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.instance_alive(id).await
+    }
+    async fn audit_events_of(
+        &self,
+        approval_id: &str,
+    ) -> Result<Vec<airlock::audit::AuditEvent>, StoreError> {
+        self.inner.audit_events_of(approval_id).await
     }
     async fn due(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<String>, StoreError> {
         self.inner.due(now).await
@@ -410,6 +460,7 @@ impl Store for FaultyStore {
         events: &[airlock::audit::AuditEvent],
         checkpoint: Option<&airlock::audit::Checkpoint>,
     ) -> Result<(), StoreError> {
+        Self::check(&self.audit)?;
         self.inner.audit_append(events, checkpoint).await
     }
     async fn audit_seal_append(
@@ -417,6 +468,7 @@ impl Store for FaultyStore {
         events: Vec<airlock::audit::AuditEvent>,
         signer: Option<&airlock::audit::CheckpointSigner>,
     ) -> Result<Vec<airlock::audit::AuditEvent>, StoreError> {
+        Self::check(&self.audit)?;
         self.inner.audit_seal_append(events, signer).await
     }
     async fn audit_head(&self) -> Result<(u64, String), StoreError> {
@@ -436,15 +488,8 @@ impl Store for FaultyStore {
 #[tokio::test(start_paused = true)]
 async fn an_expiry_the_store_cannot_record_is_retried_with_back_off_not_in_a_loop() {
     use std::sync::atomic::Ordering;
-    let faulty = Arc::new(FaultyStore {
-        inner: SqliteStore::open_memory().unwrap(),
-        failing: false.into(),
-        transitions: 0.into(),
-    });
-    let store: Arc<dyn Store> = faulty.clone();
-    let sink = Arc::new(MemorySink::new());
-    let (audit, _task) = AuditLog::start(sink, None, None).await.unwrap();
-    let approvals = Approvals::new(store, audit, Arc::new(Metrics::new()), Clock::tokio());
+    let e = engine().await;
+    let (faulty, approvals) = (e.faults.clone(), e.approvals.clone());
     let Opened::Waiting(ticket) = approvals.open(request("d8")).await.unwrap() else {
         panic!("a new request is parked");
     };
@@ -454,7 +499,7 @@ async fn an_expiry_the_store_cannot_record_is_retried_with_back_off_not_in_a_loo
         let (approvals, shutdown) = (approvals.clone(), shutdown.clone());
         tokio::spawn(async move { approvals.wait(ticket, &shutdown).await })
     };
-    faulty.failing.store(true, Ordering::SeqCst);
+    faulty.fail(&faulty.transitions_fail, true);
     tokio::time::advance(TIMEOUT + Duration::from_millis(1)).await;
     // Real time passes with tokio's clock standing still (a blocking task holds it):
     // a loop without back-off would try hundreds of times meanwhile.
@@ -472,7 +517,7 @@ async fn an_expiry_the_store_cannot_record_is_retried_with_back_off_not_in_a_loo
     );
     assert!(!parked.is_finished(), "still held, never forwarded");
     // The store recovers: the next attempt expires it.
-    faulty.failing.store(false, Ordering::SeqCst);
+    faulty.fail(&faulty.transitions_fail, false);
     tokio::time::advance(Duration::from_secs(6)).await;
     let waited = parked.await.unwrap().unwrap();
     assert!(matches!(waited, Waited::Expired(_)));

@@ -9,7 +9,7 @@ use airlock::audit::{
     generate_signing_key_pem, verify, AuditEvent, Chain, CheckpointSigner, GENESIS_HASH,
 };
 use airlock::rules::ApprovalPolicy;
-use airlock::store::{self, Approval, Decision, Status, Store, Vote, VoteResult};
+use airlock::store::{self, Approval, Decision, Status, Store, Vote, VoteAudit, VoteResult};
 use chrono::{Duration as CDuration, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,8 +73,42 @@ fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
         decided_by: None,
         reason: None,
         consumed: None,
+        forwarder: None,
         votes: vec![],
     }
+}
+
+/// Casts a vote the way the approvals engine does: with the events it seals.
+async fn cast(
+    s: &Arc<dyn Store>,
+    id: &str,
+    v: &Vote,
+    quorum: u32,
+    now: chrono::DateTime<Utc>,
+) -> VoteResult {
+    let ev = |name: &str| {
+        let mut e = AuditEvent::new(name);
+        e.approval_id = Some(id.to_string());
+        e.reviewer = Some(v.reviewer.clone());
+        e
+    };
+    let audit = VoteAudit {
+        vote: ev("vote"),
+        approved: ev("approved"),
+        denied: ev("denied"),
+        expired: ev("expired"),
+    };
+    s.vote(id, v, quorum, now, &audit, None).await.unwrap()
+}
+
+/// The names of the audit events naming an approval, in order.
+async fn events_of(s: &Arc<dyn Store>, id: &str) -> Vec<String> {
+    s.audit_events_of(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
 }
 
 fn vote(who: &str, d: Decision) -> Vote {
@@ -109,27 +143,19 @@ async fn lifecycle(s: Arc<dyn Store>) {
 
     let now = Utc::now();
     assert_eq!(
-        s.vote("ap_1", &vote("bob", Decision::Approve), 2, now)
-            .await
-            .unwrap(),
+        cast(&s, "ap_1", &vote("bob", Decision::Approve), 2, now).await,
         VoteResult::Recorded(Status::Pending)
     );
     assert_eq!(
-        s.vote("ap_1", &vote("bob", Decision::Approve), 2, now)
-            .await
-            .unwrap(),
+        cast(&s, "ap_1", &vote("bob", Decision::Approve), 2, now).await,
         VoteResult::AlreadyVoted
     );
     assert_eq!(
-        s.vote("ap_1", &vote("carol", Decision::Approve), 2, now)
-            .await
-            .unwrap(),
+        cast(&s, "ap_1", &vote("carol", Decision::Approve), 2, now).await,
         VoteResult::Recorded(Status::Approved)
     );
     assert_eq!(
-        s.vote("ap_1", &vote("dan", Decision::Deny), 2, now)
-            .await
-            .unwrap(),
+        cast(&s, "ap_1", &vote("dan", Decision::Deny), 2, now).await,
         VoteResult::AlreadyDecided(Status::Approved)
     );
     let got = s.approval("ap_1").await.unwrap().unwrap();
@@ -145,12 +171,16 @@ async fn lifecycle(s: Arc<dyn Store>) {
         0
     );
 
-    // Consumed exactly once, even when raced.
+    // The vote, the decision and their events are one transaction; a repeated vote
+    // writes nothing.
+    assert_eq!(events_of(&s, "ap_1").await, ["vote", "vote", "approved"]);
+
+    // Claimed for forwarding exactly once, even when raced; the claim names its forwarder.
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.transition("ap_1", Status::Approved, Status::Consumed, Utc::now(), None)
+            s.claim("ap_1", &format!("inst-{i}"), Utc::now())
                 .await
                 .unwrap()
         }));
@@ -159,7 +189,24 @@ async fn lifecycle(s: Arc<dyn Store>) {
     for t in tasks {
         won += t.await.unwrap() as usize;
     }
-    assert_eq!(won, 1, "an approval must be consumed exactly once");
+    assert_eq!(won, 1, "an approval must be claimed exactly once");
+    let claimed = s.approval("ap_1").await.unwrap().unwrap();
+    assert_eq!(claimed.status, Status::Forwarding);
+    assert!(claimed.forwarder.is_some_and(|f| f.starts_with("inst-")));
+    assert!(claimed.consumed.is_some());
+    let decided = claimed.decided;
+    // Settled: consumed; the decision keeps its time.
+    assert!(s
+        .transition(
+            "ap_1",
+            Status::Forwarding,
+            Status::Consumed,
+            Utc::now(),
+            None
+        )
+        .await
+        .unwrap());
+    assert_eq!(s.approval("ap_1").await.unwrap().unwrap().decided, decided);
     assert!(s
         .find_active("deploy-bot", "digest-ap_1")
         .await
@@ -169,9 +216,7 @@ async fn lifecycle(s: Arc<dyn Store>) {
     // One deny denies; the reason is kept.
     s.insert_approval(&approval("ap_2", 2, 60)).await.unwrap();
     assert_eq!(
-        s.vote("ap_2", &vote("bob", Decision::Deny), 2, Utc::now())
-            .await
-            .unwrap(),
+        cast(&s, "ap_2", &vote("bob", Decision::Deny), 2, Utc::now()).await,
         VoteResult::Recorded(Status::Denied)
     );
     assert_eq!(
@@ -183,16 +228,59 @@ async fn lifecycle(s: Arc<dyn Store>) {
     s.insert_approval(&approval("ap_3", 1, -1)).await.unwrap();
     assert_eq!(s.due(Utc::now()).await.unwrap(), vec!["ap_3".to_string()]);
     assert_eq!(
-        s.vote("ap_3", &vote("bob", Decision::Approve), 1, Utc::now())
-            .await
-            .unwrap(),
-        VoteResult::AlreadyDecided(Status::Expired)
+        cast(&s, "ap_3", &vote("bob", Decision::Approve), 1, Utc::now()).await,
+        VoteResult::ExpiredNow
     );
     assert!(s.due(Utc::now()).await.unwrap().is_empty());
+    assert_eq!(events_of(&s, "ap_3").await, ["expired"]);
+
+    // A state change and its event in one transaction; no event when the change lost.
+    let mut ev = AuditEvent::new("outcome_unknown");
+    ev.approval_id = Some("ap_2".into());
+    assert!(!s
+        .transition_audited(
+            "ap_2",
+            Status::Forwarding,
+            Status::OutcomeUnknown,
+            Utc::now(),
+            None,
+            Some(ev.clone()),
+            None
+        )
+        .await
+        .unwrap());
+    assert_eq!(events_of(&s, "ap_2").await, ["vote", "denied"]);
+
+    // An approval whose forward has an unknown outcome is what an identical retry finds.
+    s.insert_approval(&approval("ap_5", 1, 60)).await.unwrap();
+    cast(&s, "ap_5", &vote("bob", Decision::Approve), 1, Utc::now()).await;
+    assert!(s.claim("ap_5", "inst-x", Utc::now()).await.unwrap());
+    let mut ev = AuditEvent::new("outcome_unknown");
+    ev.approval_id = Some("ap_5".into());
+    assert!(s
+        .transition_audited(
+            "ap_5",
+            Status::Forwarding,
+            Status::OutcomeUnknown,
+            Utc::now(),
+            None,
+            Some(ev),
+            None
+        )
+        .await
+        .unwrap());
     assert_eq!(
-        s.vote("nope", &vote("bob", Decision::Approve), 1, Utc::now())
-            .await
-            .unwrap(),
+        events_of(&s, "ap_5").await,
+        ["vote", "approved", "outcome_unknown"]
+    );
+    let found = s
+        .find_active("deploy-bot", "digest-ap_5")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.status, Status::OutcomeUnknown);
+    assert_eq!(
+        cast(&s, "nope", &vote("bob", Decision::Approve), 1, Utc::now()).await,
         VoteResult::NotFound
     );
 
@@ -202,14 +290,14 @@ async fn lifecycle(s: Arc<dyn Store>) {
     for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.vote(
+            cast(
+                &s,
                 "ap_4",
                 &vote(&format!("r{i}"), Decision::Approve),
                 1,
                 Utc::now(),
             )
             .await
-            .unwrap()
         }));
     }
     let mut approved = 0;
@@ -333,6 +421,41 @@ async fn postgres_survives_reconnect_and_migrates_once() {
         again.approval("ap_r").await.unwrap().unwrap().status,
         Status::Pending
     );
+}
+
+/// SQLite serves one airlock process: the instance registered is the only one alive.
+#[tokio::test]
+async fn sqlite_knows_its_one_instance() {
+    let (s, _dir) = sqlite_store();
+    s.register_instance("airlock-a").await.unwrap();
+    assert!(s.instance_alive("airlock-a").await.unwrap());
+    assert!(!s.instance_alive("airlock-crashed").await.unwrap());
+}
+
+/// On PostgreSQL an instance is alive while its session lives: another replica sees it
+/// alive, and gone as soon as its connections close (a crash, kill -9).
+#[tokio::test]
+async fn postgres_tells_a_live_instance_from_a_gone_one() {
+    let Some((a, url)) = postgres_store("instances").await else {
+        return;
+    };
+    let b = store::open(&url, &std::env::temp_dir()).await.unwrap();
+    a.register_instance("airlock-a").await.unwrap();
+    // Idempotent: registering again keeps one mark.
+    a.register_instance("airlock-a").await.unwrap();
+    assert!(b.instance_alive("airlock-a").await.unwrap());
+    // Asking does not take the mark: still alive for a second look.
+    assert!(b.instance_alive("airlock-a").await.unwrap());
+    assert!(!b.instance_alive("airlock-never-ran").await.unwrap());
+    drop(a);
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while b.instance_alive("airlock-a").await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance still alive after its store was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The proxy runs unchanged on PostgreSQL: hold, approve, forward, verify.

@@ -1,6 +1,7 @@
-//! Expiry: a pending approval past its `timeout` is expired once (the winner of the
-//! compare-and-set writes the audit event) and its parked requests are told. A sweeper
-//! expires approvals whose clients went away.
+//! Expiry: a pending approval past its `timeout` is expired once (the compare-and-set
+//! and its `expired` event are one store transaction) and its parked requests are told.
+//! A sweeper expires approvals whose clients went away, and settles forwards a crashed
+//! airlock left claimed ([`super::forwarding`]).
 
 use super::{event_for, Approvals, Outcome};
 use crate::store::Status;
@@ -12,20 +13,42 @@ impl Approvals {
     /// Expires a pending approval (once; the audit event is written by the winner).
     /// Returns false when the store could not be written (the caller backs off).
     pub async fn expire(&self, id: &str) -> bool {
-        match self
+        let a = match self.store.approval(id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, approval = id, "could not expire approval");
+                return false;
+            }
+        };
+        let r = self
             .store
-            .transition(id, Status::Pending, Status::Expired, self.now(), None)
-            .await
-        {
+            .transition_audited(
+                id,
+                Status::Pending,
+                Status::Expired,
+                self.now(),
+                None,
+                Some(event_for("expired", &a)),
+                self.signer.as_ref(),
+            )
+            .await;
+        match r {
             Ok(true) => {
+                self.audit.sealed_elsewhere();
                 self.metrics.decision("expired");
-                if let Ok(Some(a)) = self.store.approval(id).await {
-                    self.audit.record(event_for("expired", &a));
-                }
                 self.notify(id, Outcome::Expired);
                 true
             }
-            Ok(false) => true,
+            Ok(false) => {
+                // Decided meanwhile (a vote, another replica's expiry): read the truth.
+                if let Ok(Some(now)) = self.store.approval(id).await {
+                    if now.status == Status::Expired {
+                        self.notify(id, Outcome::Expired);
+                    }
+                }
+                true
+            }
             Err(e) => {
                 tracing::error!(error = %e, approval = id, "could not expire approval");
                 false
@@ -46,6 +69,7 @@ impl Approvals {
                     _ = tick.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
+                me.recover().await;
                 match me.store.due(me.now()).await {
                     Ok(ids) => {
                         for id in ids {

@@ -1,6 +1,7 @@
 //! Opening a hold and waiting for its decision: join an identical pending approval,
-//! consume an identical approved one within its `reuse` window, or create a new
-//! approval; then park until it is decided, expires, or airlock shuts down.
+//! claim an identical approved one within its `reuse` window, or create a new
+//! approval; then park until it is decided, expires, or airlock shuts down. An approved
+//! request is claimed for forwarding (`forwarding`, durable) before it may leave.
 
 use super::{event_for, Approvals, HoldError, Outcome};
 use crate::rules::ApprovalPolicy;
@@ -33,8 +34,12 @@ pub struct HoldRequest {
 /// The result of opening a hold.
 pub enum Opened {
     /// An earlier identical request was approved and its client went away: this
-    /// request has consumed that approval and may be forwarded now.
+    /// request has claimed that approval and may be forwarded now.
     Reused(Approval),
+    /// An identical request was forwarded on an approval within its `reuse` window, and
+    /// whether the upstream received it is unknown (`outcome_unknown`): this one is not
+    /// sent, so the action is never silently done twice.
+    OutcomeUnknown(Approval),
     /// Parked until a decision.
     Waiting(Ticket),
 }
@@ -49,13 +54,23 @@ pub struct Ticket {
 
 /// How waiting ended.
 pub enum Waited {
-    /// Approved, and this request consumed the approval: forward it.
+    /// Approved, and this request claimed the approval: forward it.
     Forward(Approval),
     /// Approved, but an identical request already used the approval.
     AlreadyUsed(Approval),
     Denied(Approval),
     Expired(Approval),
     ShuttingDown(Approval),
+}
+
+/// Whether `since` (a decision or a claim) plus the approval's `reuse` window is still
+/// ahead of `now`.
+fn within_reuse(
+    a: &Approval,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    since.is_some_and(|t| t + chrono::Duration::from_std(a.policy.reuse).unwrap_or_default() >= now)
 }
 
 /// A fresh approval id: `ap_` and 16 unambiguous lowercase letters and digits.
@@ -88,35 +103,14 @@ impl Approvals {
                     self.refresh(&mut ticket).await?;
                     return Ok(Opened::Waiting(ticket));
                 }
-                Status::Approved if !self.usable(&existing.id) => {
-                    // A vote is still making its decision durable (or it was withdrawn):
-                    // wait for the outcome with the request that opened it.
-                    let rx = self.subscribe(&existing.id);
-                    let mut ticket = Ticket {
-                        approval: existing,
-                        joined: true,
-                        rx,
-                    };
-                    self.refresh(&mut ticket).await?;
-                    return Ok(Opened::Waiting(ticket));
+                Status::Approved
+                    if within_reuse(&existing, existing.decided, now)
+                        && self.store.claim(&existing.id, &self.instance, now).await? =>
+                {
+                    return Ok(Opened::Reused(existing));
                 }
-                Status::Approved => {
-                    let window_open = existing
-                        .decided
-                        .map(|d| {
-                            d + chrono::Duration::from_std(existing.policy.reuse)
-                                .unwrap_or_default()
-                                >= now
-                        })
-                        .unwrap_or(false);
-                    if window_open
-                        && self
-                            .store
-                            .transition(&existing.id, Status::Approved, Status::Consumed, now, None)
-                            .await?
-                    {
-                        return Ok(Opened::Reused(existing));
-                    }
+                Status::OutcomeUnknown if within_reuse(&existing, existing.consumed, now) => {
+                    return Ok(Opened::OutcomeUnknown(existing));
                 }
                 _ => {}
             }
@@ -145,6 +139,7 @@ impl Approvals {
             decided_by: None,
             reason: None,
             consumed: None,
+            forwarder: None,
             votes: Vec::new(),
         };
         // The `held` event is durable before the approval exists: a pending approval
@@ -172,9 +167,10 @@ impl Approvals {
     async fn refresh(&self, t: &mut Ticket) -> Result<(), StoreError> {
         if let Some(a) = self.store.approval(&t.approval.id).await? {
             let outcome = match a.status {
-                // Not yet: the vote that approved it is still writing the decision.
-                Status::Approved if self.unconfirmed.contains_key(&a.id) => None,
-                Status::Approved | Status::Consumed => Some(Outcome::Approved),
+                Status::Approved
+                | Status::Forwarding
+                | Status::Consumed
+                | Status::OutcomeUnknown => Some(Outcome::Approved),
                 Status::Denied => Some(Outcome::Denied {
                     reason: a.reason.clone(),
                 }),
@@ -233,13 +229,8 @@ impl Approvals {
         let id = t.approval.id.clone();
         let approval = self.store.approval(&id).await?.unwrap_or(t.approval);
         Ok(match outcome {
-            Outcome::Approved if !self.usable(&id) => Waited::Denied(approval),
             Outcome::Approved => {
-                if self
-                    .store
-                    .transition(&id, Status::Approved, Status::Consumed, self.now(), None)
-                    .await?
-                {
+                if self.store.claim(&id, &self.instance, self.now()).await? {
                     Waited::Forward(approval)
                 } else {
                     Waited::AlreadyUsed(approval)

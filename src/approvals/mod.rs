@@ -1,6 +1,16 @@
 //! Holding requests for approval: the approval lifecycle ([`hold`]: open, join, reuse,
-//! wait), votes ([`vote`]), expiry ([`expiry`]), the held-request limits ([`limits`])
+//! wait, claim), votes ([`vote`]), expiry ([`expiry`]), settling forwards and recovering
+//! what a crash left half done ([`forwarding`]), the held-request limits ([`limits`])
 //! and the time it all runs by ([`clock`]).
+//!
+//! Every step is durable before the next one acts, and a state change and its audit
+//! event are one store transaction (a vote and its `vote`/`approved`/`denied` events, an
+//! expiry and `expired`): a crash can never leave a decision the log does not show. An
+//! approved request is claimed (`forwarding`, naming this airlock instance) before it
+//! leaves, and settled after: `consumed` once `forwarded` is durable, back to `approved`
+//! when provably nothing was sent, `outcome_unknown` when it may have been. At start-up
+//! (and every sweep) a claim whose instance is gone is settled from the audit log, or
+//! marked `outcome_unknown`: never silently sent again.
 //!
 //! A parked request is a future waiting on a `watch` channel (no thread, no polling):
 //! its memory is its buffered request plus a small constant. Every state change is a
@@ -12,6 +22,7 @@
 pub mod clock;
 pub mod error;
 pub mod expiry;
+pub mod forwarding;
 pub mod hold;
 pub mod limits;
 pub mod vote;
@@ -22,7 +33,7 @@ pub use hold::{new_approval_id, HoldRequest, Opened, Ticket, Waited};
 pub use limits::{HeldSlot, HeldSlots, HoldLimits};
 pub use vote::may_vote;
 
-use crate::audit::{AuditError, AuditEvent, AuditLog};
+use crate::audit::{AuditError, AuditEvent, AuditLog, CheckpointSigner};
 use crate::metrics::Metrics;
 use crate::store::{Approval, Store};
 use chrono::{DateTime, Utc};
@@ -47,13 +58,10 @@ pub struct Approvals {
     /// Held requests now (for `limits.max_held`).
     pub slots: HeldSlots,
     waiters: DashMap<String, watch::Sender<Option<Outcome>>>,
-    /// Approvals whose decision the audit log could not record and whose withdrawal
-    /// the store has not confirmed yet: never forwarded on, whatever the store says.
-    withdrawn: DashMap<String, ()>,
-    /// Approvals a vote may be deciding right now: the store can already say approved
-    /// while the `approved` event is not yet durable. Nothing is forwarded on them until
-    /// the vote is done (an identical retry waits for the outcome instead).
-    unconfirmed: DashMap<String, usize>,
+    /// Signs checkpoints over events sealed in the store's own transactions.
+    signer: Option<CheckpointSigner>,
+    /// This airlock instance, as forwarding claims name it (random per process).
+    instance: String,
 }
 
 impl Approvals {
@@ -61,6 +69,7 @@ impl Approvals {
     pub fn new(
         store: Arc<dyn Store>,
         audit: AuditLog,
+        signer: Option<CheckpointSigner>,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Arc<Approvals> {
@@ -71,20 +80,19 @@ impl Approvals {
             metrics,
             clock,
             waiters: DashMap::new(),
-            withdrawn: DashMap::new(),
-            unconfirmed: DashMap::new(),
+            signer,
+            instance: format!("airlock-{}", &new_approval_id()[3..]),
         })
+    }
+
+    /// This airlock instance's id (what its forwarding claims name).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The time approvals are decided by.
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
-    }
-
-    /// Whether an approved status in the store may be acted on: its decision is in the
-    /// audit log (no vote is still writing it) and was not withdrawn.
-    fn usable(&self, id: &str) -> bool {
-        !self.unconfirmed.contains_key(id) && !self.withdrawn.contains_key(id)
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<Option<Outcome>> {

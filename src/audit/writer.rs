@@ -148,6 +148,12 @@ impl AuditLog {
         }
     }
 
+    /// Events were sealed in a store transaction of their own (a vote, an expiry): the
+    /// JSONL copy catches up from the store.
+    pub fn sealed_elsewhere(&self) {
+        // Wired to the JSONL catch-up when it lands.
+    }
+
     /// Waits until everything queued before this call has been attempted (stored or failed).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();

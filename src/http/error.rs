@@ -24,6 +24,9 @@ pub enum Code {
     UpstreamTimeout,
     StoreUnavailable,
     ShuttingDown,
+    /// An identical request went out on its approval, and whether the upstream received
+    /// it is unknown: it is not sent again.
+    OutcomeUnknown,
     // Admin API.
     NotFound,
     Forbidden,
@@ -53,7 +56,7 @@ impl Code {
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             StoreUnavailable | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            AlreadyDecided | AlreadyVoted => StatusCode::CONFLICT,
+            AlreadyDecided | AlreadyVoted | OutcomeUnknown => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -77,6 +80,7 @@ impl Code {
             UpstreamTimeout => "upstream_timeout",
             StoreUnavailable => "store_unavailable",
             ShuttingDown => "shutting_down",
+            OutcomeUnknown => "outcome_unknown",
             NotFound => "not_found",
             Forbidden => "forbidden",
             NotEligible => "not_eligible",

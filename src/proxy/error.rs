@@ -44,6 +44,9 @@ pub enum ProxyError {
     /// Approved, but an identical request already used the approval.
     #[error("this approval was already used by an identical request")]
     AlreadyUsed(Box<Approval>),
+    /// An identical request was forwarded on this approval and its outcome is unknown.
+    #[error("an identical request was forwarded on this approval and airlock cannot tell whether the upstream received it")]
+    OutcomeUnknown(Box<Approval>),
     /// airlock is shutting down while the request was held.
     #[error("airlock is shutting down")]
     ShuttingDown(Box<Approval>),
@@ -78,6 +81,7 @@ impl ProxyError {
             | ProxyError::AlreadyUsed(_)
             | ProxyError::DigestMismatch { .. } => Code::Denied,
             ProxyError::Expired(_) => Code::ApprovalExpired,
+            ProxyError::OutcomeUnknown(_) => Code::OutcomeUnknown,
             ProxyError::ShuttingDown(_) => Code::ShuttingDown,
             ProxyError::UpstreamUri(_) => Code::BadRequest,
             ProxyError::Upstream(e) if e.kind == UpstreamErrorKind::Timeout => {
@@ -93,6 +97,7 @@ impl ProxyError {
             ProxyError::Denied(a)
             | ProxyError::Expired(a)
             | ProxyError::AlreadyUsed(a)
+            | ProxyError::OutcomeUnknown(a)
             | ProxyError::ShuttingDown(a) => Some(a),
             _ => None,
         }
@@ -116,6 +121,9 @@ impl ProxyError {
             }
             ProxyError::AlreadyUsed(_) => format!(
                 "{self}; send the request again to ask anew"
+            ),
+            ProxyError::OutcomeUnknown(_) => format!(
+                "{self}; it is not sent again on this approval: check the upstream (once approval.reuse has passed, the identical request is held for a new approval)"
             ),
             ProxyError::ShuttingDown(_) => {
                 "airlock is shutting down; the approval stays pending, retry the identical request later".into()

@@ -139,6 +139,7 @@ where
     record.approval_id = Some(request.id.clone());
     let approval = match airlock.approvals.open(request).await? {
         Opened::Reused(a) => a,
+        Opened::OutcomeUnknown(a) => return Err(ProxyError::OutcomeUnknown(Box::new(a))),
         Opened::Waiting(ticket) => {
             record.approval_id = Some(ticket.approval.id.clone());
             match airlock.approvals.wait(ticket, &airlock.shutdown).await? {

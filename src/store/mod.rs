@@ -17,14 +17,21 @@ use std::sync::Arc;
 
 /// Where an approval is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
     Approved,
     Denied,
     Expired,
+    /// Approved and claimed by one request, which is being forwarded now (claimed by
+    /// the airlock instance named in `forwarder`).
+    Forwarding,
     /// Approved and forwarded: can never be used again.
     Consumed,
+    /// Claimed for forwarding, but airlock cannot tell whether the upstream received it
+    /// (a crash mid-forward, or a connection lost after the request was sent). Never
+    /// forwarded again on this approval; an identical retry within `reuse` is told so.
+    OutcomeUnknown,
     /// Abandoned before anyone was asked (the audit log could not be written).
     Cancelled,
 }
@@ -36,7 +43,9 @@ impl Status {
             Status::Approved => "approved",
             Status::Denied => "denied",
             Status::Expired => "expired",
+            Status::Forwarding => "forwarding",
             Status::Consumed => "consumed",
+            Status::OutcomeUnknown => "outcome_unknown",
             Status::Cancelled => "cancelled",
         }
     }
@@ -47,7 +56,9 @@ impl Status {
             "approved" => Status::Approved,
             "denied" => Status::Denied,
             "expired" => Status::Expired,
+            "forwarding" => Status::Forwarding,
             "consumed" => Status::Consumed,
+            "outcome_unknown" => Status::OutcomeUnknown,
             "cancelled" => Status::Cancelled,
             _ => return None,
         })
@@ -116,8 +127,39 @@ pub struct Approval {
     pub decided: Option<DateTime<Utc>>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// When a request claimed it for forwarding.
     pub consumed: Option<DateTime<Utc>>,
+    /// The airlock instance that claimed it for forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarder: Option<String>,
     pub votes: Vec<Vote>,
+}
+
+/// The audit events a vote may write, sealed onto the chain in the vote's own
+/// transaction, so a decision is never in the store without its event (or the other way
+/// round): `vote` always, plus `approved` or `denied` when the vote decides the approval;
+/// `expired` alone when the vote found the approval past its expiry and expired it.
+#[derive(Debug, Clone)]
+pub struct VoteAudit {
+    pub vote: AuditEvent,
+    pub approved: AuditEvent,
+    pub denied: AuditEvent,
+    pub expired: AuditEvent,
+}
+
+impl VoteAudit {
+    /// The events to seal for a vote's result.
+    pub fn for_result(&self, r: &VoteResult) -> Vec<AuditEvent> {
+        match r {
+            VoteResult::Recorded(Status::Approved) => {
+                vec![self.vote.clone(), self.approved.clone()]
+            }
+            VoteResult::Recorded(Status::Denied) => vec![self.vote.clone(), self.denied.clone()],
+            VoteResult::Recorded(_) => vec![self.vote.clone()],
+            VoteResult::ExpiredNow => vec![self.expired.clone()],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What casting a vote did.
@@ -127,6 +169,8 @@ pub enum VoteResult {
     Recorded(Status),
     /// The approval was already decided (or had expired): nothing recorded.
     AlreadyDecided(Status),
+    /// The approval was past its expiry: this call expired it (and sealed `expired`).
+    ExpiredNow,
     /// This reviewer already voted on it.
     AlreadyVoted,
     NotFound,
@@ -214,18 +258,38 @@ pub trait Store: Send + Sync + 'static {
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<Approval>, StoreError>;
-    /// The newest pending or approved (not yet consumed) approval of this agent and digest.
+    /// The newest pending, approved or outcome-unknown approval of this agent and digest
+    /// (one an identical request may join, use, or must be told about).
     async fn find_active(&self, agent: &str, digest: &str) -> Result<Option<Approval>, StoreError>;
     /// Records a vote and decides the approval in one transaction: any deny denies,
     /// `quorum` distinct approves approve. An approval past its expiry is expired instead.
+    /// The events `audit` gives for the result ([`VoteAudit::for_result`]) are sealed
+    /// onto the audit chain in the same transaction (checkpoint signed with `signer`).
     async fn vote(
         &self,
         id: &str,
         vote: &Vote,
         quorum: u32,
         now: DateTime<Utc>,
+        audit: &VoteAudit,
+        signer: Option<&CheckpointSigner>,
     ) -> Result<VoteResult, StoreError>;
-    /// Compare-and-set of the status; true when this call made the change.
+    /// Compare-and-set of the status; true when this call made the change. When it did
+    /// and `event` is given, the event is sealed onto the audit chain in the same
+    /// transaction. Moving to `consumed` sets `consumed`; moving out of `forwarding`
+    /// keeps the decision's time; any other move sets `decided`.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition_audited(
+        &self,
+        id: &str,
+        from: Status,
+        to: Status,
+        now: DateTime<Utc>,
+        reason: Option<&str>,
+        event: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<bool, StoreError>;
+    /// [`Store::transition_audited`] without an event.
     async fn transition(
         &self,
         id: &str,
@@ -233,7 +297,27 @@ pub trait Store: Send + Sync + 'static {
         to: Status,
         now: DateTime<Utc>,
         reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.transition_audited(id, from, to, now, reason, None, None)
+            .await
+    }
+    /// Claims an approved approval for one forward: `approved` → `forwarding`, naming the
+    /// airlock instance that forwards it; durable before anything is sent. True when
+    /// this call claimed it.
+    async fn claim(
+        &self,
+        id: &str,
+        forwarder: &str,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Marks this airlock instance as running for as long as the process lives (on
+    /// PostgreSQL a session advisory lock that dies with the connection). Idempotent:
+    /// called again, it re-takes a mark a broken connection lost.
+    async fn register_instance(&self, id: &str) -> Result<(), StoreError>;
+    /// Whether the airlock instance `id` still runs (its forwards may be in flight).
+    async fn instance_alive(&self, id: &str) -> Result<bool, StoreError>;
+    /// The audit events naming an approval, in seq order.
+    async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
     /// Pending approvals whose expiry has passed.
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 

@@ -7,17 +7,63 @@
 //!
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
-use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
+use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Row};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_forwarding.sql"),
+    ),
+];
 /// Advisory lock keys (arbitrary constants): migrations and the audit chain.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
 const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
+/// The class of the session advisory locks that mark running airlock instances
+/// (two-key form: this class and 32 bits of the instance id's SHA-256).
+const INSTANCE_LOCK_CLASS: i32 = 0x6169_726c;
+
+/// The advisory lock key of an airlock instance.
+fn instance_key(id: &str) -> i32 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    i32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// Seals `events` onto the chain under the audit lock, inside `tx`, and inserts them.
+async fn seal_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &mut [AuditEvent],
+    signer: Option<&CheckpointSigner>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // Held until commit or rollback: every writer on every replica reads the head and
+    // appends after the one before it has committed.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await?;
+    let (seq, hash) = audit_head_of(tx).await?;
+    let checkpoint = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
+    insert_audit(tx, events, checkpoint.as_ref()).await
+}
+
+/// Commits a transaction that sealed audit events. A commit whose answer was lost may
+/// have been stored: never report it as retryable, or a retry would write it twice.
+async fn commit_sealed(tx: tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|e| {
+        if e.as_db_error().is_some() {
+            StoreError::Postgres(e)
+        } else {
+            StoreError::CommitUnknown(describe(&e))
+        }
+    })
+}
 const POOL_SIZE: usize = 4;
 
 /// A PostgreSQL error as an operator reads it: the server's message when there is one.
@@ -99,6 +145,8 @@ pub struct PostgresStore {
     url: String,
     clients: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
+    /// The session holding this instance's advisory lock ([`Store::register_instance`]).
+    instance: Mutex<Option<Client>>,
 }
 
 async fn connect(url: &str) -> Result<Client, StoreError> {
@@ -124,6 +172,7 @@ impl PostgresStore {
             url: url.to_string(),
             clients,
             next: AtomicUsize::new(0),
+            instance: Mutex::new(None),
         })
     }
 
@@ -172,7 +221,7 @@ async fn migrate(c: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed";
+const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder";
 
 fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
     let bad = |what: &str, e: String| StoreError::Corrupt(format!("approval: bad {what}: {e}"));
@@ -199,6 +248,7 @@ fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
         decided_by: r.try_get(18)?,
         reason: r.try_get(19)?,
         consumed: r.try_get(20)?,
+        forwarder: r.try_get(21)?,
         votes,
     })
 }
@@ -283,7 +333,7 @@ impl Store for PostgresStore {
             source,
         })?;
         c.execute(
-            &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL)"),
+            &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL, NULL)"),
             &[
                 &a.id, &a.status.as_str(), &a.agent, &a.owner, &a.digest, &a.body_sha256, &rules, &policy,
                 &a.method, &a.upstream, &a.host, &a.url, &a.justification, &a.show, &a.request_id,
@@ -326,7 +376,7 @@ impl Store for PostgresStore {
         client!(self, c);
         let row = c
             .query_opt(
-                "SELECT id FROM approvals WHERE agent = $1 AND digest = $2 AND status IN ('pending', 'approved') ORDER BY created DESC LIMIT 1",
+                "SELECT id FROM approvals WHERE agent = $1 AND digest = $2 AND status IN ('pending', 'approved', 'outcome_unknown') ORDER BY created DESC LIMIT 1",
                 &[&agent, &digest],
             )
             .await?;
@@ -345,6 +395,8 @@ impl Store for PostgresStore {
         vote: &Vote,
         quorum: u32,
         now: DateTime<Utc>,
+        audit: &VoteAudit,
+        signer: Option<&CheckpointSigner>,
     ) -> Result<VoteResult, StoreError> {
         client!(self, c);
         let tx = c.transaction().await?;
@@ -364,60 +416,144 @@ impl Store for PostgresStore {
         if status != Status::Pending {
             return Ok(VoteResult::AlreadyDecided(status));
         }
-        if expires <= now {
+        let result = if expires <= now {
             tx.execute("UPDATE approvals SET status = 'expired', decided = $2 WHERE id = $1 AND status = 'pending'", &[&id, &now])
                 .await?;
-            tx.commit().await?;
-            return Ok(VoteResult::AlreadyDecided(Status::Expired));
-        }
-        let inserted = tx
-            .execute(
-                "INSERT INTO votes (approval_id, reviewer, decision, reason, time) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&id, &vote.reviewer, &vote.decision.as_str(), &vote.reason, &vote.time],
-            )
-            .await?;
-        if inserted == 0 {
-            return Ok(VoteResult::AlreadyVoted);
-        }
-        let approves: i64 = tx
-            .query_one("SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
-            .await?
-            .get(0);
-        let new = Status::after_vote(vote.decision, approves, quorum);
-        if new != Status::Pending {
-            tx.execute(
-                "UPDATE approvals SET status = $2, decided = $3, decided_by = $4, reason = $5 WHERE id = $1 AND status = 'pending'",
-                &[&id, &new.as_str(), &now, &vote.reviewer, &vote.reason],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(VoteResult::Recorded(new))
+            VoteResult::ExpiredNow
+        } else {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO votes (approval_id, reviewer, decision, reason, time) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&id, &vote.reviewer, &vote.decision.as_str(), &vote.reason, &vote.time],
+                )
+                .await?;
+            if inserted == 0 {
+                return Ok(VoteResult::AlreadyVoted);
+            }
+            let approves: i64 = tx
+                .query_one("SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
+                .await?
+                .get(0);
+            let new = Status::after_vote(vote.decision, approves, quorum);
+            if new != Status::Pending {
+                tx.execute(
+                    "UPDATE approvals SET status = $2, decided = $3, decided_by = $4, reason = $5 WHERE id = $1 AND status = 'pending'",
+                    &[&id, &new.as_str(), &now, &vote.reviewer, &vote.reason],
+                )
+                .await?;
+            }
+            VoteResult::Recorded(new)
+        };
+        seal_in(&tx, &mut audit.for_result(&result), signer).await?;
+        commit_sealed(tx).await?;
+        Ok(result)
     }
 
-    async fn transition(
+    async fn transition_audited(
         &self,
         id: &str,
         from: Status,
         to: Status,
         now: DateTime<Utc>,
         reason: Option<&str>,
+        event: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
     ) -> Result<bool, StoreError> {
         client!(self, c);
+        let tx = c.transaction().await?;
         let n = if to == Status::Consumed {
-            c.execute(
+            tx.execute(
                 "UPDATE approvals SET status = $3, consumed = $4 WHERE id = $1 AND status = $2",
                 &[&id, &from.as_str(), &to.as_str(), &now],
             )
             .await?
+        } else if from == Status::Forwarding {
+            tx.execute(
+                "UPDATE approvals SET status = $3, reason = COALESCE($4, reason) WHERE id = $1 AND status = $2",
+                &[&id, &from.as_str(), &to.as_str(), &reason],
+            )
+            .await?
         } else {
-            c.execute(
+            tx.execute(
                 "UPDATE approvals SET status = $3, decided = $4, reason = COALESCE($5, reason) WHERE id = $1 AND status = $2",
                 &[&id, &from.as_str(), &to.as_str(), &now, &reason],
             )
             .await?
         };
+        if n == 1 {
+            seal_in(&tx, &mut Vec::from_iter(event), signer).await?;
+        }
+        commit_sealed(tx).await?;
         Ok(n == 1)
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        forwarder: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        client!(self, c);
+        let n = c
+            .execute(
+                "UPDATE approvals SET status = 'forwarding', consumed = $3, forwarder = $2 WHERE id = $1 AND status = 'approved'",
+                &[&id, &forwarder, &now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn register_instance(&self, id: &str) -> Result<(), StoreError> {
+        let mut guard = self.instance.lock().await;
+        if guard.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let c = connect(&self.url).await?;
+        c.execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&INSTANCE_LOCK_CLASS, &instance_key(id)],
+        )
+        .await?;
+        *guard = Some(c);
+        Ok(())
+    }
+
+    async fn instance_alive(&self, id: &str) -> Result<bool, StoreError> {
+        client!(self, c);
+        let key = instance_key(id);
+        // Free means no session holds it: the instance is gone. Let it go at once.
+        let free: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&INSTANCE_LOCK_CLASS, &key],
+            )
+            .await?
+            .get(0);
+        if free {
+            c.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&INSTANCE_LOCK_CLASS, &key],
+            )
+            .await?;
+        }
+        Ok(!free)
+    }
+
+    async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query(
+                "SELECT line FROM audit_events WHERE (line::jsonb)->>'approval_id' = $1 ORDER BY seq",
+                &[&approval_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let line: String = r.try_get(0)?;
+                serde_json::from_str(&line)
+                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
+            })
+            .collect()
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
@@ -471,22 +607,8 @@ impl Store for PostgresStore {
         }
         client!(self, c);
         let tx = c.transaction().await?;
-        // Held until commit or rollback: every writer on every replica reads the head and
-        // appends after the one before it has committed.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .await?;
-        let (seq, hash) = audit_head_of(&tx).await?;
-        let checkpoint = Chain::new(seq, &hash).seal_batch(&mut events, signer, Utc::now());
-        insert_audit(&tx, &events, checkpoint.as_ref()).await?;
-        // A commit whose answer was lost may have been stored: never report it as
-        // retryable, or a retry would write the batch twice.
-        tx.commit().await.map_err(|e| {
-            if e.as_db_error().is_some() {
-                StoreError::Postgres(e)
-            } else {
-                StoreError::CommitUnknown(describe(&e))
-            }
-        })?;
+        seal_in(&tx, &mut events, signer).await?;
+        commit_sealed(tx).await?;
         Ok(events)
     }
 

@@ -6,7 +6,7 @@
 //! blocking threads. Schema migrations are the numbered
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
-use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
+use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -16,7 +16,13 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// Schema migrations, in order. Never edit one that has shipped; add a new file.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_forwarding.sql"),
+    ),
+];
 
 /// How long a write waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -73,9 +79,33 @@ fn audit_head_of(c: &Connection) -> Result<(u64, String), StoreError> {
         .unwrap_or((0, GENESIS_HASH.to_string())))
 }
 
+/// Seals `events` onto the chain head read inside `tx` and inserts them (with a signed
+/// checkpoint when `signer` is given). The caller's IMMEDIATE transaction holds the write
+/// lock, so nothing can append in between.
+fn seal_in(
+    tx: &rusqlite::Transaction<'_>,
+    events: &mut [AuditEvent],
+    signer: Option<&CheckpointSigner>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (seq, hash) = audit_head_of(tx)?;
+    let checkpoint = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
+    insert_audit(tx, events, checkpoint.as_ref())
+}
+
 /// A SQLite database file (or an in-memory one) holding everything airlock persists.
+///
+/// SQLite serves one airlock process: the instance registered here is the only one alive.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    instance: std::sync::Mutex<Option<String>>,
+}
+
+/// An audit event from its stored line.
+fn decode_line(line: &str) -> Result<AuditEvent, StoreError> {
+    serde_json::from_str(line).map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -142,6 +172,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            instance: std::sync::Mutex::new(None),
         })
     }
 
@@ -155,7 +186,7 @@ impl SqliteStore {
     }
 }
 
-const APPROVAL_COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed";
+const APPROVAL_COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder";
 
 fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
     Ok(RawApproval {
@@ -180,6 +211,7 @@ fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
         decided_by: r.get(18)?,
         reason: r.get(19)?,
         consumed: r.get(20)?,
+        forwarder: r.get(21)?,
     })
 }
 
@@ -206,6 +238,7 @@ struct RawApproval {
     decided_by: Option<String>,
     reason: Option<String>,
     consumed: Option<String>,
+    forwarder: Option<String>,
 }
 
 impl RawApproval {
@@ -239,6 +272,7 @@ impl RawApproval {
             request_id: self.request_id,
             decided_by: self.decided_by,
             reason: self.reason,
+            forwarder: self.forwarder,
             votes,
         })
     }
@@ -305,7 +339,7 @@ impl Store for SqliteStore {
             let policy = serde_json::to_string(&a.policy).map_err(|source| StoreError::Encode { what: "policy", source })?;
             let show = a.show.as_ref().map(|s| s.to_string());
             c.execute(
-                &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL)"),
+                &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL, NULL)"),
                 params![
                     a.id, a.status.as_str(), a.agent, a.owner, a.digest, a.body_sha256, rules, policy,
                     a.method, a.upstream, a.host, a.url, a.justification, show, a.request_id,
@@ -355,7 +389,7 @@ impl Store for SqliteStore {
         let (agent, digest) = (agent.to_string(), digest.to_string());
         self.with(move |c| {
             let id: Option<String> = c
-                .prepare_cached("SELECT id FROM approvals WHERE agent = ?1 AND digest = ?2 AND status IN ('pending', 'approved') ORDER BY created DESC LIMIT 1")?
+                .prepare_cached("SELECT id FROM approvals WHERE agent = ?1 AND digest = ?2 AND status IN ('pending', 'approved', 'outcome_unknown') ORDER BY created DESC LIMIT 1")?
                 .query_row(params![agent, digest], |r| r.get(0))
                 .optional()?;
             match id {
@@ -372,8 +406,11 @@ impl Store for SqliteStore {
         vote: &Vote,
         quorum: u32,
         now: DateTime<Utc>,
+        audit: &VoteAudit,
+        signer: Option<&CheckpointSigner>,
     ) -> Result<VoteResult, StoreError> {
-        let (id, vote) = (id.to_string(), vote.clone());
+        let (id, vote, audit, signer) =
+            (id.to_string(), vote.clone(), audit.clone(), signer.cloned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(String, String)> = tx
@@ -386,61 +423,122 @@ impl Store for SqliteStore {
             if status != Status::Pending {
                 return Ok(VoteResult::AlreadyDecided(status));
             }
-            if parse_ts(&expires)? <= now {
+            let result = if parse_ts(&expires)? <= now {
                 tx.execute(
                     "UPDATE approvals SET status = 'expired', decided = ?2 WHERE id = ?1 AND status = 'pending'",
                     params![id, ts(&now)],
                 )?;
-                tx.commit()?;
-                return Ok(VoteResult::AlreadyDecided(Status::Expired));
-            }
-            let inserted = tx.execute(
-                "INSERT OR IGNORE INTO votes (approval_id, reviewer, decision, reason, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, vote.reviewer, vote.decision.as_str(), vote.reason, ts(&vote.time)],
-            )?;
-            if inserted == 0 {
-                return Ok(VoteResult::AlreadyVoted);
-            }
-            let approves: i64 = tx.query_row(
-                "SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = ?1 AND decision = 'approve'",
-                [&id],
-                |r| r.get(0),
-            )?;
-            let new = Status::after_vote(vote.decision, approves, quorum);
-            if new != Status::Pending {
-                tx.execute(
-                    "UPDATE approvals SET status = ?2, decided = ?3, decided_by = ?4, reason = ?5 WHERE id = ?1 AND status = 'pending'",
-                    params![id, new.as_str(), ts(&now), vote.reviewer, vote.reason],
+                VoteResult::ExpiredNow
+            } else {
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO votes (approval_id, reviewer, decision, reason, time) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, vote.reviewer, vote.decision.as_str(), vote.reason, ts(&vote.time)],
                 )?;
-            }
+                if inserted == 0 {
+                    return Ok(VoteResult::AlreadyVoted);
+                }
+                let approves: i64 = tx.query_row(
+                    "SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = ?1 AND decision = 'approve'",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                let new = Status::after_vote(vote.decision, approves, quorum);
+                if new != Status::Pending {
+                    tx.execute(
+                        "UPDATE approvals SET status = ?2, decided = ?3, decided_by = ?4, reason = ?5 WHERE id = ?1 AND status = 'pending'",
+                        params![id, new.as_str(), ts(&now), vote.reviewer, vote.reason],
+                    )?;
+                }
+                VoteResult::Recorded(new)
+            };
+            seal_in(&tx, &mut audit.for_result(&result), signer.as_ref())?;
             tx.commit()?;
-            Ok(VoteResult::Recorded(new))
+            Ok(result)
         })
         .await
     }
 
-    async fn transition(
+    async fn transition_audited(
         &self,
         id: &str,
         from: Status,
         to: Status,
         now: DateTime<Utc>,
         reason: Option<&str>,
+        event: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
     ) -> Result<bool, StoreError> {
-        let (id, reason) = (id.to_string(), reason.map(str::to_string));
+        let (id, reason, signer) = (id.to_string(), reason.map(str::to_string), signer.cloned());
         self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = if to == Status::Consumed {
-                c.execute(
+                tx.execute(
                     "UPDATE approvals SET status = ?3, consumed = ?4 WHERE id = ?1 AND status = ?2",
                     params![id, from.as_str(), to.as_str(), ts(&now)],
                 )?
+            } else if from == Status::Forwarding {
+                tx.execute(
+                    "UPDATE approvals SET status = ?3, reason = COALESCE(?4, reason) WHERE id = ?1 AND status = ?2",
+                    params![id, from.as_str(), to.as_str(), reason],
+                )?
             } else {
-                c.execute(
+                tx.execute(
                     "UPDATE approvals SET status = ?3, decided = ?4, reason = COALESCE(?5, reason) WHERE id = ?1 AND status = ?2",
                     params![id, from.as_str(), to.as_str(), ts(&now), reason],
                 )?
             };
+            if n == 1 {
+                seal_in(&tx, &mut Vec::from_iter(event), signer.as_ref())?;
+            }
+            tx.commit()?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        forwarder: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (id, forwarder) = (id.to_string(), forwarder.to_string());
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE approvals SET status = 'forwarding', consumed = ?3, forwarder = ?2 WHERE id = ?1 AND status = 'approved'",
+                params![id, forwarder, ts(&now)],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn register_instance(&self, id: &str) -> Result<(), StoreError> {
+        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        Ok(())
+    }
+
+    async fn instance_alive(&self, id: &str) -> Result<bool, StoreError> {
+        let me = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(me.as_deref() == Some(id))
+    }
+
+    async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        // The stored line is the event's canonical JSON: match its approval_id member.
+        let pattern = format!("%\"approval_id\":{}%", serde_json::Value::from(approval_id));
+        let id = approval_id.to_string();
+        self.with(move |c| {
+            let mut st =
+                c.prepare("SELECT line FROM audit_events WHERE line LIKE ?1 ORDER BY seq")?;
+            let rows = st.query_map([pattern], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for line in rows {
+                let ev = decode_line(&line?)?;
+                if ev.approval_id.as_deref() == Some(id.as_str()) {
+                    out.push(ev);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -500,10 +598,7 @@ impl Store for SqliteStore {
             // IMMEDIATE takes the write lock first: no other connection or process can
             // append between reading the head and committing.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (seq, hash) = audit_head_of(&tx)?;
-            let checkpoint =
-                Chain::new(seq, &hash).seal_batch(&mut events, signer.as_ref(), Utc::now());
-            insert_audit(&tx, &events, checkpoint.as_ref())?;
+            seal_in(&tx, &mut events, signer.as_ref())?;
             tx.commit()?;
             Ok(events)
         })
@@ -525,10 +620,7 @@ impl Store for SqliteStore {
             let rows = st.query_map([from], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
             for line in rows {
-                let line = line?;
-                let ev: AuditEvent = serde_json::from_str(&line)
-                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))?;
-                out.push(ev);
+                out.push(decode_line(&line?)?);
             }
             Ok(out)
         })
