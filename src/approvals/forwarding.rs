@@ -7,8 +7,8 @@
 //! may or may not have acted, and nothing is ever sent again on that approval.
 
 use super::{event_for, Approvals};
+use crate::audit::AuditEvent;
 use crate::store::{Status, StoreError};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a claim is marked `outcome_unknown` at recovery.
@@ -27,6 +27,15 @@ pub enum Sent {
 }
 
 impl Sent {
+    /// How a forward ended, from its error (none: the upstream answered).
+    pub fn of(error: Option<&crate::upstream::UpstreamError>, failed: bool) -> Sent {
+        match (failed, error) {
+            (false, _) => Sent::Answered,
+            (true, Some(u)) if !u.kind.may_have_sent() => Sent::NotSent,
+            (true, _) => Sent::Unknown,
+        }
+    }
+
     fn status(self) -> Status {
         match self {
             Sent::Answered => Status::Consumed,
@@ -37,34 +46,46 @@ impl Sent {
 }
 
 impl Approvals {
-    /// Settles a claimed approval after its forward (the outcome event already written
-    /// by the exit hook). If the store refuses, retried in the background with back-off;
-    /// should airlock stop first, recovery settles it from the audit log.
-    pub async fn settle(self: &Arc<Self>, id: &str, sent: Sent) {
+    /// Settles a claimed approval after its forward: the new status and the outcome
+    /// event (`forwarded`, `not_sent`, …) are one store transaction, durable before the
+    /// agent is answered. If the claim was already settled elsewhere (recovered by
+    /// another replica), the event is still written. While the store refuses, the write
+    /// is retried a few times; then the event is queued for the audit writer and the
+    /// claim left for recovery, which settles it from the log.
+    pub async fn settle(&self, id: &str, sent: Sent, event: AuditEvent) {
         let to = sent.status();
-        let r = self
-            .store
-            .transition(id, Status::Forwarding, to, self.now(), None)
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, approval = id, "could not settle a forwarded approval yet; retrying");
-            let me = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                let mut wait = Duration::from_millis(200);
-                loop {
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                    let r = me
-                        .store
-                        .transition(&id, Status::Forwarding, to, me.now(), None)
-                        .await;
-                    if r.is_ok() {
-                        return;
-                    }
+        let mut pause = Duration::from_millis(100);
+        for attempt in 0..4 {
+            let r = self
+                .store
+                .transition_audited(
+                    id,
+                    Status::Forwarding,
+                    to,
+                    self.now(),
+                    None,
+                    Some(event.clone()),
+                    self.signer.as_ref(),
+                )
+                .await;
+            match r {
+                Ok(true) => {
+                    self.audit.sealed_elsewhere();
+                    return;
                 }
-            });
+                Ok(false) => break,
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tracing::warn!(error = %e, approval = id, "could not settle a forwarded approval yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, approval = id, "could not settle a forwarded approval; the outcome event is queued and recovery will settle it");
+                    break;
+                }
+            }
         }
+        self.audit.record(event);
     }
 
     /// Registers this instance and settles every claim whose instance is gone. Errors
@@ -100,7 +121,9 @@ impl Approvals {
                 .find_map(|e| match e.event.as_str() {
                     "forwarded" => Some(Status::Consumed),
                     "not_sent" => Some(Status::Approved),
-                    "outcome_unknown" => Some(Status::OutcomeUnknown),
+                    "outcome_unknown" | "upstream_reset" | "upstream_timeout" => {
+                        Some(Status::OutcomeUnknown)
+                    }
                     _ => None,
                 });
             let now = self.now();

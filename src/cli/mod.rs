@@ -104,8 +104,12 @@ enum StatusFilter {
     Denied,
     /// Expired without a decision.
     Expired,
+    /// Approved and being forwarded now.
+    Forwarding,
     /// Approved and forwarded.
     Consumed,
+    /// Forwarded, but whether the upstream received it is unknown (never sent again).
+    OutcomeUnknown,
     /// Abandoned before anyone was asked.
     Cancelled,
     /// Every status.

@@ -184,7 +184,9 @@ pub(super) fn pending(a: PendingArgs) -> anyhow::Result<ExitCode> {
         StatusFilter::Approved => "approved",
         StatusFilter::Denied => "denied",
         StatusFilter::Expired => "expired",
+        StatusFilter::Forwarding => "forwarding",
         StatusFilter::Consumed => "consumed",
+        StatusFilter::OutcomeUnknown => "outcome_unknown",
         StatusFilter::Cancelled => "cancelled",
         StatusFilter::All => "all",
     };

@@ -5,7 +5,9 @@
 //! Outcome names, also the audit event names: `passed` (allowed and forwarded),
 //! `observed` (observe mode forwarded what enforce would hold or deny), `forwarded`
 //! (forwarded on an approval), `not_sent` (decided to go, but the upstream could not
-//! be reached: refused, no connection, TLS handshake), `not_forwarded` (held, then
+//! be reached: refused, no connection, TLS handshake), `upstream_reset` /
+//! `upstream_timeout` (sent, or maybe sent, and no response: the upstream may have
+//! acted; an approval forwarded so is `outcome_unknown`), `not_forwarded` (held, then
 //! denied, expired, already used, or interrupted by shutdown), or airlock's error code for a refusal
 //! (`denied_by_rule`, `unauthenticated`, `bad_path`, `bad_request`, `no_route`,
 //! `body_too_large`, `body_timeout`, `too_many_held`, `store_unavailable`, …).
@@ -13,11 +15,13 @@
 //! `all`, every one. An approved request's outcome is durable before the agent sees it.
 
 use super::ProxyError;
+use crate::approvals::forwarding::Sent;
 use crate::audit::AuditEvent;
 use crate::http::body::ProxyBody;
 use crate::request::{Refusal, RequestRecord};
 use crate::state::{Airlock, Snapshot};
 use crate::store::Approval;
+use crate::upstream::UpstreamErrorKind;
 use http::{HeaderValue, Response};
 
 /// How a request went upstream.
@@ -70,6 +74,11 @@ pub async fn finish(
         // The upstream was never reached (refused, no connection, TLS handshake): the
         // request was decided to go, but nothing of it was sent.
         (Some(_), Some(ProxyError::Upstream(u))) if !u.kind.may_have_sent() => "not_sent",
+        // Sent (or maybe sent), and no answer: the upstream may have acted.
+        (Some(_), Some(ProxyError::Upstream(u))) if u.kind == UpstreamErrorKind::Timeout => {
+            "upstream_timeout"
+        }
+        (Some(_), Some(ProxyError::Upstream(_))) => "upstream_reset",
         (Some(p), _) => p.outcome(),
         (None, Some(e)) if e.approval().is_some() => "not_forwarded",
         (None, Some(ProxyError::DigestMismatch { .. })) => "not_forwarded",
@@ -77,6 +86,12 @@ pub async fn finish(
         (None, None) => "passed",
     };
     let reason = error.and_then(reason_for);
+    // How far an approved request got: settles its claim.
+    let upstream_error = match error {
+        Some(ProxyError::Upstream(u)) => Some(u),
+        _ => None,
+    };
+    let sent = Sent::of(upstream_error, error.is_some());
     let unauthenticated = matches!(
         error,
         Some(ProxyError::Refused(Refusal::Unauthenticated(_)))
@@ -111,11 +126,10 @@ pub async fn finish(
         if passage == Some(Passage::Observed) {
             ev.decision = record.verdict.map(|v| v.as_str().to_string());
         }
-        if matches!(passage, Some(Passage::Approved(_))) {
-            // An approved request's outcome is durable before the agent sees it.
-            if let Err(e) = airlock.audit.append(ev).await {
-                tracing::error!(error = %e, "could not write the forwarded event to the audit log");
-            }
+        if let Some(Passage::Approved(a)) = &passage {
+            // An approved request's outcome is durable before the agent sees it, in one
+            // transaction with the settling of its claim.
+            airlock.approvals.settle(&a.id, sent, ev).await;
         } else {
             airlock.audit.record(ev);
         }

@@ -5,7 +5,6 @@ use super::exit::{self, Passage};
 use super::forward::forward;
 use super::hold::hold;
 use super::ProxyError;
-use crate::approvals::forwarding::Sent;
 use crate::config::Mode;
 use crate::http::body::{full, ProxyBody};
 use crate::http::{AirlockError, Code};
@@ -53,22 +52,12 @@ pub async fn handle(
                     body,
                     approval,
                 } = *approved;
-                let id = approval.id.clone();
                 let passage = Passage::Approved(Box::new(approval));
-                let result =
-                    forward(&snap, &prepared, peer, parts, full(body), None, &record).await;
-                // The claim is settled once the outcome event is durable (the exit hook).
-                let sent = match &result {
-                    Ok(_) => Sent::Answered,
-                    Err(ProxyError::Upstream(u)) if !u.kind.may_have_sent() => Sent::NotSent,
-                    Err(_) => Sent::Unknown,
-                };
-                let result = result
+                let result = forward(&snap, &prepared, peer, parts, full(body), None, &record)
+                    .await
                     .map(|r| (r, passage.clone()))
                     .map_err(|e| (e, Some(passage)));
-                let response = exit::finish(&airlock, &snap, &record, result).await;
-                airlock.approvals.settle(&id, sent).await;
-                response
+                exit::finish(&airlock, &snap, &record, result).await
             });
             task.await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "the forward of an approved request failed");
