@@ -423,13 +423,20 @@ async fn postgres_survives_reconnect_and_migrates_once() {
     );
 }
 
-/// SQLite serves one airlock process: the instance registered is the only one alive.
+/// On SQLite an instance is alive while its process holds its lock file: another
+/// process on the same database file sees it alive, and gone once it stops.
 #[tokio::test]
-async fn sqlite_knows_its_one_instance() {
-    let (s, _dir) = sqlite_store();
-    s.register_instance("airlock-a").await.unwrap();
-    assert!(s.instance_alive("airlock-a").await.unwrap());
-    assert!(!s.instance_alive("airlock-crashed").await.unwrap());
+async fn sqlite_tells_a_live_instance_from_a_gone_one() {
+    let (a, dir) = sqlite_store();
+    let b = store::sqlite::SqliteStore::open(&dir.path().join("airlock.db")).unwrap();
+    a.register_instance("airlock-a").await.unwrap();
+    a.register_instance("airlock-a").await.unwrap();
+    assert!(a.instance_alive("airlock-a").await.unwrap());
+    assert!(b.instance_alive("airlock-a").await.unwrap());
+    assert!(b.instance_alive("airlock-a").await.unwrap());
+    assert!(!b.instance_alive("airlock-crashed").await.unwrap());
+    drop(a);
+    assert!(!b.instance_alive("airlock-a").await.unwrap());
 }
 
 /// On PostgreSQL an instance is alive while its session lives: another replica sees it

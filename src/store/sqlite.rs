@@ -96,11 +96,12 @@ fn seal_in(
 }
 
 /// A SQLite database file (or an in-memory one) holding everything airlock persists.
-///
-/// SQLite serves one airlock process: the instance registered here is the only one alive.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    instance: std::sync::Mutex<Option<String>>,
+    /// The database file (none in memory).
+    path: Option<std::path::PathBuf>,
+    /// This process's instance and the lock file marking it alive.
+    instance: std::sync::Mutex<Option<(String, Option<std::fs::File>)>>,
 }
 
 /// An audit event from its stored line.
@@ -134,7 +135,21 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit (a vote, a held event) survives power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        SqliteStore::init(conn)
+        let mut store = SqliteStore::init(conn)?;
+        store.path = Some(path.to_path_buf());
+        Ok(store)
+    }
+
+    /// The lock file marking instance `id` alive: `<db>-instances/<id>.lock`.
+    fn instance_file(&self, id: &str) -> Option<std::path::PathBuf> {
+        let db = self.path.as_ref()?;
+        let safe: String = id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        let mut dir = db.clone().into_os_string();
+        dir.push("-instances");
+        Some(std::path::PathBuf::from(dir).join(format!("{safe}.lock")))
     }
 
     /// An in-memory database (tests, `rules` tooling).
@@ -172,6 +187,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            path: None,
             instance: std::sync::Mutex::new(None),
         })
     }
@@ -513,14 +529,71 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Takes an exclusive lock on `<db>-instances/<id>.lock` for the life of the process
+    /// (released by the kernel when it dies, kill -9 included). In memory: just noted.
     async fn register_instance(&self, id: &str) -> Result<(), StoreError> {
-        *self.instance.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        let mut me = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        if me.as_ref().is_some_and(|(mine, _)| mine == id) {
+            return Ok(());
+        }
+        let lock = match self.instance_file(id) {
+            Some(file) => {
+                let open_err = |e: std::io::Error| StoreError::Open {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                };
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir).map_err(open_err)?;
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&file)
+                    .map_err(open_err)?;
+                f.lock().map_err(open_err)?;
+                Some(f)
+            }
+            None => None,
+        };
+        *me = Some((id.to_string(), lock));
         Ok(())
     }
 
+    /// Alive while some process holds its lock file: another airlock on the same
+    /// database file (it must not take over that one's forwards) or this one.
     async fn instance_alive(&self, id: &str) -> Result<bool, StoreError> {
-        let me = self.instance.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(me.as_deref() == Some(id))
+        {
+            let me = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+            if me.as_ref().is_some_and(|(mine, _)| mine == id) {
+                return Ok(true);
+            }
+        }
+        let Some(file) = self.instance_file(id) else {
+            return Ok(false);
+        };
+        let f = match std::fs::OpenOptions::new().write(true).open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: file,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        match f.try_lock() {
+            Ok(()) => {
+                // Nobody holds it: that instance is gone. Its file goes too.
+                let _ = std::fs::remove_file(&file);
+                Ok(false)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Open {
+                path: file,
+                reason: e.to_string(),
+            }),
+        }
     }
 
     async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
