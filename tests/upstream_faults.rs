@@ -30,6 +30,8 @@ enum Reply {
     ClosedChunkedAfter100,
     /// Chunked, one chunk of 100 bytes, then nothing, the connection kept open.
     StallChunkedAfter100,
+    /// Chunked, one chunk of 100 bytes, then 10 bytes every 50ms, never ending.
+    Trickle,
 }
 
 /// An upstream written on raw TCP so that it can misbehave. `cue` tells it when to
@@ -102,6 +104,16 @@ async fn answer(mut s: TcpStream, reply: Reply, cue: Arc<Notify>) {
             // Linger 0: closing sends a reset, not a FIN.
             let _ = s.set_zero_linger();
             drop(s);
+        }
+        Reply::Trickle => {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n64\r\n")
+                .await;
+            let _ = s.write_all(&hundred).await;
+            let _ = s.write_all(b"\r\n").await;
+            while s.write_all(b"a\r\naaaaaaaaaa\r\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         Reply::ClosedChunkedAfter100 | Reply::StallChunkedAfter100 => {
             let _ = s
@@ -280,6 +292,26 @@ async fn a_stalled_body_is_cut_after_idle_timeout_and_is_an_upstream_timeout() {
         ev["reason"].as_str().unwrap_or("").contains("idle_timeout"),
         "{ev}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_hangs_up_mid_body_is_client_gone_with_the_bytes_sent() {
+    let (_up, ws, a) = start(Reply::Trickle).await;
+    let r = agent(a.proxy_addr(), "GET", "/api/v1/feed").await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    assert_eq!(read_at_least(&mut body, 100).await, 100);
+    // The agent hangs up (its connection closes with the body).
+    drop(body);
+
+    let evs = outcomes_once(&ws, "client_gone").await;
+    assert_eq!(evs.len(), 1, "one outcome, no `passed`: {evs:#?}");
+    assert_eq!(
+        evs[0]["status"], 200,
+        "the head reached the agent: {}",
+        evs[0]
+    );
+    assert!(evs[0]["bytes"].as_u64() >= Some(100), "{}", evs[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
