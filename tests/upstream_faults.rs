@@ -205,12 +205,18 @@ async fn rest_of(body: Incoming) -> Result<usize, String> {
 /// deploy-bot's `GET path` through `a` to `up`, which fails on its cue once the agent
 /// has the first 100 bytes: what the rest of the body gave the agent.
 async fn cut_after_100(a: &InProcess, up: &BadUpstream, path: &str) -> Result<usize, String> {
+    let body = first_100(a, path).await;
+    up.cue.notify_one();
+    rest_of(body).await
+}
+
+/// deploy-bot's `GET path` through `a`: a 200 whose first 100 bytes have been read.
+async fn first_100(a: &InProcess, path: &str) -> Incoming {
     let r = agent(a.proxy_addr(), "GET", path).await;
     assert_eq!(r.status(), 200);
     let mut body = r.into_body();
     assert_eq!(read_at_least(&mut body, 100).await, 100);
-    up.cue.notify_one();
-    rest_of(body).await
+    body
 }
 
 /// Outcome events of requests (events that carry a status) in the audit file once the
@@ -270,10 +276,7 @@ async fn a_chunked_body_closed_before_its_last_chunk_is_an_upstream_reset() {
 async fn a_stalled_body_is_cut_after_idle_timeout_and_is_an_upstream_timeout() {
     let (_up, ws, a) = start(Reply::StallChunkedAfter100).await;
 
-    let r = agent(a.proxy_addr(), "GET", "/api/v1/slow").await;
-    assert_eq!(r.status(), 200);
-    let mut body = r.into_body();
-    assert_eq!(read_at_least(&mut body, 100).await, 100);
+    let body = first_100(&a, "/api/v1/slow").await;
     let stalled = Instant::now();
     let rest = rest_of(body).await;
     assert!(rest.is_err(), "the agent must see the body cut: {rest:?}");
@@ -297,10 +300,7 @@ async fn a_stalled_body_is_cut_after_idle_timeout_and_is_an_upstream_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_hangs_up_mid_body_is_client_gone_with_the_bytes_sent() {
     let (_up, ws, a) = start(Reply::Trickle).await;
-    let r = agent(a.proxy_addr(), "GET", "/api/v1/feed").await;
-    assert_eq!(r.status(), 200);
-    let mut body = r.into_body();
-    assert_eq!(read_at_least(&mut body, 100).await, 100);
+    let body = first_100(&a, "/api/v1/feed").await;
     // The agent hangs up (its connection closes with the body).
     drop(body);
 
