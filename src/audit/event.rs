@@ -48,6 +48,10 @@ pub struct AuditEvent {
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// Response body bytes the upstream delivered, on the outcome of a request whose
+    /// response head came back (absent elsewhere, so older events hash as before).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub decision: Option<String>,
     /// Body fields chosen by the matching rule's `show` (never the whole body).

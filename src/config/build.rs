@@ -235,6 +235,23 @@ impl Build<'_> {
             &u.name,
             "connect_timeout",
         );
+        let idle_timeout = self.upstream_duration(
+            at,
+            u.idle_timeout.as_deref(),
+            "60s",
+            &u.name,
+            "idle_timeout",
+        );
+        if idle_timeout.is_zero() {
+            self.err(
+                at,
+                "idle_timeout:",
+                format!(
+                    "upstream {}: idle_timeout: must be longer than 0 (a stalled response body is always cut)",
+                    u.name
+                ),
+            );
+        }
         let ca = u.ca.as_deref().map(|c| resolve(&self.base, c));
         if let Some(c) = &ca {
             if !c.exists() {
@@ -258,6 +275,7 @@ impl Build<'_> {
             ca,
             timeout,
             connect_timeout,
+            idle_timeout,
         }
     }
 

@@ -59,6 +59,7 @@ pub struct RawUpstream {
     pub ca: Option<String>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,6 +84,9 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Connect timeout towards the upstream.
     pub connect_timeout: Duration,
+    /// Longest pause between two chunks of a response body; a body that stalls
+    /// longer is cut (outcome `upstream_timeout`). Never zero.
+    pub idle_timeout: Duration,
 }
 
 /// One caller airlock recognizes (`agents:`).

@@ -13,16 +13,47 @@
 //! `body_too_large`, `body_timeout`, `too_many_held`, `store_unavailable`, …).
 //! At `audit.level: held` every outcome but `passed` and `no_route` is audited; at
 //! `all`, every one. An approved request's outcome is durable before the agent sees it.
+//!
+//! A forwarded request's outcome is the whole response's, not just its head's: the
+//! upstream's body streams to the agent through a [`Watched`] body, and the outcome
+//! is recorded when that body ends (as nginx logs a request when its response is
+//! done), with `bytes`, the response body bytes the upstream delivered:
+//! - all of it: `passed` / `observed` / `forwarded`;
+//! - the upstream failed mid-body (reset, closed early, malformed framing):
+//!   `upstream_reset`, the cause in `reason`;
+//! - the upstream sent nothing for its `idle_timeout`: `upstream_timeout`; the body
+//!   is cut, so the agent sees an incomplete response (a connection closed short of
+//!   its `Content-Length` or its last chunk), never a complete-looking one;
+//! - the agent hung up before the body was delivered: `client_gone` (audited as the
+//!   `client_gone` of a request still in its phases is: at `held` only when the
+//!   request was not a plain pass-through), or `cut_at_shutdown` when a shutdown's
+//!   grace ran out. Its status is the upstream's (the head did reach the agent),
+//!   unlike the 499 of an agent that left before any answer.
+//!
+//! Those three failures carry the upstream's status (200 …), telling them apart from
+//! the `upstream_timeout` (504) of an upstream that sent no head at all.
+//!
+//! An approved request is the exception to "one event": its `forwarded` event (with
+//! the upstream's status) is durable before the agent sees the response head, since
+//! the upstream has acted by then. If the body then fails, one follow-up event
+//! records it — `upstream_reset`, `upstream_timeout` or `client_gone`, naming the
+//! approval, with `bytes` — so a reviewer can tell the agent may not have the
+//! upstream's whole answer. The access log line and the outcome metric say how the
+//! request ended (one each).
 
 use super::ProxyError;
 use crate::approvals::forwarding::Sent;
-use crate::audit::AuditEvent;
-use crate::http::body::ProxyBody;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::http::body::{boxed, BodyEnd, ProxyBody, Watched};
+use crate::metrics::Metrics;
 use crate::request::{Refusal, RequestRecord};
 use crate::state::{Airlock, Snapshot};
 use crate::store::Approval;
-use crate::upstream::UpstreamErrorKind;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
 use http::{HeaderValue, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// How a request went upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,70 +80,84 @@ impl Passage {
 /// or why airlock answered itself (and how far towards the upstream it had got).
 pub type PhasesResult = Result<(Response<ProxyBody>, Passage), (ProxyError, Option<Passage>)>;
 
-/// Records the outcome of a request and returns its response.
+/// The idle timeout of a response body whose upstream is not known (never expected:
+/// a forwarded request is routed).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Records the outcome of a request and returns its response. For a response from
+/// the upstream, the outcome is recorded when its body ends (see the module docs).
 pub async fn finish(
     airlock: &Airlock,
     snap: &Snapshot,
     record: &RequestRecord,
     result: PhasesResult,
 ) -> Response<ProxyBody> {
-    let (answered, passage) = match result {
-        Ok((r, p)) => (Ok(r), Some(p)),
-        Err((e, p)) => (Err(e), p),
-    };
-    let error = answered.as_ref().err();
+    match result {
+        Ok((response, passage)) => streamed(airlock, snap, record, response, passage).await,
+        Err((e, passage)) => answered(airlock, snap, record, e, passage).await,
+    }
+}
+
+/// The request's verdict, counted per upstream.
+fn count_verdict(snap: &Snapshot, record: &RequestRecord, unauthenticated: bool) {
+    if let Some(i) = record.upstream {
+        if let Some(v) = record.verdict {
+            snap.metrics[i].verdict(v).inc();
+        }
+        if unauthenticated {
+            snap.metrics[i].unauthenticated.inc();
+        }
+    }
+}
+
+/// A request airlock answered itself (refused it, or the upstream gave no response).
+async fn answered(
+    airlock: &Airlock,
+    snap: &Snapshot,
+    record: &RequestRecord,
+    e: ProxyError,
+    passage: Option<Passage>,
+) -> Response<ProxyBody> {
     // The approval the request concerns: the one it went out on, the one its failure
     // names, or the one it was holding on.
     let approval_id: Option<String> = match &passage {
         Some(Passage::Approved(a)) => Some(a.id.clone()),
-        _ => error
-            .and_then(ProxyError::approval)
+        _ => e
+            .approval()
             .map(|a| a.id.clone())
             .or_else(|| record.approval_id.clone()),
     };
-    let outcome = match (&passage, error) {
+    let outcome = match (&passage, &e) {
         // The upstream was never reached (refused, no connection, TLS handshake): the
         // request was decided to go, but nothing of it was sent.
-        (Some(_), Some(ProxyError::Upstream(u))) if !u.kind.may_have_sent() => "not_sent",
+        (Some(_), ProxyError::Upstream(u)) if !u.kind.may_have_sent() => "not_sent",
         // Sent (or maybe sent), and no answer: the upstream may have acted.
-        (Some(_), Some(ProxyError::Upstream(u))) if u.kind == UpstreamErrorKind::Timeout => {
+        (Some(_), ProxyError::Upstream(u)) if u.kind == UpstreamErrorKind::Timeout => {
             "upstream_timeout"
         }
-        (Some(_), Some(ProxyError::Upstream(_))) => "upstream_reset",
+        (Some(_), ProxyError::Upstream(_)) => "upstream_reset",
         (Some(p), _) => p.outcome(),
-        (None, Some(e)) if e.approval().is_some() => "not_forwarded",
-        (None, Some(ProxyError::DigestMismatch { .. })) => "not_forwarded",
-        (None, Some(e)) => e.code().as_str(),
-        (None, None) => "passed",
+        (None, e) if e.approval().is_some() => "not_forwarded",
+        (None, ProxyError::DigestMismatch { .. }) => "not_forwarded",
+        (None, e) => e.code().as_str(),
     };
-    let reason = error.and_then(reason_for);
+    let reason = reason_for(&e);
     // How far an approved request got: settles its claim.
-    let upstream_error = match error {
-        Some(ProxyError::Upstream(u)) => Some(u),
-        _ => None,
+    let sent = match &e {
+        ProxyError::Upstream(u) => Sent::of(Some(u), true),
+        _ => Sent::of(None, true),
     };
-    let sent = Sent::of(upstream_error, error.is_some());
-    let unauthenticated = matches!(
-        error,
-        Some(ProxyError::Refused(Refusal::Unauthenticated(_)))
-    );
-    let upstream_answered = answered.is_ok();
-    let mut response = match answered {
-        Ok(r) => r,
-        Err(e) => {
-            let mut answer = e.answer(&record.rules);
-            // Whenever an approval is known, the agent learns which one it concerns.
-            if answer.approval_id.is_none() {
-                if let Some(id) = &approval_id {
-                    answer = answer.with_approval(id.clone());
-                }
-            }
-            answer.into_response()
+    let unauthenticated = matches!(e, ProxyError::Refused(Refusal::Unauthenticated(_)));
+    let mut answer = e.answer(&record.rules);
+    // Whenever an approval is known, the agent learns which one it concerns.
+    if answer.approval_id.is_none() {
+        if let Some(id) = &approval_id {
+            answer = answer.with_approval(id.clone());
         }
-    };
+    }
+    let response = answer.into_response();
     let status = response.status().as_u16();
 
-    // The audit event.
     let audited = match outcome {
         "passed" | "no_route" => snap.audits_everything(),
         _ => true,
@@ -134,32 +179,143 @@ pub async fn finish(
             airlock.audit.record(ev);
         }
     }
-
-    // The metrics.
-    if let Some(i) = record.upstream {
-        if let Some(v) = record.verdict {
-            snap.metrics[i].verdict(v).inc();
-        }
-        if unauthenticated {
-            snap.metrics[i].unauthenticated.inc();
-        }
-    }
+    count_verdict(snap, record, unauthenticated);
     airlock.metrics.outcome(outcome);
-
     access_line(
         record,
-        outcome,
-        status,
-        approval_id.as_deref(),
-        reason.as_deref().unwrap_or(""),
+        End {
+            outcome,
+            status,
+            approval: approval_id.as_deref(),
+            reason: reason.as_deref().unwrap_or(""),
+            bytes: http_body::Body::size_hint(response.body())
+                .exact()
+                .unwrap_or(0),
+        },
     );
+    response
+}
 
-    if let (Some(Passage::Approved(a)), true) = (&passage, upstream_answered) {
+/// A response from the upstream: its body is watched, and the outcome recorded when
+/// it ends. An approved request's `forwarded` event is durable first.
+async fn streamed(
+    airlock: &Airlock,
+    snap: &Snapshot,
+    record: &RequestRecord,
+    response: Response<ProxyBody>,
+    passage: Passage,
+) -> Response<ProxyBody> {
+    count_verdict(snap, record, false);
+    let status = response.status().as_u16();
+    let approval_id = match &passage {
+        Passage::Approved(a) => Some(a.id.clone()),
+        _ => record.approval_id.clone(),
+    };
+    let (mut parts, body) = response.into_parts();
+    if let Passage::Approved(a) = &passage {
+        let mut ev = outcome_event(record, "forwarded", approval_id.clone());
+        ev.status = Some(status);
+        ev.reason = record.fail_closed.map(str::to_string);
+        // Durable, in one transaction with the settling of its claim.
+        airlock.approvals.settle(&a.id, Sent::Answered, ev).await;
         if let Ok(v) = HeaderValue::from_str(&a.id) {
-            response.headers_mut().insert("x-airlock-approval-id", v);
+            parts.headers.insert("x-airlock-approval-id", v);
         }
     }
-    response
+    let upstream = record.upstream.and_then(|i| snap.cfg().upstreams.get(i));
+    let idle = upstream.map_or(IDLE_TIMEOUT, |u| u.idle_timeout);
+    let ending = Ending {
+        audit: airlock.audit.clone(),
+        metrics: airlock.metrics.clone(),
+        shutdown: airlock.shutdown.clone(),
+        audit_all: snap.audits_everything(),
+        record: record.clone(),
+        passage,
+        approval_id,
+        status,
+    };
+    let body = Watched::new(
+        body,
+        idle,
+        Box::new(move |how, bytes| ending.end(how, bytes)),
+    );
+    Response::from_parts(parts, boxed(body))
+}
+
+/// What records a streamed request's outcome when its response body ends.
+struct Ending {
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    audit_all: bool,
+    record: RequestRecord,
+    passage: Passage,
+    approval_id: Option<String>,
+    /// The upstream's status, which the agent got.
+    status: u16,
+}
+
+impl Ending {
+    fn end(self, how: BodyEnd<'_>, bytes: u64) {
+        let record = &self.record;
+        let (outcome, reason) = match how {
+            BodyEnd::Complete => (self.passage.outcome(), record.fail_closed.map(str::to_string)),
+            BodyEnd::Failed(e) => {
+                let u = UpstreamError::classify(record.upstream_name.as_deref().unwrap_or("-"), e);
+                let why = format!(
+                    "{}: {} (after {bytes} bytes of the response body)",
+                    u.kind.as_str(),
+                    u.cause
+                );
+                ("upstream_reset", Some(why))
+            }
+            BodyEnd::Stalled(idle) => (
+                "upstream_timeout",
+                Some(format!(
+                    "timeout: the upstream sent nothing for {idle:?} (idle_timeout) after {bytes} bytes of the response body"
+                )),
+            ),
+            BodyEnd::Abandoned if self.shutdown.is_cancelled() => (
+                "cut_at_shutdown",
+                Some(format!(
+                    "airlock shut down after {bytes} bytes of the response body (limits.shutdown_grace)"
+                )),
+            ),
+            BodyEnd::Abandoned => (
+                "client_gone",
+                Some(format!(
+                    "the agent went away after {bytes} bytes of the response body"
+                )),
+            ),
+        };
+        let audited = match (&self.passage, outcome) {
+            // Durable before the head went out.
+            (Passage::Approved(_), "forwarded") => false,
+            (Passage::Passed, "passed" | "client_gone") => self.audit_all,
+            _ => true,
+        };
+        if audited {
+            let mut ev = outcome_event(record, outcome, self.approval_id.clone());
+            ev.status = Some(self.status);
+            ev.bytes = Some(bytes);
+            ev.reason = reason.clone();
+            if self.passage == Passage::Observed {
+                ev.decision = record.verdict.map(|v| v.as_str().to_string());
+            }
+            self.audit.record(ev);
+        }
+        self.metrics.outcome(outcome);
+        access_line(
+            record,
+            End {
+                outcome,
+                status: self.status,
+                approval: self.approval_id.as_deref(),
+                reason: reason.as_deref().unwrap_or(""),
+                bytes,
+            },
+        );
+    }
 }
 
 /// An outcome event carrying what the record knows of the request.
@@ -177,17 +333,23 @@ fn outcome_event(record: &RequestRecord, outcome: &str, approval_id: Option<Stri
     ev
 }
 
-/// The one access log line of a request.
-fn access_line(
-    record: &RequestRecord,
-    outcome: &str,
+/// How a request ended, as its access log line tells it.
+struct End<'a> {
+    outcome: &'a str,
     status: u16,
-    approval_id: Option<&str>,
-    reason: &str,
-) {
+    approval: Option<&'a str>,
+    reason: &'a str,
+    /// Response body bytes sent to the agent (the upstream's, or airlock's answer).
+    bytes: u64,
+}
+
+/// The one access log line of a request, written when it ends (for a forwarded
+/// request, when its response body does); `latency_ms` is the whole time.
+fn access_line(record: &RequestRecord, end: End<'_>) {
     let latency_ms = (record.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let method = record.method_label();
     let path = record.url.as_deref().unwrap_or("-");
+    let status = end.status;
     tracing::info!(
         target: "airlock::access",
         request = %record.request_id,
@@ -197,11 +359,12 @@ fn access_line(
         agent = record.agent.as_deref().unwrap_or("-"),
         verdict = record.verdict.map_or("-", |v| v.as_str()),
         rules = %record.rules.join(","),
-        outcome,
+        outcome = end.outcome,
         status,
+        bytes = end.bytes,
         latency_ms,
-        approval = approval_id.unwrap_or("-"),
-        reason,
+        approval = end.approval.unwrap_or("-"),
+        reason = end.reason,
         "{method} {path} {status}",
     );
 }
@@ -281,6 +444,15 @@ impl Drop for Gone {
             self.airlock.audit.record(ev);
         }
         self.airlock.metrics.outcome(outcome);
-        access_line(record, outcome, 499, record.approval_id.as_deref(), why);
+        access_line(
+            record,
+            End {
+                outcome,
+                status: 499,
+                approval: record.approval_id.as_deref(),
+                reason: why,
+                bytes: 0,
+            },
+        );
     }
 }
