@@ -206,6 +206,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
         cfg.limits.shutdown_grace,
     )));
     tasks.push(airlock.approvals.spawn_sweeper(shutdown.clone()));
+    airlock.approvals.spawn_listener(shutdown.clone());
     if opts.watch {
         tasks.push(watch::spawn(airlock.clone(), shutdown.clone()));
     }

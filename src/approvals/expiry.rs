@@ -1,7 +1,8 @@
 //! Expiry: a pending approval past its `timeout` is expired once (the compare-and-set
 //! and its `expired` event are one store transaction) and its parked requests are told.
-//! A sweeper expires approvals whose clients went away, and settles forwards a crashed
-//! airlock left claimed ([`super::forwarding`]).
+//! A sweeper expires approvals whose clients went away, settles forwards a crashed
+//! airlock left claimed ([`super::forwarding`]), and checks parked requests for
+//! decisions made elsewhere ([`super::elsewhere`]).
 
 use super::{event_for, Approvals, Outcome};
 use crate::store::Status;
@@ -64,12 +65,18 @@ impl Approvals {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
+                ticks += 1;
                 me.recover().await;
+                // A decision made elsewhere whose notice was lost: found within 3 s.
+                if ticks % 3 == 0 {
+                    me.check_parked().await;
+                }
                 match me.store.due(me.now()).await {
                     Ok(ids) => {
                         for id in ids {

@@ -63,6 +63,20 @@ pub enum Waited {
     ShuttingDown(Approval),
 }
 
+/// The outcome parked requests are told for an approval as stored (`None`: pending).
+pub(super) fn outcome_of(a: &Approval) -> Option<Outcome> {
+    match a.status {
+        Status::Approved | Status::Forwarding | Status::Consumed | Status::OutcomeUnknown => {
+            Some(Outcome::Approved)
+        }
+        Status::Denied => Some(Outcome::Denied {
+            reason: a.reason.clone(),
+        }),
+        Status::Expired | Status::Cancelled => Some(Outcome::Expired),
+        Status::Pending => None,
+    }
+}
+
 /// Whether `since` (a decision or a claim) plus the approval's `reuse` window is still
 /// ahead of `now`.
 fn within_reuse(
@@ -166,17 +180,7 @@ impl Approvals {
     /// Re-reads a ticket's approval and turns a decision already made into an outcome.
     async fn refresh(&self, t: &mut Ticket) -> Result<(), StoreError> {
         if let Some(a) = self.store.approval(&t.approval.id).await? {
-            let outcome = match a.status {
-                Status::Approved
-                | Status::Forwarding
-                | Status::Consumed
-                | Status::OutcomeUnknown => Some(Outcome::Approved),
-                Status::Denied => Some(Outcome::Denied {
-                    reason: a.reason.clone(),
-                }),
-                Status::Expired | Status::Cancelled => Some(Outcome::Expired),
-                Status::Pending => None,
-            };
+            let outcome = outcome_of(&a);
             t.approval = a;
             if let Some(o) = outcome {
                 self.notify(&t.approval.id, o);

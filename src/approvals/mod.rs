@@ -10,7 +10,8 @@
 //! leaves, and settled after: `consumed` once `forwarded` is durable, back to `approved`
 //! when provably nothing was sent, `outcome_unknown` when it may have been. At start-up
 //! (and every sweep) a claim whose instance is gone is settled from the audit log, or
-//! marked `outcome_unknown`: never silently sent again.
+//! marked `outcome_unknown`: never silently sent again. A decision made on another
+//! replica wakes the requests parked here ([`elsewhere`]).
 //!
 //! A parked request is a future waiting on a `watch` channel (no thread, no polling):
 //! its memory is its buffered request plus a small constant. Every state change is a
@@ -20,6 +21,7 @@
 //! Its errors are its own ([`HoldError`], [`VoteError`]); callers decide what to answer.
 
 pub mod clock;
+pub mod elsewhere;
 pub mod error;
 pub mod expiry;
 pub mod forwarding;

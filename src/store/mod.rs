@@ -318,6 +318,15 @@ pub trait Store: Send + Sync + 'static {
     async fn instance_alive(&self, id: &str) -> Result<bool, StoreError>;
     /// The audit events naming an approval, in seq order.
     async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Of these approvals, the ones no longer pending (decided on any replica).
+    async fn decided_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Ids of approvals whose status another process (replica) changed, as they
+    /// change; [`ANY_CHANGE`] when some may have been missed (a listener reconnected).
+    /// `None` when the store has no such notices (then callers poll
+    /// [`Store::decided_among`]). Available once [`Store::register_instance`] ran.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
     /// Pending approvals whose expiry has passed.
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 
@@ -348,6 +357,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AuditEvent>, StoreError>;
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
 }
+
+/// What [`Store::changes`] sends when notices may have been missed: check everything.
+pub const ANY_CHANGE: &str = "*";
 
 /// Opens the store a config names (`sqlite://PATH`, `sqlite::memory:`,
 /// `postgres://…`); relative SQLite paths are relative to `base`.

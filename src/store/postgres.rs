@@ -145,8 +145,38 @@ pub struct PostgresStore {
     url: String,
     clients: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
-    /// The session holding this instance's advisory lock ([`Store::register_instance`]).
+    /// The session holding this instance's advisory lock ([`Store::register_instance`]),
+    /// also listening for other replicas' status changes.
     instance: Mutex<Option<Client>>,
+    /// Status changes heard on the instance session ([`Store::changes`]).
+    changes: tokio::sync::broadcast::Sender<String>,
+}
+
+/// The channel status changes are announced on (NOTIFY payload: the approval id).
+const CHANGES: &str = "airlock_approvals";
+
+/// A session whose notifications (NOTIFY on [`CHANGES`]) are passed on to `changes`.
+async fn listen(
+    url: &str,
+    changes: tokio::sync::broadcast::Sender<String>,
+) -> Result<Client, StoreError> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = changes.send(n.payload().to_string());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "postgres listening session closed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    Ok(client)
 }
 
 async fn connect(url: &str) -> Result<Client, StoreError> {
@@ -173,6 +203,7 @@ impl PostgresStore {
             clients,
             next: AtomicUsize::new(0),
             instance: Mutex::new(None),
+            changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -444,6 +475,13 @@ impl Store for PostgresStore {
             }
             VoteResult::Recorded(new)
         };
+        if matches!(
+            result,
+            VoteResult::ExpiredNow | VoteResult::Recorded(Status::Approved | Status::Denied)
+        ) {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])
+                .await?;
+        }
         seal_in(&tx, &mut audit.for_result(&result), signer).await?;
         commit_sealed(tx).await?;
         Ok(result)
@@ -481,6 +519,8 @@ impl Store for PostgresStore {
             .await?
         };
         if n == 1 {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])
+                .await?;
             seal_in(&tx, &mut Vec::from_iter(event), signer).await?;
         }
         commit_sealed(tx).await?;
@@ -508,14 +548,32 @@ impl Store for PostgresStore {
         if guard.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        let c = connect(&self.url).await?;
+        let c = listen(&self.url, self.changes.clone()).await?;
         c.execute(
             "SELECT pg_advisory_lock($1, $2)",
             &[&INSTANCE_LOCK_CLASS, &instance_key(id)],
         )
         .await?;
+        c.batch_execute(&format!("LISTEN {CHANGES}")).await?;
+        // Notices sent while no session listened are lost: check everything.
+        let _ = self.changes.send(super::ANY_CHANGE.to_string());
         *guard = Some(c);
         Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn decided_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query(
+                "SELECT id FROM approvals WHERE status <> 'pending' AND id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     async fn instance_alive(&self, id: &str) -> Result<bool, StoreError> {

@@ -596,6 +596,21 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn decided_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = serde_json::to_string(ids).map_err(|source| StoreError::Encode {
+            what: "approval ids",
+            source,
+        })?;
+        self.with(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id FROM approvals WHERE status <> 'pending' AND id IN (SELECT value FROM json_each(?1))",
+            )?;
+            let rows = st.query_map([ids], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn audit_events_of(&self, approval_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
         // The stored line is the event's canonical JSON: match its approval_id member.
         let pattern = format!("%\"approval_id\":{}%", serde_json::Value::from(approval_id));
