@@ -74,7 +74,7 @@ impl Approvals {
                 ticks += 1;
                 me.recover().await;
                 // A decision made elsewhere whose notice was lost: found within 3 s.
-                if ticks % 3 == 0 {
+                if ticks.is_multiple_of(3) {
                     me.check_parked().await;
                 }
                 match me.store.due(me.now()).await {
