@@ -452,6 +452,9 @@ impl Store for FaultyStore {
     ) -> Result<Vec<airlock::audit::AuditEvent>, StoreError> {
         self.inner.audit_events_of(approval_id).await
     }
+    async fn decided_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        self.inner.decided_among(ids).await
+    }
     async fn due(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<String>, StoreError> {
         self.inner.due(now).await
     }
