@@ -383,8 +383,14 @@ impl Store for FaultyStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
-    async fn insert_approval(&self, a: &airlock::store::Approval) -> Result<(), StoreError> {
-        self.inner.insert_approval(a).await
+    async fn open_approval(
+        &self,
+        a: &airlock::store::Approval,
+        held: Option<airlock::audit::AuditEvent>,
+        signer: Option<&airlock::audit::CheckpointSigner>,
+    ) -> Result<Option<String>, StoreError> {
+        Self::check(&self.audit)?;
+        self.inner.open_approval(a, held, signer).await
     }
     async fn approval(&self, id: &str) -> Result<Option<airlock::store::Approval>, StoreError> {
         self.inner.approval(id).await

@@ -284,6 +284,48 @@ async fn lifecycle(s: Arc<dyn Store>) {
         VoteResult::NotFound
     );
 
+    // Identical requests open one approval, even when raced (on any replica), and
+    // only that one's `held` event is written.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut a = approval(&format!("ap_same_{i}"), 1, 60);
+            a.digest = "digest-same".into();
+            let mut held = AuditEvent::new("held");
+            held.approval_id = Some(a.id.clone());
+            s.open_approval(&a, Some(held), None).await.unwrap()
+        }));
+    }
+    let mut opened = Vec::new();
+    let mut joined = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            None => opened.push(()),
+            Some(id) => joined.push(id),
+        }
+    }
+    assert_eq!(opened.len(), 1, "one approval opened");
+    let the_one = s
+        .find_active("deploy-bot", "digest-same")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert!(joined.iter().all(|id| *id == the_one), "{joined:?}");
+    let helds = s
+        .audit_events(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.approval_id
+                .as_deref()
+                .is_some_and(|a| a.starts_with("ap_same_"))
+        })
+        .count();
+    assert_eq!(helds, 1);
+
     // Racing reviewers on quorum 1: exactly one decides it.
     s.insert_approval(&approval("ap_4", 1, 60)).await.unwrap();
     let mut tasks = Vec::new();

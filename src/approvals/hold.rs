@@ -156,18 +156,48 @@ impl Approvals {
             forwarder: None,
             votes: Vec::new(),
         };
-        // The `held` event is durable before the approval exists: a pending approval
-        // the log does not show could otherwise be approved (and a retry forwarded on
-        // it) after a store fault between the two writes. A `held` event whose insert
-        // then fails names an approval nobody can ever vote on: harmless.
+        // The approval and its `held` event are one transaction: a pending approval the
+        // log does not show can never exist, nor a `held` event without its approval.
         let mut ev = event_for("held", &approval);
         ev.reason = approval.justification.clone();
         ev.show = approval.show.clone();
-        self.audit_durable(ev).await?;
         let rx = self.subscribe(&approval.id);
-        if let Err(e) = self.store.insert_approval(&approval).await {
-            self.waiters.remove(&approval.id);
-            return Err(e.into());
+        let started = std::time::Instant::now();
+        let opened = self
+            .store
+            .open_approval(&approval, Some(ev), self.signer.as_ref())
+            .await;
+        self.metrics
+            .audit_append
+            .observe(started.elapsed().as_secs_f64());
+        match opened {
+            Ok(None) => self.audit.sealed_elsewhere(),
+            Ok(Some(_identical)) => {
+                // An identical request opened one a moment ago (here or on another
+                // replica): join it.
+                self.waiters.remove(&approval.id);
+                return Box::pin(self.open(HoldRequest {
+                    id: approval.id,
+                    request_id: approval.request_id,
+                    agent: approval.agent,
+                    owner: approval.owner,
+                    digest: approval.digest,
+                    body_sha256: approval.body_sha256,
+                    rules: approval.rules,
+                    policy: approval.policy,
+                    method: approval.method,
+                    upstream: approval.upstream,
+                    host: approval.host,
+                    url: approval.url,
+                    justification: approval.justification,
+                    show: approval.show,
+                }))
+                .await;
+            }
+            Err(e) => {
+                self.waiters.remove(&approval.id);
+                return Err(e.into());
+            }
         }
         tracing::info!(approval = %approval.id, agent = %approval.agent, rules = ?approval.rules, "request held for approval");
         Ok(Opened::Waiting(Ticket {

@@ -35,7 +35,7 @@ pub use hold::{new_approval_id, HoldRequest, Opened, Ticket, Waited};
 pub use limits::{HeldSlot, HeldSlots, HoldLimits};
 pub use vote::may_vote;
 
-use crate::audit::{AuditError, AuditEvent, AuditLog, CheckpointSigner};
+use crate::audit::{AuditEvent, AuditLog, CheckpointSigner};
 use crate::metrics::Metrics;
 use crate::store::{Approval, Store};
 use chrono::{DateTime, Utc};
@@ -108,16 +108,6 @@ impl Approvals {
         if let Some((_, tx)) = self.waiters.remove(id) {
             tx.send_replace(Some(outcome));
         }
-    }
-
-    /// Writes an event and waits until it is durable, timing the append.
-    async fn audit_durable(&self, ev: AuditEvent) -> Result<u64, AuditError> {
-        let started = std::time::Instant::now();
-        let r = self.audit.append(ev).await;
-        self.metrics
-            .audit_append
-            .observe(started.elapsed().as_secs_f64());
-        r
     }
 }
 

@@ -249,7 +249,20 @@ pub trait Store: Send + Sync + 'static {
     /// Reachable and writable enough to serve (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError>;
+    /// Opens a held request's approval: inserts it and seals its `held` event (when
+    /// given) onto the audit chain in one transaction — unless an identical approval
+    /// (same agent and digest) is pending and unexpired: then nothing is written and
+    /// that approval's id is returned, for the request to join it.
+    async fn open_approval(
+        &self,
+        a: &Approval,
+        held: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Option<String>, StoreError>;
+    /// [`Store::open_approval`] without an event, ignoring an identical pending one.
+    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
+        self.open_approval(a, None, None).await.map(|_| ())
+    }
     /// One approval with its votes.
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
     /// Approvals, newest first, optionally of one status.

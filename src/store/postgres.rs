@@ -27,6 +27,9 @@ const AUDIT_LOCK: i64 = 0x6169_726c_6f63_6b02;
 /// The class of the session advisory locks that mark running airlock instances
 /// (two-key form: this class and 32 bits of the instance id's SHA-256).
 const INSTANCE_LOCK_CLASS: i32 = 0x6169_726c;
+/// The class of the transaction advisory locks that serialize opening approvals for one
+/// agent and digest (two-key form, like [`INSTANCE_LOCK_CLASS`]).
+const OPEN_LOCK_CLASS: i32 = 0x6169_726d;
 
 /// The advisory lock key of an airlock instance.
 fn instance_key(id: &str) -> i32 {
@@ -353,7 +356,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
+    async fn open_approval(
+        &self,
+        a: &Approval,
+        held: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Option<String>, StoreError> {
         client!(self, c);
         let rules = serde_json::to_value(&a.rules).map_err(|source| StoreError::Encode {
             what: "rules",
@@ -363,7 +371,27 @@ impl Store for PostgresStore {
             what: "policy",
             source,
         })?;
-        c.execute(
+        let tx = c.transaction().await?;
+        // Identical requests on any replica open one approval: serialized per agent
+        // and digest until commit.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[
+                &OPEN_LOCK_CLASS,
+                &instance_key(&format!("{}\n{}", a.agent, a.digest)),
+            ],
+        )
+        .await?;
+        let existing = tx
+            .query_opt(
+                "SELECT id FROM approvals WHERE agent = $1 AND digest = $2 AND status = 'pending' AND expires > $3 ORDER BY created DESC LIMIT 1",
+                &[&a.agent, &a.digest, &a.created],
+            )
+            .await?;
+        if let Some(row) = existing {
+            return Ok(Some(row.try_get(0)?));
+        }
+        tx.execute(
             &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL, NULL)"),
             &[
                 &a.id, &a.status.as_str(), &a.agent, &a.owner, &a.digest, &a.body_sha256, &rules, &policy,
@@ -372,7 +400,9 @@ impl Store for PostgresStore {
             ],
         )
         .await?;
-        Ok(())
+        seal_in(&tx, &mut Vec::from_iter(held), signer).await?;
+        commit_sealed(tx).await?;
+        Ok(None)
     }
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {

@@ -348,13 +348,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_approval(&self, a: &Approval) -> Result<(), StoreError> {
-        let a = a.clone();
+    async fn open_approval(
+        &self,
+        a: &Approval,
+        held: Option<AuditEvent>,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<Option<String>, StoreError> {
+        let (a, signer) = (a.clone(), signer.cloned());
         self.with(move |c| {
             let rules = serde_json::to_string(&a.rules).map_err(|source| StoreError::Encode { what: "rules", source })?;
             let policy = serde_json::to_string(&a.policy).map_err(|source| StoreError::Encode { what: "policy", source })?;
             let show = a.show.as_ref().map(|s| s.to_string());
-            c.execute(
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT id FROM approvals WHERE agent = ?1 AND digest = ?2 AND status = 'pending' AND expires > ?3 ORDER BY created DESC LIMIT 1")?
+                .query_row(params![a.agent, a.digest, ts(&a.created)], |r| r.get(0))
+                .optional()?;
+            if existing.is_some() {
+                return Ok(existing);
+            }
+            tx.execute(
                 &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL, NULL)"),
                 params![
                     a.id, a.status.as_str(), a.agent, a.owner, a.digest, a.body_sha256, rules, policy,
@@ -362,7 +375,9 @@ impl Store for SqliteStore {
                     ts(&a.created), ts(&a.expires)
                 ],
             )?;
-            Ok(())
+            seal_in(&tx, &mut Vec::from_iter(held), signer.as_ref())?;
+            tx.commit()?;
+            Ok(None)
         })
         .await
     }
