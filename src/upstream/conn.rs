@@ -3,16 +3,21 @@
 //!
 //! Every connection the pooled client opens is wrapped in a [`Watched`] stream, which
 //! sees the plaintext bytes (above TLS) of HTTP/1.1 requests and responses. It knows a
-//! *request boundary*: the connection has carried a response (a read returned bytes)
-//! and nothing was written since, and the next write starts with a request line. At
-//! that boundary, before the first byte of the new request, it asks the kernel (a
-//! real non-blocking `recv(MSG_PEEK)`, not tokio's cached readiness, which lags while
-//! the runtime is busy) whether the upstream has already closed the idle connection.
-//! If it has, the write fails with [`ClosedBeforeWrite`]: not one byte of that request
+//! *request boundary*: nothing was written yet (a connection may sit in the pool
+//! unused: hyper-util pools the connection it dialed for a request another idle one
+//! served), or the connection has carried a response (a read returned bytes) and
+//! nothing was written since; and the next write starts with a request line. At that
+//! boundary, before the first byte of the request, it asks the kernel (a real
+//! non-blocking `recv(MSG_PEEK)`, not tokio's cached readiness, which lags while the
+//! runtime is busy) whether the upstream has already closed the connection. If it
+//! has, the write fails with [`ClosedBeforeWrite`]: not one byte of that request
 //! reached the connection, so the request may be sent again on a fresh one, whatever
-//! its method. Once a request has started on a reused connection, a read that ends
-//! (EOF or error) before any byte of the response fails with [`ClosedBeforeResponse`]:
-//! the request may have reached the upstream, so only an idempotent one may be retried.
+//! its method. Once a request has started on a reused connection (one that carried a
+//! response before), a read that ends (EOF or error) before any byte of the response
+//! fails with [`ClosedBeforeResponse`]: the request may have reached the upstream, so
+//! only an idempotent one may be retried. A connection that ends before anything was
+//! ever written on it fails its read with [`ClosedBeforeWrite`] too (hyper may have
+//! taken a request for it and read the end before writing).
 //!
 //! A live connection is not declared dead: only end-of-stream or a socket error seen by
 //! the peek counts, and for TLS a lone pending record of an alert's size (the
@@ -33,7 +38,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The upstream had closed the reused connection before the first byte of the request
+/// The upstream had closed the pooled connection before the first byte of the request
 /// was written to it: the request never left.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream had closed the idle connection before the request was written")]
@@ -74,9 +79,11 @@ impl tower_service::Service<http::Uri> for Watching {
 /// One upstream connection and what it has carried so far.
 pub struct Watched {
     io: TokioIo<Stream>,
-    /// A response byte was read and nothing written since: the next write that starts
-    /// a request line starts a request on a reused connection.
+    /// Nothing written yet, or a response byte was read and nothing written since: the
+    /// next write that starts a request line starts a request.
     at_boundary: bool,
+    /// A response byte was read: the connection has been used.
+    reused: bool,
     /// A request started on this reused connection and no response byte came yet.
     awaiting_response: bool,
 }
@@ -85,7 +92,8 @@ impl Watched {
     fn new(io: Stream) -> Watched {
         Watched {
             io: TokioIo::new(io),
-            at_boundary: false,
+            at_boundary: true,
+            reused: false,
             awaiting_response: false,
         }
     }
@@ -97,7 +105,7 @@ impl Watched {
         }
     }
 
-    /// Before a write: whether `first` starts a request on a reused connection; fails
+    /// Before a write: whether `first` starts a request; fails
     /// with [`ClosedBeforeWrite`] when it does and the upstream has already closed it.
     fn before_write(&self, first: &[u8]) -> io::Result<bool> {
         if !self.at_boundary || !starts_request_line(first) {
@@ -111,11 +119,10 @@ impl Watched {
         }
     }
 
-    /// After a write of `n` bytes (`starts`: the first of a request on a reused
-    /// connection).
+    /// After a write of `n` bytes (`starts`: the first of a request).
     fn wrote(&mut self, n: usize, starts: bool) {
         if n > 0 {
-            self.awaiting_response |= starts;
+            self.awaiting_response |= starts && self.reused;
             self.at_boundary = false;
         }
     }
@@ -199,6 +206,7 @@ impl AsyncRead for Watched {
             Ok(()) if buf.filled().len() > before => {
                 this.awaiting_response = false;
                 this.at_boundary = true;
+                this.reused = true;
                 Poll::Ready(Ok(()))
             }
             Ok(()) if this.awaiting_response => Poll::Ready(Err(io::Error::new(
@@ -209,6 +217,13 @@ impl AsyncRead for Watched {
                 e.kind(),
                 ClosedBeforeResponse { cause: Some(e) },
             ))),
+            // Nothing was ever written on this connection: whatever request hyper has
+            // taken for it never left (a response body read to EOF is impossible, no
+            // response byte came).
+            Ok(()) if this.at_boundary && !this.reused => Poll::Ready(Err(closed_before_write())),
+            Err(e) if this.at_boundary && !this.reused => {
+                Poll::Ready(Err(io::Error::new(e.kind(), ClosedBeforeWrite)))
+            }
             other => Poll::Ready(other),
         }
     }
