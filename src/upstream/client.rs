@@ -138,9 +138,7 @@ impl UpstreamClient {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
-}
 
-impl UpstreamClient {
     /// Sends on a pooled connection; when that fails in a way [`retry::reason`] allows,
     /// once more on a fresh connection with the body replayed.
     async fn send_retrying(
