@@ -1,13 +1,17 @@
-//! Talking to upstreams: pooled clients ([`client`]), the rewrite every forwarded
-//! request and response gets ([`headers`]), and the built-in demo upstream ([`demo`]).
+//! Talking to upstreams: pooled clients ([`client`]) over watched connections
+//! ([`conn`]) that retry, once, what a stale connection lost ([`retry`]), the rewrite
+//! every forwarded request and response gets ([`headers`]), and the built-in demo
+//! upstream ([`demo`]).
 //!
 //! This module forwards what it is given; deciding whether a request may go is the
 //! proxy's job, done before anything reaches here. A failure keeps its cause
 //! (refused, TLS, reset, timeout) for the log and the audit event.
 
 pub mod client;
+pub mod conn;
 pub mod demo;
 pub mod headers;
+pub mod retry;
 
 pub use client::{ClientError, UpstreamClient};
 
