@@ -1,7 +1,12 @@
 //! What monitoring reads without a token: `/healthz` (the process answers),
-//! `/readyz` (the store answers and rules are loaded; also the mode and the rules'
-//! version in force) and
+//! `/readyz` (the store takes writes, the audit writer runs and its last write
+//! succeeded, rules are loaded; also the mode and the rules' version in force) and
 //! `/metrics` (Prometheus text). Nothing here reveals approvals or identities.
+//!
+//! A JSONL copy (`audit.file`) that is behind the store — a full disk, a file that
+//! cannot be written — leaves airlock ready: the store is the system of record and
+//! every event is in it; `/readyz` names the copy's fault in `audit_file`, and the copy
+//! catches up by itself once it can be written.
 
 use super::answer::json;
 use crate::state::Airlock;
@@ -11,29 +16,55 @@ use axum::response::Response;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest `/readyz` waits for the store: a store that answers slower is not ready.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /healthz`: `{"status": "ok"}` while the process serves.
 pub async fn healthz() -> Response {
     json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: `200 {"status": "ready", "rules": N, "store": "ok", "mode": …}`, or
-/// `503 {"status": "not_ready", …}` with the store's error when it does not answer.
+/// `GET /readyz`: `200 {"status": "ready", "rules": N, "store": "ok", "audit": "ok",
+/// "audit_file": …, "mode": …}`, or `503 {"status": "not_ready", …}` when the store
+/// cannot be written (its error in `store`) or the audit log cannot be (the reason in
+/// `audit`: the writer has stopped, or its last write failed). `audit_file` is `"ok"`,
+/// `"none"`, or why the JSONL copy is behind.
 pub async fn readyz(State(airlock): State<Arc<Airlock>>) -> Response {
     let snap = airlock.snapshot();
     let rules = snap.policy.rules.rules.len();
     let mode = snap.cfg().mode.as_str();
     let version = snap.policy.rules.version.clone();
-    match airlock.store.ping().await {
-        Ok(()) => json(
-            StatusCode::OK,
-            &json!({"status": "ready", "rules": rules, "rules_version": version, "store": "ok", "mode": mode}),
-        ),
-        Err(e) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "not_ready", "rules": rules, "rules_version": version, "store": e.to_string(), "mode": mode}),
-        ),
-    }
+    let audit_file = match (&snap.cfg().audit.file, airlock.audit.copy_behind()) {
+        (None, _) => "none".to_string(),
+        (Some(_), None) => "ok".to_string(),
+        (Some(_), Some(why)) => format!("behind the store: {why}"),
+    };
+    let store = match tokio::time::timeout(PING_TIMEOUT, airlock.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
+    };
+    let audit = airlock.audit.ready();
+    let ready = store.is_ok() && audit.is_ok();
+    let field = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_string());
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "rules": rules,
+            "rules_version": version,
+            "store": field(store),
+            "audit": field(audit),
+            "audit_file": audit_file,
+            "mode": mode,
+        }),
+    )
 }
 
 /// `GET /metrics`: the Prometheus / OpenMetrics text.

@@ -6,7 +6,9 @@
 //! - a rewritten tail whose hashes were recomputed (only with checkpoints: the event at a
 //!   checkpoint's seq no longer has the signed hash),
 //! - a truncated tail (only with checkpoints: a checkpoint names a seq beyond the last event),
-//! - forged or altered checkpoints (only when a verifying key is given).
+//! - forged or altered checkpoints (only when a verifying key is given),
+//! - in a JSONL file ([`verify_jsonl`]), a line that is not a whole event (half written
+//!   or corrupt), named by the seq it should have held.
 //!
 //! Limitation: without checkpoints, dropping the last events leaves a perfectly valid
 //! shorter chain, and an attacker who can rewrite the whole log can recompute every hash.
@@ -15,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::BufRead;
 
 use ed25519_dalek::VerifyingKey;
 
@@ -169,4 +172,45 @@ pub fn verify(
         report.problem = Some(msg);
     }
     report
+}
+
+/// Verifies a JSONL export or copy (`audit verify --file`): like [`verify`] on its
+/// events, and a line that is not a whole audit event (half written, corrupt) is a
+/// problem at the seq it should have held, one past the event before it. Blank lines
+/// are skipped. `Err` only when the file cannot be read.
+pub fn verify_jsonl(
+    reader: impl BufRead,
+    checkpoints: &[Checkpoint],
+    key: Option<&VerifyingKey>,
+) -> std::io::Result<VerifyReport> {
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut bad: Option<(u64, String)> = None;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<AuditEvent>(&line) {
+            Ok(ev) => events.push(ev),
+            Err(e) => {
+                let seq = events.last().map_or(1, |ev| ev.seq + 1);
+                bad = Some((
+                    seq,
+                    format!(
+                        "seq {seq}: line {} is not a whole audit event (half written or corrupt): {e}",
+                        i + 1
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    let mut report = verify(&events, checkpoints, key);
+    if let Some((seq, problem)) = bad {
+        if report.first_bad_seq.is_none_or(|s| seq < s) {
+            report.first_bad_seq = Some(seq);
+            report.problem = Some(problem);
+        }
+    }
+    Ok(report)
 }
