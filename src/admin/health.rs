@@ -26,45 +26,51 @@ pub async fn healthz() -> Response {
     json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: `200 {"status": "ready", "rules": N, "store": "ok", "audit": "ok",
-/// "audit_file": …, "mode": …}`, or `503 {"status": "not_ready", …}` when the store
-/// cannot be written (its error in `store`) or the audit log cannot be (the reason in
-/// `audit`: the writer has stopped, or its last write failed). `audit_file` is `"ok"`,
-/// `"none"`, or why the JSONL copy is behind.
+/// `GET /readyz`: `200 {"status": "ready", "rules": N, "store": "ok", "mode": …}`, or
+/// `503 {"status": "not_ready", …}` when the store cannot be written (its error in
+/// `store`) or the audit log cannot be (the reason in `audit`: the writer has stopped,
+/// or its last write failed). With `audit.file` set, `audit_file` is `"ok"` or why the
+/// JSONL copy is behind.
 pub async fn readyz(State(airlock): State<Arc<Airlock>>) -> Response {
     let snap = airlock.snapshot();
     let rules = snap.policy.rules.rules.len();
     let mode = snap.cfg().mode.as_str();
     let version = snap.policy.rules.version.clone();
-    let audit_file = match (&snap.cfg().audit.file, airlock.audit.copy_behind()) {
-        (None, _) => "none".to_string(),
-        (Some(_), None) => "ok".to_string(),
-        (Some(_), Some(why)) => format!("behind the store: {why}"),
-    };
     let store = match tokio::time::timeout(PING_TIMEOUT, airlock.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
     };
-    let audit = airlock.audit.ready();
+    let mut audit = airlock.audit.ready();
+    if store.is_ok() && audit.is_err() && airlock.audit.alive() {
+        // The store takes writes again: let the writer find out now, not at its next
+        // background attempt.
+        let _ = tokio::time::timeout(PING_TIMEOUT, airlock.audit.recheck()).await;
+        audit = airlock.audit.ready();
+    }
     let ready = store.is_ok() && audit.is_ok();
-    let field = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_string());
-    json(
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "rules": rules,
-            "rules_version": version,
-            "store": field(store),
-            "audit": field(audit),
-            "audit_file": audit_file,
-            "mode": mode,
-        }),
-    )
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "rules": rules,
+        "rules_version": version,
+        "store": store.err().unwrap_or_else(|| "ok".to_string()),
+        "mode": mode,
+    });
+    if let Err(why) = audit {
+        body["audit"] = why.into();
+    }
+    if snap.cfg().audit.file.is_some() {
+        body["audit_file"] = match airlock.audit.copy_behind() {
+            None => "ok".into(),
+            Some(why) => format!("behind the store: {why}").into(),
+        };
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
 }
 
 /// `GET /metrics`: the Prometheus / OpenMetrics text.

@@ -214,3 +214,42 @@ pub fn verify_jsonl(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{to_jsonl_line, Chain};
+
+    fn sealed(n: usize) -> Vec<AuditEvent> {
+        let mut events: Vec<AuditEvent> = (0..n).map(|_| AuditEvent::new("passed")).collect();
+        Chain::genesis().seal_batch(&mut events, None, chrono::Utc::now());
+        events
+    }
+
+    #[test]
+    fn a_half_written_or_corrupt_line_is_named_by_its_seq() {
+        let events = sealed(4);
+        let lines: Vec<String> = events.iter().map(to_jsonl_line).collect();
+        let check = |text: String| verify_jsonl(std::io::Cursor::new(text), &[], None).unwrap();
+
+        let whole = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        assert!(check(whole.clone()).ok());
+
+        let half = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..40]);
+        let r = check(half);
+        assert_eq!(r.first_bad_seq, Some(3), "{r}");
+        assert!(r.to_string().contains("seq 3: line 3"), "{r}");
+
+        let corrupt = whole.replacen(&lines[0], "{\"seq\":1,", 1);
+        assert_eq!(check(corrupt).first_bad_seq, Some(1));
+
+        // A break in the chain before the bad line is the first problem.
+        let edited = format!(
+            "{}\n{}\n{}\nnot json\n",
+            lines[0],
+            lines[1].replacen("passed", "denied", 1),
+            lines[2]
+        );
+        assert_eq!(check(edited).first_bad_seq, Some(2));
+    }
+}

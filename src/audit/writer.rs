@@ -101,6 +101,8 @@ type Reply = oneshot::Sender<Result<u64, AuditError>>;
 enum Msg {
     Append(Box<AuditEvent>, Option<Reply>),
     Flush(oneshot::Sender<()>),
+    /// Try the failing sink again now.
+    Recheck(oneshot::Sender<()>),
 }
 
 /// What the writer knows about itself, shared with every [`AuditLog`] handle.
@@ -219,6 +221,16 @@ impl AuditLog {
         }
     }
 
+    /// Asks the writer to try a failing sink again now (write the events it keeps, or
+    /// probe the sink) instead of at its next background attempt, and waits for that:
+    /// [`AuditLog::ready`] is current afterwards. Nothing to do when the sink is fine.
+    pub async fn recheck(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Recheck(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Whether the writer task still runs. It ends only once every handle is gone, so a
     /// handle that sees it stopped sees it died: nothing can be made durable any more.
     pub fn alive(&self) -> bool {
@@ -272,7 +284,7 @@ const APPEND_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::fro
 /// Pauses between background attempts after a failure (store retry or probe, JSONL
 /// copy write), doubling from the first to the last.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How often a JSONL copy that keeps up looks for events other replicas sealed.
 const COPY_POLL: Duration = Duration::from_secs(1);
@@ -291,6 +303,7 @@ impl Writer {
         let mut events: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(MAX_BATCH);
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut rechecks: Vec<oneshot::Sender<()>> = Vec::new();
 
         loop {
             let due = match (self.store_due, self.copy_due) {
@@ -322,6 +335,7 @@ impl Writer {
                         replies.push(reply);
                     }
                     Msg::Flush(done) => flushes.push(done),
+                    Msg::Recheck(done) => rechecks.push(done),
                 }
                 if events.len() >= MAX_BATCH {
                     break;
@@ -331,6 +345,14 @@ impl Writer {
 
             if !events.is_empty() {
                 self.commit(&mut events, &mut replies).await;
+            }
+            if !rechecks.is_empty() {
+                if self.store_due.is_some() {
+                    self.retry_store().await;
+                }
+                for done in rechecks.drain(..) {
+                    let _ = done.send(());
+                }
             }
             if !flushes.is_empty() {
                 self.catch_up().await;
@@ -347,20 +369,25 @@ impl Writer {
     async fn background(&mut self) {
         let now = Instant::now();
         if self.store_due.is_some_and(|at| at <= now) {
-            self.store_due = None;
-            if !self.retry.is_empty() {
-                let mut events: Vec<AuditEvent> = self.retry.drain(..).collect();
-                let mut replies: Vec<Option<Reply>> = events.iter().map(|_| None).collect();
-                self.commit(&mut events, &mut replies).await;
-            } else if get(&self.health.store).is_some() {
-                match self.sink.probe().await {
-                    Ok(()) => self.store_ok(),
-                    Err(e) => self.store_failed(e.to_string()),
-                }
-            }
+            self.retry_store().await;
         }
         if self.copy_due.is_some_and(|at| at <= now) {
             self.copy_step().await;
+        }
+    }
+
+    /// After a failed write: writes the kept events, or else probes the sink.
+    async fn retry_store(&mut self) {
+        self.store_due = None;
+        if !self.retry.is_empty() {
+            let mut events: Vec<AuditEvent> = self.retry.drain(..).collect();
+            let mut replies: Vec<Option<Reply>> = events.iter().map(|_| None).collect();
+            self.commit(&mut events, &mut replies).await;
+        } else if get(&self.health.store).is_some() {
+            match self.sink.probe().await {
+                Ok(()) => self.store_ok(),
+                Err(e) => self.store_failed(e.to_string()),
+            }
         }
     }
 
@@ -478,11 +505,10 @@ impl Writer {
     /// to [`COPY_STEP`] events after the copy's last seq and appends them. True when it
     /// made progress (more may be waiting).
     async fn copy_step(&mut self) -> bool {
-        let Some(copy) = &self.copy else { return false };
-        if copy.foreign {
+        let Some(copy) = self.copy.as_ref().filter(|c| !c.foreign) else {
             self.copy_due = None;
             return false;
-        }
+        };
         let after = copy.seq;
         let head = match self.sink.head().await {
             Ok((seq, _)) => seq,
@@ -875,5 +901,139 @@ impl AuditSink for MemorySink {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{read_jsonl, verify};
+
+    fn event(tag: &str) -> AuditEvent {
+        let mut ev = AuditEvent::new("passed");
+        ev.reason = Some(tag.to_string());
+        ev
+    }
+
+    #[test]
+    fn the_last_line_is_found_past_blank_lines_and_a_half_line() {
+        let scan = |text: &str| scan_last_line(text.as_bytes(), 0);
+        assert_eq!(scan(""), Some((0, None)));
+        assert_eq!(scan("{\"half"), Some((0, None)));
+        assert_eq!(scan("a\n"), Some((2, Some(b"a".to_vec()))));
+        assert_eq!(scan("a\nb\n{\"ha"), Some((4, Some(b"b".to_vec()))));
+        assert_eq!(scan("a\nb\n\n  \n"), Some((8, Some(b"b".to_vec()))));
+        assert_eq!(scan("\n\n"), Some((2, None)));
+        // Read from the middle of a file: more is needed to see where the line starts.
+        assert_eq!(scan_last_line(b"b\n", 10), None);
+        assert_eq!(
+            scan_last_line(b"x\nb\n", 10),
+            Some((14, Some(b"b".to_vec())))
+        );
+    }
+
+    #[test]
+    fn opening_cuts_a_half_line_and_refuses_a_file_that_is_not_an_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = vec![event("a"), event("b")];
+        Chain::genesis().seal_batch(&mut events, None, Utc::now());
+        let whole: String = events.iter().map(|e| to_jsonl_line(e) + "\n").collect();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, format!("{whole}{{\"seq\":3,\"ev")).unwrap();
+        let copy = JsonlCopy::open(&path).unwrap();
+        assert_eq!((copy.seq, copy.hash.as_str()), (2, events[1].hash.as_str()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, "dear diary\n").unwrap();
+        let err = JsonlCopy::open(&other).err().expect("refused");
+        assert!(err.to_string().contains("not an audit event"), "{err}");
+        std::fs::write(&other, format!("{whole}dear diary")).unwrap();
+        assert!(JsonlCopy::open(&other).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&other).unwrap(),
+            format!("{whole}dear diary"),
+            "left untouched"
+        );
+    }
+
+    /// Two writers on one sink, each with its own copy: each copy ends up holding the
+    /// whole chain, the other writer's events fetched from the sink.
+    #[tokio::test]
+    async fn copies_of_two_writers_on_one_sink_each_hold_the_whole_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let files = [dir.path().join("a.jsonl"), dir.path().join("b.jsonl")];
+        let mut logs = Vec::new();
+        for f in &files {
+            logs.push(
+                AuditLog::start(sink.clone(), None, Some(f.clone()))
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        for i in 0..30 {
+            logs[i % 2].append(event(&format!("e{i}"))).await.unwrap();
+        }
+        for log in &logs {
+            log.flush().await;
+            assert!(log.copy_behind().is_none());
+        }
+        let stored = sink.events();
+        for f in &files {
+            let copy =
+                read_jsonl(std::io::BufReader::new(std::fs::File::open(f).unwrap())).unwrap();
+            assert_eq!(copy, stored, "{}", f.display());
+            assert!(verify(&copy, &[], None).ok());
+        }
+    }
+
+    /// A copy that belongs to another log is left untouched and reported.
+    #[tokio::test]
+    async fn a_copy_of_another_log_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut foreign = vec![event("x"), event("y"), event("z")];
+        Chain::genesis().seal_batch(&mut foreign, None, Utc::now());
+        let text: String = foreign.iter().map(|e| to_jsonl_line(e) + "\n").collect();
+        std::fs::write(&path, &text).unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let (log, _task) = AuditLog::start(sink, None, Some(path.clone()))
+            .await
+            .unwrap();
+        log.append(event("mine")).await.unwrap();
+        log.flush().await;
+        assert!(log.copy_behind().is_some_and(|w| w.contains("seq 3")));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// A writer that has stopped makes the log unready, and nothing is durable.
+    #[tokio::test]
+    async fn a_stopped_writer_is_not_ready() {
+        let (log, task) = AuditLog::start(Arc::new(MemorySink::new()), None, None)
+            .await
+            .unwrap();
+        assert!(log.alive() && log.ready().is_ok());
+        task.abort();
+        let _ = task.await;
+        assert!(!log.alive());
+        assert!(log.ready().is_err_and(|w| w.contains("stopped")));
+    }
+
+    /// A failed write makes the log unready until the sink takes writes again, and the
+    /// kept events are written then without a new event to carry them.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_unready_until_the_sink_recovers() {
+        let sink = Arc::new(MemorySink::new());
+        let (log, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
+        sink.set_failing(true);
+        log.record(event("kept"));
+        log.flush().await;
+        assert!(log.ready().is_err());
+        sink.set_failing(false);
+        tokio::time::sleep(MAX_BACKOFF * 2).await;
+        assert!(log.ready().is_ok());
+        assert_eq!(sink.events().len(), 1);
     }
 }

@@ -3,7 +3,9 @@
 //! One connection in WAL mode behind an async mutex; a call takes the mutex first and
 //! only then runs on tokio's blocking pool, so the async runtime never waits on disk
 //! and a burst of thousands of held requests queues as cheap futures, not as
-//! blocking threads. Schema migrations are the numbered
+//! blocking threads. The readiness check ([`Store::ping`]) writes through a second
+//! connection of its own with a short busy timeout, so a full disk or a lock another
+//! process holds shows within about half a second. Schema migrations are the numbered
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
 use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteResult};
