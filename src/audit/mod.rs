@@ -38,7 +38,7 @@ pub use ed25519_dalek::VerifyingKey;
 pub use event::{
     canonical_json, compute_hash, format_time, parse_time, read_jsonl, to_jsonl_line, AuditEvent,
 };
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, verify_jsonl, VerifyReport};
 pub use writer::{AuditLog, AuditSink, BatchObserver, BatchStats, MemorySink, MAX_BATCH};
 
 /// `prev_hash` of the first event (seq 1): 64 ASCII zeros.

@@ -6,7 +6,9 @@
 //! - a rewritten tail whose hashes were recomputed (only with checkpoints: the event at a
 //!   checkpoint's seq no longer has the signed hash),
 //! - a truncated tail (only with checkpoints: a checkpoint names a seq beyond the last event),
-//! - forged or altered checkpoints (only when a verifying key is given).
+//! - forged or altered checkpoints (only when a verifying key is given),
+//! - in a JSONL file ([`verify_jsonl`]), a line that is not a whole event (half written
+//!   or corrupt), named by the seq it should have held.
 //!
 //! Limitation: without checkpoints, dropping the last events leaves a perfectly valid
 //! shorter chain, and an attacker who can rewrite the whole log can recompute every hash.
@@ -15,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::BufRead;
 
 use ed25519_dalek::VerifyingKey;
 
@@ -169,4 +172,84 @@ pub fn verify(
         report.problem = Some(msg);
     }
     report
+}
+
+/// Verifies a JSONL export or copy (`audit verify --file`): like [`verify`] on its
+/// events, and a line that is not a whole audit event (half written, corrupt) is a
+/// problem at the seq it should have held, one past the event before it. Blank lines
+/// are skipped. `Err` only when the file cannot be read.
+pub fn verify_jsonl(
+    reader: impl BufRead,
+    checkpoints: &[Checkpoint],
+    key: Option<&VerifyingKey>,
+) -> std::io::Result<VerifyReport> {
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut bad: Option<(u64, String)> = None;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<AuditEvent>(&line) {
+            Ok(ev) => events.push(ev),
+            Err(e) => {
+                let seq = events.last().map_or(1, |ev| ev.seq + 1);
+                bad = Some((
+                    seq,
+                    format!(
+                        "seq {seq}: line {} is not a whole audit event (half written or corrupt): {e}",
+                        i + 1
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    let mut report = verify(&events, checkpoints, key);
+    if let Some((seq, problem)) = bad {
+        if report.first_bad_seq.is_none_or(|s| seq < s) {
+            report.first_bad_seq = Some(seq);
+            report.problem = Some(problem);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{to_jsonl_line, Chain};
+
+    fn sealed(n: usize) -> Vec<AuditEvent> {
+        let mut events: Vec<AuditEvent> = (0..n).map(|_| AuditEvent::new("passed")).collect();
+        Chain::genesis().seal_batch(&mut events, None, chrono::Utc::now());
+        events
+    }
+
+    #[test]
+    fn a_half_written_or_corrupt_line_is_named_by_its_seq() {
+        let events = sealed(4);
+        let lines: Vec<String> = events.iter().map(to_jsonl_line).collect();
+        let check = |text: String| verify_jsonl(std::io::Cursor::new(text), &[], None).unwrap();
+
+        let whole = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+        assert!(check(whole.clone()).ok());
+
+        let half = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..40]);
+        let r = check(half);
+        assert_eq!(r.first_bad_seq, Some(3), "{r}");
+        assert!(r.to_string().contains("seq 3: line 3"), "{r}");
+
+        let corrupt = whole.replacen(&lines[0], "{\"seq\":1,", 1);
+        assert_eq!(check(corrupt).first_bad_seq, Some(1));
+
+        // A break in the chain before the bad line is the first problem.
+        let edited = format!(
+            "{}\n{}\n{}\nnot json\n",
+            lines[0],
+            lines[1].replacen("passed", "denied", 1),
+            lines[2]
+        );
+        assert_eq!(check(edited).first_bad_seq, Some(2));
+    }
 }

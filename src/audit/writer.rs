@@ -1,14 +1,30 @@
-//! The single audit writer task (group commit) and the storage abstraction.
+//! The single audit writer task (group commit), the storage abstraction, and the JSONL
+//! copy the writer keeps.
+//!
+//! The writer never dies of a fault it can meet: a store that refuses a batch fails the
+//! callers waiting for it (they fail closed), keeps recorded events for a retry, and
+//! is probed in the background until it takes writes again; a JSONL copy that cannot be
+//! written falls behind and catches up from the store. What it knows of its own health
+//! — stopped, last write failed, copy behind — [`AuditLog`] reports for `/readyz`.
+//!
+//! The JSONL copy holds whole lines only, every event of the chain in seq order, with no
+//! gap and no duplicate: a write that fails is cut back to the last whole line, and the
+//! events the copy missed (a failed write, a full disk, batches sealed by another
+//! replica) are read back from the store ([`AuditSink::events_after`]) in bounded steps
+//! between live batches. At start a half-written last line is cut off and the copy
+//! catches up; a copy whose last event is not the store's event at that seq belongs to
+//! another log and is left untouched (logged, and named by `/readyz`).
 
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{
     to_jsonl_line, AuditError, AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH,
@@ -50,6 +66,20 @@ pub trait AuditSink: Send + Sync + 'static {
         self.append(&events, checkpoint.as_ref()).await?;
         Ok(events)
     }
+    /// Up to `limit` stored events with a seq above `after`, in seq order: what a JSONL
+    /// copy that fell behind catches up with. The default cannot read events back, so
+    /// a copy behind such a sink stays behind.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, AuditError> {
+        let _ = (after, limit);
+        Err(AuditError::Store(
+            "this audit sink cannot read its events back".into(),
+        ))
+    }
+    /// Whether the sink takes writes again after a failed one (a small real write where
+    /// the sink has one). The default reads the head.
+    async fn probe(&self) -> Result<(), AuditError> {
+        self.head().await.map(drop)
+    }
 }
 
 /// Reported after every batch the writer attempted (for the audit append latency metric).
@@ -71,6 +101,27 @@ type Reply = oneshot::Sender<Result<u64, AuditError>>;
 enum Msg {
     Append(Box<AuditEvent>, Option<Reply>),
     Flush(oneshot::Sender<()>),
+    /// Try the failing sink again now.
+    Recheck(oneshot::Sender<()>),
+    /// Events were sealed elsewhere: bring the JSONL copy up to date.
+    CatchUp,
+}
+
+/// What the writer knows about itself, shared with every [`AuditLog`] handle.
+#[derive(Debug, Default)]
+struct Health {
+    /// Why the last write to the sink failed; `None` once a write or a probe succeeds.
+    store: Mutex<Option<String>>,
+    /// Why the JSONL copy is behind the sink; `None` while it keeps up.
+    copy: Mutex<Option<String>>,
+}
+
+fn get(m: &Mutex<Option<String>>) -> Option<String> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set(m: &Mutex<Option<String>>, v: Option<String>) {
+    *m.lock().unwrap_or_else(|p| p.into_inner()) = v;
 }
 
 /// Handle to the audit writer. Cheap to clone; the writer task ends when every handle has
@@ -78,6 +129,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Msg>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -89,8 +141,9 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Checks that `sink` can read its head and spawns the writer task. `jsonl_file` is opened in
-    /// append mode (created if missing) before the task starts.
+    /// Checks that `sink` can read its head and spawns the writer task. `jsonl_file` is opened
+    /// (created if missing, a half-written last line cut off) before the task starts; the
+    /// task then catches it up with the sink.
     pub async fn start(
         sink: Arc<dyn AuditSink>,
         signer: Option<CheckpointSigner>,
@@ -109,26 +162,39 @@ impl AuditLog {
         // Fail at start when the store cannot even be read; the head itself is read
         // again under the store's lock for every batch.
         sink.head().await?;
-        let jsonl = match jsonl_file {
-            Some(path) => Some(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .await?,
-            ),
+        let health = Arc::new(Health::default());
+        let copy = match jsonl_file {
+            Some(path) => {
+                let mut copy = tokio::task::spawn_blocking(move || JsonlCopy::open(&path))
+                    .await
+                    .map_err(|e| AuditError::Io(std::io::Error::other(e)))??;
+                if let Err(why) = copy.matches(sink.as_ref()).await {
+                    tracing::error!(
+                        file = %copy.path.display(),
+                        "audit JSONL copy belongs to another log ({why}): it is left as it is and no longer written; move it away and restart to rebuild it"
+                    );
+                    set(&health.copy, Some(why));
+                    copy.foreign = true;
+                }
+                Some(copy)
+            }
             None => None,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             sink,
             signer,
-            jsonl,
+            copy_due: copy.as_ref().map(|_| Instant::now()),
+            copy,
             on_batch,
             retry: Vec::new(),
+            health: health.clone(),
+            store_due: None,
+            store_backoff: MIN_BACKOFF,
+            copy_backoff: MIN_BACKOFF,
         };
         let handle = tokio::spawn(writer.run(rx));
-        Ok((AuditLog { tx }, handle))
+        Ok((AuditLog { tx, health }, handle))
     }
 
     /// Queues `ev` and waits until it is durable in the sink; returns its seq.
@@ -148,28 +214,71 @@ impl AuditLog {
         }
     }
 
-    /// Events were sealed in a store transaction of their own (a vote, an expiry): the
-    /// JSONL copy catches up from the store.
+    /// Events were sealed in a store transaction of their own (a vote, an expiry, a
+    /// settled forward): the JSONL copy catches up from the store now, without waiting.
     pub fn sealed_elsewhere(&self) {
-        // Wired to the JSONL catch-up when it lands.
+        let _ = self.tx.send(Msg::CatchUp);
     }
 
-    /// Waits until everything queued before this call has been attempted (stored or failed).
+    /// Waits until everything queued before this call has been attempted (stored or
+    /// failed), and the JSONL copy has caught up with the sink as far as it can.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
+
+    /// Asks the writer to try a failing sink again now (write the events it keeps, or
+    /// probe the sink) instead of at its next background attempt, and waits for that:
+    /// [`AuditLog::ready`] is current afterwards. Nothing to do when the sink is fine.
+    pub async fn recheck(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Recheck(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Whether the writer task still runs. It ends only once every handle is gone, so a
+    /// handle that sees it stopped sees it died: nothing can be made durable any more.
+    pub fn alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Whether events can be made durable now; `Err` says why not: the writer has
+    /// stopped, or its last write to the sink failed and neither a write nor a probe has
+    /// succeeded since.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.alive() {
+            return Err("the audit writer has stopped".into());
+        }
+        match get(&self.health.store) {
+            Some(why) => Err(format!("the audit log cannot be written: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the JSONL copy (`audit.file`) is behind the sink, while it is. It catches up
+    /// by itself once it can be written, unless it belongs to another log.
+    pub fn copy_behind(&self) -> Option<String> {
+        get(&self.health.copy)
+    }
 }
 
 struct Writer {
     sink: Arc<dyn AuditSink>,
     signer: Option<CheckpointSigner>,
-    jsonl: Option<tokio::fs::File>,
+    copy: Option<JsonlCopy>,
     on_batch: Option<BatchObserver>,
     /// Fire-and-forget events of a failed batch, written first in the next one.
     retry: Vec<AuditEvent>,
+    health: Arc<Health>,
+    /// When the kept events are retried or the failing sink probed next.
+    store_due: Option<Instant>,
+    store_backoff: Duration,
+    /// When the JSONL copy next reads the sink for events it lacks.
+    copy_due: Option<Instant>,
+    copy_backoff: Duration,
 }
 
 /// Most fire-and-forget events kept for a retry while the store is failing.
@@ -180,13 +289,48 @@ const MAX_RETRY: usize = 100_000;
 /// then the callers are told (they fail closed).
 const APPEND_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(600)];
 
+/// Pauses between background attempts after a failure (store retry or probe, JSONL
+/// copy write), doubling from the first to the last.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How often a JSONL copy that keeps up looks for events other replicas sealed.
+const COPY_POLL: Duration = Duration::from_secs(1);
+
+/// Most events one catch-up step of the JSONL copy reads and writes.
+const COPY_STEP: usize = 512;
+
+fn next_backoff(b: &mut Duration) -> Duration {
+    let now = *b;
+    *b = (*b * 2).min(MAX_BACKOFF);
+    now
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut events: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(MAX_BATCH);
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut rechecks: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut catch_up = false;
 
-        while let Some(first) = rx.recv().await {
+        loop {
+            let due = match (self.store_due, self.copy_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let msg = match due {
+                Some(at) => tokio::select! {
+                    biased;
+                    msg = rx.recv() => msg,
+                    () = tokio::time::sleep_until(at) => {
+                        self.background().await;
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(first) = msg else { break };
             // Events recorded while the store was failing go first, in their order.
             for ev in self.retry.drain(..) {
                 events.push(ev);
@@ -200,6 +344,8 @@ impl Writer {
                         replies.push(reply);
                     }
                     Msg::Flush(done) => flushes.push(done),
+                    Msg::Recheck(done) => rechecks.push(done),
+                    Msg::CatchUp => catch_up = true,
                 }
                 if events.len() >= MAX_BATCH {
                     break;
@@ -210,11 +356,63 @@ impl Writer {
             if !events.is_empty() {
                 self.commit(&mut events, &mut replies).await;
             }
+            if !rechecks.is_empty() {
+                if self.store_due.is_some() {
+                    self.retry_store().await;
+                }
+                for done in rechecks.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+            if !flushes.is_empty() || std::mem::take(&mut catch_up) {
+                self.catch_up().await;
+            }
             for done in flushes.drain(..) {
                 let _ = done.send(());
             }
         }
         tracing::debug!("audit writer stopped");
+    }
+
+    /// The work due between batches: retry the kept events or probe the failing sink,
+    /// and one step of the JSONL copy's catch-up.
+    async fn background(&mut self) {
+        let now = Instant::now();
+        if self.store_due.is_some_and(|at| at <= now) {
+            self.retry_store().await;
+        }
+        if self.copy_due.is_some_and(|at| at <= now) {
+            self.copy_step().await;
+        }
+    }
+
+    /// After a failed write: writes the kept events, or else probes the sink.
+    async fn retry_store(&mut self) {
+        self.store_due = None;
+        if !self.retry.is_empty() {
+            let mut events: Vec<AuditEvent> = self.retry.drain(..).collect();
+            let mut replies: Vec<Option<Reply>> = events.iter().map(|_| None).collect();
+            self.commit(&mut events, &mut replies).await;
+        } else if get(&self.health.store).is_some() {
+            match self.sink.probe().await {
+                Ok(()) => self.store_ok(),
+                Err(e) => self.store_failed(e.to_string()),
+            }
+        }
+    }
+
+    fn store_ok(&mut self) {
+        if get(&self.health.store).is_some() {
+            tracing::info!("audit store takes writes again");
+        }
+        set(&self.health.store, None);
+        self.store_backoff = MIN_BACKOFF;
+        self.store_due = None;
+    }
+
+    fn store_failed(&mut self, why: String) {
+        set(&self.health.store, Some(why));
+        self.store_due = Some(Instant::now() + next_backoff(&mut self.store_backoff));
     }
 
     async fn commit(&mut self, events: &mut Vec<AuditEvent>, replies: &mut Vec<Option<Reply>>) {
@@ -240,7 +438,8 @@ impl Writer {
         let ok = result.is_ok();
         match result {
             Ok(sealed) => {
-                self.write_jsonl(&sealed).await;
+                self.store_ok();
+                self.copy_sealed(&sealed).await;
                 for (ev, reply) in sealed.iter().zip(replies.drain(..)) {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(ev.seq));
@@ -254,6 +453,7 @@ impl Writer {
                     AuditError::Store(m) | AuditError::Unavailable(m) => m,
                     other => other.to_string(),
                 };
+                self.store_failed(msg.clone());
                 // Callers that wait are told (they fail closed); recorded events are
                 // kept and written with the next batch.
                 for (ev, reply) in events.drain(..).zip(replies.drain(..)) {
@@ -285,24 +485,310 @@ impl Writer {
         }
     }
 
-    async fn write_jsonl(&mut self, events: &[AuditEvent]) {
-        let Some(file) = self.jsonl.as_mut() else {
+    /// Copies a batch just sealed. A batch that continues the copy is written at once;
+    /// after a gap (events another replica sealed, or a write that failed) the copy
+    /// catches up from the sink instead, in steps between batches.
+    async fn copy_sealed(&mut self, sealed: &[AuditEvent]) {
+        let (Some(copy), Some(first)) = (&self.copy, sealed.first()) else {
             return;
+        };
+        if copy.foreign {
+            return;
+        }
+        if first.seq == copy.seq + 1 {
+            if self.write_copy(sealed.to_vec()).await {
+                self.copy_due = Some(Instant::now() + COPY_POLL);
+            }
+        } else if first.seq > copy.seq + 1 && get(&self.health.copy).is_none() {
+            self.copy_due = Some(Instant::now());
+        }
+        // Otherwise the copy is behind after a failure: the background catch-up, at
+        // its pace, has it.
+    }
+
+    /// Steps the JSONL copy's catch-up until it has reached the sink's head or cannot go on.
+    async fn catch_up(&mut self) {
+        while self.copy_step().await {}
+    }
+
+    /// One step of the copy's catch-up: when the sink's head is past the copy, reads up
+    /// to [`COPY_STEP`] events after the copy's last seq and appends them. True when it
+    /// made progress (more may be waiting).
+    async fn copy_step(&mut self) -> bool {
+        let Some(copy) = self.copy.as_ref().filter(|c| !c.foreign) else {
+            self.copy_due = None;
+            return false;
+        };
+        let after = copy.seq;
+        let head = match self.sink.head().await {
+            Ok((seq, _)) => seq,
+            Err(e) => {
+                self.copy_failed(format!("cannot read the store: {e}"));
+                return false;
+            }
+        };
+        if head <= after {
+            if get(&self.health.copy).is_some() {
+                tracing::info!("audit JSONL copy caught up with the store");
+                set(&self.health.copy, None);
+            }
+            self.copy_backoff = MIN_BACKOFF;
+            self.copy_due = Some(Instant::now() + COPY_POLL);
+            return false;
+        }
+        let events = match self.sink.events_after(after, COPY_STEP).await {
+            Ok(events) => events,
+            Err(e) => {
+                self.copy_failed(format!("cannot read the store: {e}"));
+                return false;
+            }
+        };
+        if !self.write_copy(events).await {
+            return false;
+        }
+        if self.copy.as_ref().is_some_and(|c| c.seq > after) {
+            self.copy_due = Some(Instant::now());
+            true
+        } else {
+            self.copy_failed(format!(
+                "the store's head is seq {head} but it gave no event after seq {after}"
+            ));
+            false
+        }
+    }
+
+    /// Appends `events` (sealed, in seq order) to the copy, skipping what it already
+    /// holds. False when the copy could not take them (it is behind until it catches up).
+    async fn write_copy(&mut self, events: Vec<AuditEvent>) -> bool {
+        let Some(mut copy) = self.copy.take() else {
+            return false;
+        };
+        let events: Vec<AuditEvent> = events.into_iter().filter(|e| e.seq > copy.seq).collect();
+        let Some(first) = events.first() else {
+            self.copy = Some(copy);
+            return true;
+        };
+        if first.seq != copy.seq + 1 || (copy.seq > 0 && first.prev_hash != copy.hash) {
+            let why = format!(
+                "the store's seq {} does not continue the copy's last event (seq {})",
+                first.seq, copy.seq
+            );
+            self.copy = Some(copy);
+            self.copy_failed(why);
+            return false;
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            let result = copy.append(&events);
+            (copy, result)
+        })
+        .await;
+        match written {
+            Ok((copy, result)) => {
+                self.copy = Some(copy);
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.copy_failed(e.to_string());
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit JSONL copy: the write task failed; the copy is no longer written");
+                set(
+                    &self.health.copy,
+                    Some(format!("the copy's writer failed: {e}")),
+                );
+                false
+            }
+        }
+    }
+
+    fn copy_failed(&mut self, why: String) {
+        if get(&self.health.copy).is_none() {
+            let file = self.copy.as_ref().map(|c| c.path.display().to_string());
+            tracing::error!(file = ?file, error = %why, "audit JSONL copy write failed; it catches up from the store once it can");
+        }
+        set(&self.health.copy, Some(why));
+        self.copy_due = Some(Instant::now() + next_backoff(&mut self.copy_backoff));
+    }
+}
+
+/// The JSONL copy of the log (`audit.file`): whole lines, in seq order.
+struct JsonlCopy {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Seq and hash of the last event in the file ((0, GENESIS) when it has none).
+    seq: u64,
+    hash: String,
+    /// Length to cut the file back to before the next write: a failed write may have
+    /// left part of a line there, and cutting it failed too.
+    cut_to: Option<u64>,
+    /// The copy belongs to another log: never written.
+    foreign: bool,
+}
+
+/// Longest last line [`JsonlCopy::open`] reads back.
+const MAX_LINE: u64 = 64 << 20;
+
+impl JsonlCopy {
+    /// Opens (creating) the copy and cuts off a half-written last line. Fails when the
+    /// file cannot be opened or does not end in an audit event.
+    fn open(path: &Path) -> std::io::Result<JsonlCopy> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        let (whole, last) = last_line(&mut file, size)?;
+        let not_an_event = |what: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {what}; it is not an audit log airlock wrote: move it away",
+                    path.display()
+                ),
+            )
+        };
+        let (seq, hash) = match last {
+            Some(line) => {
+                let ev: AuditEvent = serde_json::from_slice(&line).map_err(|e| {
+                    not_an_event(format!("its last line is not an audit event ({e})"))
+                })?;
+                (ev.seq, ev.hash)
+            }
+            None => (0, GENESIS_HASH.to_string()),
+        };
+        if whole < size {
+            // A half-written line: what a write cut short by a crash or a full disk left.
+            let mut half = Vec::new();
+            file.seek(SeekFrom::Start(whole))?;
+            Read::by_ref(&mut file).take(16).read_to_end(&mut half)?;
+            if !half.iter().all(|b| *b == 0) && half.first() != Some(&b'{') {
+                return Err(not_an_event(
+                    "it ends in text that is not an audit event".into(),
+                ));
+            }
+            file.set_len(whole)?;
+            tracing::warn!(
+                file = %path.display(),
+                bytes = size - whole,
+                "audit JSONL copy: cut off a half-written last line"
+            );
+        }
+        Ok(JsonlCopy {
+            path: path.to_path_buf(),
+            file,
+            seq,
+            hash,
+            cut_to: None,
+            foreign: false,
+        })
+    }
+
+    /// Checks that the copy's last event is the sink's event at that seq.
+    async fn matches(&self, sink: &dyn AuditSink) -> Result<(), String> {
+        if self.seq == 0 {
+            return Ok(());
+        }
+        match sink.events_after(self.seq - 1, 1).await {
+            Ok(found) => match found.first() {
+                Some(ev) if ev.seq == self.seq && ev.hash == self.hash => Ok(()),
+                Some(ev) if ev.seq == self.seq => Err(format!(
+                    "its seq {} has another hash than the store's",
+                    self.seq
+                )),
+                _ => Err(format!(
+                    "it ends at seq {} but the store does not hold that seq",
+                    self.seq
+                )),
+            },
+            // A sink that cannot read back cannot be checked.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Appends `events`, which continue the copy, as whole lines. On failure the file is
+    /// cut back to its last whole line.
+    fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        if let Some(len) = self.cut_to {
+            self.file.set_len(len)?;
+            self.cut_to = None;
+        }
+        let Some(last) = events.last() else {
+            return Ok(());
         };
         let mut buf = String::with_capacity(events.len() * 320);
         for ev in events {
             buf.push_str(&to_jsonl_line(ev));
             buf.push('\n');
         }
-        let res = async {
-            file.write_all(buf.as_bytes()).await?;
-            file.flush().await
+        let before = self.file.metadata()?.len();
+        if let Err(e) = self
+            .file
+            .write_all(buf.as_bytes())
+            .and_then(|()| self.file.flush())
+        {
+            if self.file.set_len(before).is_err() {
+                self.cut_to = Some(before);
+            }
+            return Err(e);
         }
-        .await;
-        if let Err(e) = res {
-            // The store is the system of record; the JSONL copy is best effort.
-            tracing::error!(error = %e, "audit JSONL copy write failed");
+        self.seq = last.seq;
+        self.hash = last.hash.clone();
+        Ok(())
+    }
+}
+
+/// The length of `file` up to and including its last newline, and its last non-blank
+/// line before that (none when it has no whole line).
+fn last_line(file: &mut std::fs::File, size: u64) -> std::io::Result<(u64, Option<Vec<u8>>)> {
+    // `buf` holds the file's bytes from `pos` to `size`, read backwards in chunks.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = size;
+    loop {
+        if let Some(found) = scan_last_line(&buf, pos) {
+            return Ok(found);
         }
+        if size - pos > MAX_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "its last line is longer than 64 MiB",
+            ));
+        }
+        let start = pos.saturating_sub(64 << 10);
+        let mut chunk = vec![0; (pos - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        pos = start;
+    }
+}
+
+/// [`last_line`] on the bytes `buf` read from offset `pos` to the end; `None` when more
+/// of the file must be read first.
+fn scan_last_line(buf: &[u8], pos: u64) -> Option<(u64, Option<Vec<u8>>)> {
+    let Some(nl) = buf.iter().rposition(|b| *b == b'\n') else {
+        return (pos == 0).then_some((0, None));
+    };
+    let whole = pos + nl as u64 + 1;
+    let mut end = nl;
+    loop {
+        let start = match buf[..end].iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if pos == 0 => 0,
+            None => return None,
+        };
+        let line = &buf[start..end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Some((whole, Some(line.to_vec())));
+        }
+        if start == 0 {
+            return Some((whole, None));
+        }
+        end = start - 1;
     }
 }
 
@@ -414,5 +900,150 @@ impl AuditSink for MemorySink {
         }
         inner.appends += 1;
         Ok(events)
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, AuditError> {
+        let inner = self.lock();
+        Ok(inner
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{read_jsonl, verify};
+
+    fn event(tag: &str) -> AuditEvent {
+        let mut ev = AuditEvent::new("passed");
+        ev.reason = Some(tag.to_string());
+        ev
+    }
+
+    #[test]
+    fn the_last_line_is_found_past_blank_lines_and_a_half_line() {
+        let scan = |text: &str| scan_last_line(text.as_bytes(), 0);
+        assert_eq!(scan(""), Some((0, None)));
+        assert_eq!(scan("{\"half"), Some((0, None)));
+        assert_eq!(scan("a\n"), Some((2, Some(b"a".to_vec()))));
+        assert_eq!(scan("a\nb\n{\"ha"), Some((4, Some(b"b".to_vec()))));
+        assert_eq!(scan("a\nb\n\n  \n"), Some((8, Some(b"b".to_vec()))));
+        assert_eq!(scan("\n\n"), Some((2, None)));
+        // Read from the middle of a file: more is needed to see where the line starts.
+        assert_eq!(scan_last_line(b"b\n", 10), None);
+        assert_eq!(
+            scan_last_line(b"x\nb\n", 10),
+            Some((14, Some(b"b".to_vec())))
+        );
+    }
+
+    #[test]
+    fn opening_cuts_a_half_line_and_refuses_a_file_that_is_not_an_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = vec![event("a"), event("b")];
+        Chain::genesis().seal_batch(&mut events, None, Utc::now());
+        let whole: String = events.iter().map(|e| to_jsonl_line(e) + "\n").collect();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, format!("{whole}{{\"seq\":3,\"ev")).unwrap();
+        let copy = JsonlCopy::open(&path).unwrap();
+        assert_eq!((copy.seq, copy.hash.as_str()), (2, events[1].hash.as_str()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, "dear diary\n").unwrap();
+        let err = JsonlCopy::open(&other).err().expect("refused");
+        assert!(err.to_string().contains("not an audit event"), "{err}");
+        std::fs::write(&other, format!("{whole}dear diary")).unwrap();
+        assert!(JsonlCopy::open(&other).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&other).unwrap(),
+            format!("{whole}dear diary"),
+            "left untouched"
+        );
+    }
+
+    /// Two writers on one sink, each with its own copy: each copy ends up holding the
+    /// whole chain, the other writer's events fetched from the sink.
+    #[tokio::test]
+    async fn copies_of_two_writers_on_one_sink_each_hold_the_whole_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let files = [dir.path().join("a.jsonl"), dir.path().join("b.jsonl")];
+        let mut logs = Vec::new();
+        for f in &files {
+            logs.push(
+                AuditLog::start(sink.clone(), None, Some(f.clone()))
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        for i in 0..30 {
+            logs[i % 2].append(event(&format!("e{i}"))).await.unwrap();
+        }
+        for log in &logs {
+            log.flush().await;
+            assert!(log.copy_behind().is_none());
+        }
+        let stored = sink.events();
+        for f in &files {
+            let copy =
+                read_jsonl(std::io::BufReader::new(std::fs::File::open(f).unwrap())).unwrap();
+            assert_eq!(copy, stored, "{}", f.display());
+            assert!(verify(&copy, &[], None).ok());
+        }
+    }
+
+    /// A copy that belongs to another log is left untouched and reported.
+    #[tokio::test]
+    async fn a_copy_of_another_log_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut foreign = vec![event("x"), event("y"), event("z")];
+        Chain::genesis().seal_batch(&mut foreign, None, Utc::now());
+        let text: String = foreign.iter().map(|e| to_jsonl_line(e) + "\n").collect();
+        std::fs::write(&path, &text).unwrap();
+        let sink = Arc::new(MemorySink::new());
+        let (log, _task) = AuditLog::start(sink, None, Some(path.clone()))
+            .await
+            .unwrap();
+        log.append(event("mine")).await.unwrap();
+        log.flush().await;
+        assert!(log.copy_behind().is_some_and(|w| w.contains("seq 3")));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// A writer that has stopped makes the log unready, and nothing is durable.
+    #[tokio::test]
+    async fn a_stopped_writer_is_not_ready() {
+        let (log, task) = AuditLog::start(Arc::new(MemorySink::new()), None, None)
+            .await
+            .unwrap();
+        assert!(log.alive() && log.ready().is_ok());
+        task.abort();
+        let _ = task.await;
+        assert!(!log.alive());
+        assert!(log.ready().is_err_and(|w| w.contains("stopped")));
+    }
+
+    /// A failed write makes the log unready until the sink takes writes again, and the
+    /// kept events are written then without a new event to carry them.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_unready_until_the_sink_recovers() {
+        let sink = Arc::new(MemorySink::new());
+        let (log, _task) = AuditLog::start(sink.clone(), None, None).await.unwrap();
+        sink.set_failing(true);
+        log.record(event("kept"));
+        log.flush().await;
+        assert!(log.ready().is_err());
+        sink.set_failing(false);
+        tokio::time::sleep(MAX_BACKOFF * 2).await;
+        assert!(log.ready().is_ok());
+        assert_eq!(sink.events().len(), 1);
     }
 }

@@ -32,17 +32,17 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 fn verify(config: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let key = checkpoint_key(&cfg)?;
-    let (events, checkpoints) = match file {
+    let (report, checkpoints) = match file {
         Some(f) => {
+            // A half-written or corrupt line is reported at its seq, not as an error.
             let fh = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
-            (
-                audit::read_jsonl(std::io::BufReader::new(fh)).map_err(|e| anyhow!("{e}"))?,
-                Vec::new(),
-            )
+            let report = audit::verify_jsonl(std::io::BufReader::new(fh), &[], key.key.as_ref())
+                .with_context(|| format!("{}", f.display()))?;
+            (report, Vec::new())
         }
         None => {
             let rt = runtime(1)?;
-            rt.block_on(async {
+            let (events, checkpoints) = rt.block_on(async {
                 let store = open_store(&cfg).await?;
                 let ev = store.audit_events(None).await.map_err(|e| anyhow!("{e}"))?;
                 let cps = store
@@ -50,10 +50,13 @@ fn verify(config: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
                 Ok::<_, anyhow::Error>((ev, cps))
-            })?
+            })?;
+            (
+                audit::verify(&events, &checkpoints, key.key.as_ref()),
+                checkpoints,
+            )
         }
     };
-    let report = audit::verify(&events, &checkpoints, key.key.as_ref());
     if report.ok() {
         println!("ok: {report}");
     } else {

@@ -8,9 +8,13 @@
 
 use super::{load_config, runtime};
 use crate::config::{Config, LogFormat};
+use std::io::Write;
 use std::process::ExitCode;
 
 /// Logs through `tracing` to stderr, as the config says (`AIRLOCK_LOG` overrides the level).
+///
+/// A log line that cannot be written (stderr a closed pipe, a full disk) is dropped:
+/// logging never fails, so it can never take down the audit writer or a request.
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("airlock={},warn", cfg.log_level))
@@ -19,11 +23,30 @@ fn init_tracing(cfg: &Config) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        // tracing-subscriber reports a failed write with `eprintln!`, which panics
+        // when stderr is broken: never report, just drop the line.
+        .log_internal_errors(false)
+        .with_writer(|| Lossy(std::io::stderr()));
     let _ = match cfg.log_format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Human => b.try_init(),
     };
+}
+
+/// A writer whose writes always succeed: what cannot be written is dropped. For log
+/// output only, where losing a line beats failing the code that logs.
+struct Lossy<W>(W);
+
+impl<W: Write> Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// `airlock serve`: runs until SIGTERM or Ctrl-C; reloads on file change, SIGHUP
@@ -53,21 +76,26 @@ pub(super) fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 /// What an operator needs to know at start: what runs, from which config, in which
 /// mode, with which rules, upstreams, store and listeners, under which PID.
+/// Written to stdout; a stdout that cannot be written loses the lines, nothing else.
 fn print_startup(running: &crate::Running) {
     let snap = running.airlock.snapshot();
     let cfg = snap.cfg();
-    println!(
+    let mut out = Lossy(std::io::stdout().lock());
+    let _ = writeln!(
+        out,
         "airlock {} (pid {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
-    println!("airlock: config {}", cfg.file.display());
-    println!(
+    let _ = writeln!(out, "airlock: config {}", cfg.file.display());
+    let _ = writeln!(
+        out,
         "airlock: mode {}, default {}",
         cfg.mode.as_str(),
         if cfg.default_allow { "allow" } else { "deny" }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "airlock: {} rule(s), version {}{}",
         snap.policy.rules.rules.len(),
         snap.policy.rules.version.clone(),
@@ -82,15 +110,22 @@ fn print_startup(running: &crate::Running) {
             crate::config::Route::Prefix(p) => format!("prefix {p}"),
             crate::config::Route::Host(h) => format!("host {h}"),
         };
-        println!("airlock: upstream {} ({route}) -> {}", u.name, u.url);
+        let _ = writeln!(out, "airlock: upstream {} ({route}) -> {}", u.name, u.url);
     }
-    println!("airlock: store {}", crate::store::redacted_url(&cfg.store));
-    println!("airlock: proxy listening on http://{}", running.proxy_addr);
+    let _ = writeln!(
+        out,
+        "airlock: store {}",
+        crate::store::redacted_url(&cfg.store)
+    );
+    let _ = writeln!(
+        out,
+        "airlock: proxy listening on http://{}",
+        running.proxy_addr
+    );
     if let Some(a) = running.admin_addr {
-        println!("airlock: admin listening on http://{a}");
+        let _ = writeln!(out, "airlock: admin listening on http://{a}");
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let _ = out.flush();
 }
 
 /// Reloads config and rules on `SIGHUP`; an invalid new set is refused and logged,

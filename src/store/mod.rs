@@ -369,6 +369,20 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<AuditEvent>, StoreError>;
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Up to `limit` audit events with a seq above `after`, in seq order: what the JSONL
+    /// copy catches up with. The default reads the whole log; backends override it.
+    async fn audit_events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let all = self.audit_events(None).await?;
+        Ok(all
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .take(limit)
+            .collect())
+    }
 }
 
 /// What [`Store::changes`] sends when notices may have been missed: check everything.
@@ -435,6 +449,18 @@ impl crate::audit::AuditSink for StoreSink {
             .audit_seal_append(events, signer)
             .await
             .map_err(audit_error)
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEvent>, AuditError> {
+        self.0
+            .audit_events_after(after, limit)
+            .await
+            .map_err(audit_error)
+    }
+
+    /// The store's readiness check, which writes.
+    async fn probe(&self) -> Result<(), AuditError> {
+        self.0.ping().await.map_err(audit_error)
     }
 }
 

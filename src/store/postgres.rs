@@ -744,4 +744,25 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn audit_events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query(
+                "SELECT line FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&(after as i64), &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(event_of_row).collect()
+    }
+}
+
+/// The audit event a row's `line` column holds.
+fn event_of_row(r: &Row) -> Result<AuditEvent, StoreError> {
+    serde_json::from_str(r.try_get(0)?)
+        .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
 }
