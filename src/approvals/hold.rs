@@ -104,6 +104,11 @@ impl Approvals {
     /// `held` audit event is durable before this returns; if it cannot be written
     /// the approval is cancelled and the request refused.
     pub async fn open(&self, req: HoldRequest) -> Result<Opened, HoldError> {
+        // Fail closed: without a running audit writer the request's later events (its
+        // outcome, refused votes) could not be recorded.
+        if !self.audit.alive() {
+            return Err(HoldError::Audit(crate::audit::AuditError::Closed));
+        }
         let now = self.now();
         if let Some(existing) = self.store.find_active(&req.agent, &req.digest).await? {
             match existing.status {

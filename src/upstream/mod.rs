@@ -24,6 +24,9 @@ pub enum UpstreamErrorKind {
     Connect,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
+    /// The upstream had closed the (pooled) connection before one byte of the request
+    /// was written, and the retry on a fresh connection failed too.
+    Closed,
     /// The connection was reset or closed before a response.
     Reset,
     /// No response headers within the upstream's `timeout`.
@@ -38,7 +41,10 @@ impl UpstreamErrorKind {
     pub fn may_have_sent(self) -> bool {
         !matches!(
             self,
-            UpstreamErrorKind::Refused | UpstreamErrorKind::Connect | UpstreamErrorKind::Tls
+            UpstreamErrorKind::Refused
+                | UpstreamErrorKind::Connect
+                | UpstreamErrorKind::Tls
+                | UpstreamErrorKind::Closed
         )
     }
 
@@ -48,6 +54,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Refused => "refused",
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Closed => "closed_before_sent",
             UpstreamErrorKind::Reset => "reset",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Protocol => "protocol",
@@ -79,6 +86,13 @@ impl UpstreamError {
             }
             src = s.source();
         }
+        // Proven unsent wins over whatever else the chain shows (a reset, a closed
+        // connection): nothing of the request reached the upstream.
+        let kind = if retry::in_chain::<conn::ClosedBeforeWrite>(e) {
+            Some(UpstreamErrorKind::Closed)
+        } else {
+            kind
+        };
         let kind = kind.unwrap_or_else(|| {
             let connect = e
                 .downcast_ref::<hyper_util::client::legacy::Error>()
@@ -134,4 +148,21 @@ fn io_kind(io: &std::io::Error) -> Option<UpstreamErrorKind> {
         InvalidData => UpstreamErrorKind::Tls,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_proven_unsent_is_classified_so_whatever_wraps_it() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, conn::ClosedBeforeWrite);
+        let e = UpstreamError::classify("api", &io);
+        assert_eq!(e.kind, UpstreamErrorKind::Closed);
+        assert!(!e.kind.may_have_sent());
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
+        let e = UpstreamError::classify("api", &reset);
+        assert_eq!(e.kind, UpstreamErrorKind::Reset);
+        assert!(e.kind.may_have_sent());
+    }
 }

@@ -66,7 +66,7 @@ fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 
 /// Whether an error of type `M` is in `e`'s source chain (looking inside `io::Error`s,
 /// whose `source()` skips the error they wrap).
-fn in_chain<M: Error + 'static>(e: &(dyn Error + 'static)) -> bool {
+pub(super) fn in_chain<M: Error + 'static>(e: &(dyn Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err.is::<M>() {
