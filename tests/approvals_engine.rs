@@ -171,12 +171,26 @@ async fn a_vote_in_time_releases_the_parked_request_once() {
         .unwrap();
     assert_eq!(a.status, Status::Approved);
     let waited = parked.await.unwrap().unwrap();
-    assert!(matches!(waited, Waited::Forward(_)));
+    assert!(matches!(waited, Waited::Forward(..)));
     // Claimed for forwarding by this instance, durably, before anything is sent.
     let a = e.store.approval(&id).await.unwrap().unwrap();
     assert_eq!(a.status, Status::Forwarding);
     assert_eq!(a.forwarder.as_deref(), Some(e.approvals.instance()));
     assert_eq!(events(&e).await, ["held", "vote", "approved"]);
+    // The agent goes away before the forward starts: nothing was sent, so the approval
+    // is given back for an identical retry within `reuse`.
+    drop(waited);
+    while status(&e, &id).await != Status::Approved {
+        tokio::task::yield_now().await;
+    }
+    match e.approvals.open(request("d3")).await.unwrap() {
+        Opened::Reused(a, claim) => {
+            assert_eq!(a.id, id);
+            claim.started();
+        }
+        _ => panic!("the identical retry is forwarded on the given-back approval"),
+    }
+    assert_eq!(status(&e, &id).await, Status::Forwarding);
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,7 +263,10 @@ async fn a_vote_the_store_cannot_record_changes_nothing_and_writes_nothing() {
         .vote(&id, &bob(), Decision::Approve, None)
         .await
         .unwrap();
-    assert!(matches!(parked.await.unwrap().unwrap(), Waited::Forward(_)));
+    assert!(matches!(
+        parked.await.unwrap().unwrap(),
+        Waited::Forward(..)
+    ));
     let logged = events(&e).await;
     assert_eq!(&logged[logged.len() - 2..], ["vote", "approved"]);
 }
@@ -297,7 +314,10 @@ async fn claimed(e: &Engine, digest: &str) -> String {
         .vote(&id, &bob(), Decision::Approve, None)
         .await
         .unwrap();
-    assert!(matches!(parked.await.unwrap().unwrap(), Waited::Forward(_)));
+    let Waited::Forward(_, claim) = parked.await.unwrap().unwrap() else {
+        panic!("approved: forwarded");
+    };
+    claim.started();
     id
 }
 

@@ -35,7 +35,7 @@ pub struct HoldRequest {
 pub enum Opened {
     /// An earlier identical request was approved and its client went away: this
     /// request has claimed that approval and may be forwarded now.
-    Reused(Approval),
+    Reused(Approval, Claim),
     /// An identical request was forwarded on an approval within its `reuse` window, and
     /// whether the upstream received it is unknown (`outcome_unknown`): this one is not
     /// sent, so the action is never silently done twice.
@@ -55,12 +55,59 @@ pub struct Ticket {
 /// How waiting ended.
 pub enum Waited {
     /// Approved, and this request claimed the approval: forward it.
-    Forward(Approval),
+    Forward(Approval, Claim),
     /// Approved, but an identical request already used the approval.
     AlreadyUsed(Approval),
     Denied(Approval),
     Expired(Approval),
     ShuttingDown(Approval),
+}
+
+/// This request's claim on an approved approval, from the moment it is claimed until
+/// its forward starts ([`Claim::started`]). Dropped before that — the agent went away,
+/// the request failed before it left — the approval is given back (`approved` again,
+/// for an identical retry within `reuse`): nothing was sent on it.
+pub struct Claim {
+    store: std::sync::Arc<dyn crate::store::Store>,
+    id: String,
+    armed: bool,
+}
+
+impl Claim {
+    /// The forward has started: from here it settles the claim, or recovery does.
+    pub fn started(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, id) = (self.store.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let now = chrono::Utc::now();
+                if let Err(e) = store
+                    .transition(&id, Status::Forwarding, Status::Approved, now, None)
+                    .await
+                {
+                    tracing::warn!(error = %e, approval = %id, "could not give back an unused claim; recovery will settle it");
+                }
+            });
+        }
+    }
+}
+
+impl Approvals {
+    fn claimed(&self, id: &str) -> Claim {
+        Claim {
+            store: self.store.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
 }
 
 /// The outcome parked requests are told for an approval as stored (`None`: pending).
@@ -126,7 +173,8 @@ impl Approvals {
                     if within_reuse(&existing, existing.decided, now)
                         && self.store.claim(&existing.id, &self.instance, now).await? =>
                 {
-                    return Ok(Opened::Reused(existing));
+                    let claim = self.claimed(&existing.id);
+                    return Ok(Opened::Reused(existing, claim));
                 }
                 Status::OutcomeUnknown if within_reuse(&existing, existing.consumed, now) => {
                     return Ok(Opened::OutcomeUnknown(existing));
@@ -270,7 +318,8 @@ impl Approvals {
         Ok(match outcome {
             Outcome::Approved => {
                 if self.store.claim(&id, &self.instance, self.now()).await? {
-                    Waited::Forward(approval)
+                    let claim = self.claimed(&id);
+                    Waited::Forward(approval, claim)
                 } else {
                     Waited::AlreadyUsed(approval)
                 }

@@ -31,7 +31,7 @@ pub mod vote;
 
 pub use clock::Clock;
 pub use error::{HoldError, LimitReached, VoteError};
-pub use hold::{new_approval_id, HoldRequest, Opened, Ticket, Waited};
+pub use hold::{new_approval_id, Claim, HoldRequest, Opened, Ticket, Waited};
 pub use limits::{HeldSlot, HeldSlots, HoldLimits};
 pub use vote::may_vote;
 

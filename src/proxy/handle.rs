@@ -5,6 +5,7 @@ use super::exit::{self, Passage};
 use super::forward::forward;
 use super::hold::hold;
 use super::ProxyError;
+use crate::approvals::Claim;
 use crate::config::Mode;
 use crate::http::body::{full, ProxyBody};
 use crate::http::{AirlockError, Code};
@@ -51,7 +52,10 @@ pub async fn handle(
                     parts,
                     body,
                     approval,
+                    claim,
                 } = *approved;
+                // Settled by the exit hook from here (or by recovery).
+                claim.started();
                 let passage = Passage::Approved(Box::new(approval));
                 let result = forward(&snap, &prepared, peer, parts, full(body), None, &record)
                     .await
@@ -77,6 +81,8 @@ struct Approved {
     parts: Parts,
     body: Bytes,
     approval: Approval,
+    /// Given back if the forward never starts.
+    claim: Claim,
 }
 
 /// Where the phases leave a request: done (answered, or forwarded as it came), or
@@ -120,11 +126,12 @@ async fn phases(
         }
         (Mode::Enforce, Verdict::Approve) => {
             return match hold(airlock, snap, &prepared, parts, body, &decision, record).await {
-                Ok((parts, body, approval)) => Next::Approved(Box::new(Approved {
+                Ok((parts, body, approval, claim)) => Next::Approved(Box::new(Approved {
                     prepared,
                     parts,
                     body,
                     approval,
+                    claim,
                 })),
                 Err(e) => refused(e),
             };

@@ -3,7 +3,7 @@
 //! wait for the decision. Only the exact request that was approved comes out, once.
 
 use super::ProxyError;
-use crate::approvals::{new_approval_id, HoldRequest, Opened, Waited};
+use crate::approvals::{new_approval_id, Claim, HoldRequest, Opened, Waited};
 use crate::http::body::BoxError;
 use crate::request::record::with_query;
 use crate::request::{Inspected, Prepared, RequestRecord};
@@ -80,7 +80,7 @@ pub async fn hold<B>(
     body: Inspected<B>,
     decision: &Decision,
     record: &mut RequestRecord,
-) -> Result<(Parts, Bytes, Approval), ProxyError>
+) -> Result<(Parts, Bytes, Approval, Claim), ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -137,13 +137,13 @@ where
     // Named before it exists: a request that ends while its hold is being opened is
     // recorded with the approval it was opening (or joining, set below).
     record.approval_id = Some(request.id.clone());
-    let approval = match airlock.approvals.open(request).await? {
-        Opened::Reused(a) => a,
+    let (approval, claim) = match airlock.approvals.open(request).await? {
+        Opened::Reused(a, claim) => (a, claim),
         Opened::OutcomeUnknown(a) => return Err(ProxyError::OutcomeUnknown(Box::new(a))),
         Opened::Waiting(ticket) => {
             record.approval_id = Some(ticket.approval.id.clone());
             match airlock.approvals.wait(ticket, &airlock.shutdown).await? {
-                Waited::Forward(a) => a,
+                Waited::Forward(a, claim) => (a, claim),
                 Waited::AlreadyUsed(a) => return Err(ProxyError::AlreadyUsed(Box::new(a))),
                 Waited::Denied(a) => return Err(ProxyError::Denied(Box::new(a))),
                 Waited::Expired(a) => return Err(ProxyError::Expired(Box::new(a))),
@@ -161,7 +161,7 @@ where
             approval_id: approval.id,
         });
     }
-    Ok((parts, body, approval))
+    Ok((parts, body, approval, claim))
 }
 
 /// Removes the agent's airlock credential (when agents are configured).
