@@ -22,8 +22,10 @@
 //! - [`state`] holds the shared [`state::Airlock`] and the [`state::Snapshot`] in
 //!   force (policy, upstream clients), swapped whole on reload;
 //! - [`request`] (the phases and the [`request::Policy`] they decide against),
-//!   [`approvals`] (holds, votes, expiry) and [`upstream`] (pooled clients, the demo
-//!   upstream) are the steps of the request path;
+//!   [`approvals`] (holds, votes, expiry, claims on approved requests and the recovery
+//!   of claims a crash left, decisions made on other replicas) and [`upstream`] (pooled
+//!   clients that retry a request a stale connection never sent, the demo upstream)
+//!   are the steps of the request path;
 //! - [`rules`] is the pure rule engine; [`identity`] knows agents and reviewers;
 //!   [`http`] owns bodies, routing, normalization and airlock's JSON answers;
 //! - [`audit`] seals every event into the hash chain; [`store`] persists approvals,

@@ -274,7 +274,9 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            // Never a panic on a broken stderr: the exit code still tells.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "airlock: {e:#}");
             ExitCode::from(COULD_NOT_RUN)
         }
     }
