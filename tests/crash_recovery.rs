@@ -237,3 +237,73 @@ async fn kill_9_during_votes_leaves_every_decision_in_the_log() {
     );
     verify_audit(&cfg).await;
 }
+
+/// An approved request the upstream refused (nothing listened: not one byte left) is
+/// not lost: `not_sent`, the approval is approved again, and the identical retry goes
+/// out on it once the upstream is back — on the same approval, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_never_sent_can_go_out_on_its_retry() {
+    // A port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = ws.standard_config(
+        &format!("http://127.0.0.1:{port}"),
+        "audit: {level: all, file: audit.jsonl}\n",
+    );
+    let a = InProcess::start(&cfg).await;
+    let (agent, id) = agent_hold(&a, "POST", "/api/v1/charges/c-9", r#"{"eur":9}"#).await;
+    assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
+    let r = agent.await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert_eq!(r.json()["approval_id"], id.as_str());
+    let (_, ap) = approval_get(&a, BOB, &id).await;
+    assert_eq!(ap["status"], "approved", "given back: nothing was sent");
+
+    // The upstream comes up; the agent retries the identical request.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(test_body("done")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let r = agent_send(
+        &client(),
+        &a.url("/api/v1/charges/c-9"),
+        "POST",
+        AGENT_KEY,
+        r#"{"eur":9}"#,
+    )
+    .await;
+    r.assert_forwarded_on(&id);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, ap) = approval_get(&a, BOB, &id).await;
+    assert_eq!(ap["status"], "consumed");
+    a.stop().await;
+    let by = events_by_approval(&cfg).await;
+    assert_eq!(
+        by[&id],
+        ["held", "vote", "approved", "not_sent", "forwarded"],
+        "one approval, one request out"
+    );
+    verify_audit(&cfg).await;
+}
