@@ -106,8 +106,16 @@ async fn a_forward_cut_by_kill_9_is_outcome_unknown_and_never_sent_again() {
         seen_rx.try_recv().is_err(),
         "the upstream never sees the request a second time"
     );
-    let by = events_by_approval(&cfg).await;
-    assert_eq!(by[&id].last().map(String::as_str), Some("not_forwarded"));
+    // The refusal is audited (written after the answer: wait for it to be stored).
+    eventually(DEADLINE.as_secs(), || {
+        let cfg = cfg.clone();
+        let id = id.clone();
+        async move {
+            let by = events_by_approval(&cfg).await;
+            (by[&id].last().map(String::as_str) == Some("not_forwarded")).then_some(())
+        }
+    })
+    .await;
     verify_audit(&cfg).await;
 }
 
