@@ -55,7 +55,7 @@ const RULES: &str = r#"rules:
     then: approve
     approval:
       approvers: [group:sre]
-      timeout: 3s
+      timeout: 8s
 "#;
 
 /// The reviewers who vote here (alice owns deploy-bot and may not).
@@ -486,7 +486,8 @@ enum Plan {
     Approve,
     /// Quorum 1: the one vote denies. Quorum 2: one approves, then the other denies.
     Deny,
-    /// Nobody votes (rule `expiring`, 3 s).
+    /// Nobody votes (rule `expiring`, 8 s: long enough that an identical retry sent as
+    /// soon as the approval is listed has surely joined it, even on a loaded machine).
     Expire,
 }
 
