@@ -60,23 +60,6 @@ impl AuditSink for Replica {
 const TASKS: usize = 8;
 const PER_TASK: usize = 50;
 
-/// A PostgreSQL URL whose `search_path` is a fresh schema of its own.
-async fn postgres_schema(name: &str) -> Option<String> {
-    let schema = format!("airlock_r_{name}_{}", std::process::id());
-    let pg = common::postgres_or_skip(&format!("audit_replicas {name}")).await?;
-    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL answered a moment ago: {e}"));
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await
-        .unwrap();
-    Some(format!("{pg}?options=-csearch_path%3D{schema}"))
-}
-
 /// Two writers (`AuditLog`s, one per replica) over stores `a` and `b` of one database;
 /// `TASKS` clients append `PER_TASK` events each, alternating between the replicas.
 async fn two_replicas_append(a: Arc<dyn Store>, b: Arc<dyn Store>) {
@@ -147,7 +130,7 @@ async fn two_replicas_append(a: Arc<dyn Store>, b: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_postgres_never_conflict() {
-    let Some(url) = postgres_schema("pg").await else {
+    let Some(url) = common::postgres_schema("airlock_r_pg", "audit_replicas pg").await else {
         return;
     };
     let tmp = std::env::temp_dir();

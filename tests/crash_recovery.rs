@@ -38,9 +38,7 @@ async fn events_by_approval(cfg: &std::path::Path) -> HashMap<String, Vec<String
 }
 
 async fn verify_audit(cfg: &std::path::Path) {
-    let (code, out, err) =
-        run_cli_blocking(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]).await;
-    assert_eq!(code, 0, "audit chain intact after kill -9: {out}{err}");
+    assert_audit_intact(cfg, "after kill -9").await;
 }
 
 /// An approved request is on its way to an upstream that has received it and not yet

@@ -41,9 +41,7 @@ async fn stop_and_verify_audit(a: Airlock, cfg: &std::path::Path) {
 }
 
 async fn verify_audit(cfg: &std::path::Path) {
-    let (code, out, err) =
-        run_cli_blocking(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]).await;
-    assert_eq!(code, 0, "audit chain intact across restarts: {out}{err}");
+    assert_audit_intact(cfg, "across restarts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

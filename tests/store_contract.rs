@@ -17,19 +17,11 @@ use std::time::Duration;
 /// A PostgreSQL store in a schema of its own: (store, its URL); `None` when the test is
 /// skipped for want of a server (see [`common::postgres_or_skip`]).
 async fn postgres_store(name: &str) -> Option<(Arc<dyn Store>, String)> {
-    let schema = format!("airlock_t_{name}_{}", std::process::id());
-    let pg = common::postgres_or_skip(&format!("store_contract postgres {name}")).await?;
-    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL answered a moment ago: {e}"));
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await
-        .unwrap();
-    let url = format!("{pg}?options=-csearch_path%3D{schema}");
+    let url = common::postgres_schema(
+        &format!("airlock_t_{name}"),
+        &format!("store_contract postgres {name}"),
+    )
+    .await?;
     let tmp = std::env::temp_dir();
     Some((store::open(&url, &tmp).await.unwrap(), url))
 }

@@ -635,13 +635,7 @@ impl Store for PostgresStore {
                 &[&approval_id],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                let line: String = r.try_get(0)?;
-                serde_json::from_str(&line)
-                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
-            })
-            .collect()
+        rows.iter().map(event_of_row).collect()
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
@@ -716,13 +710,7 @@ impl Store for PostgresStore {
                 &[&since],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                let line: String = r.try_get(0)?;
-                serde_json::from_str(&line)
-                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
-            })
-            .collect()
+        rows.iter().map(event_of_row).collect()
     }
 
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {

@@ -793,11 +793,7 @@ impl Store for SqliteStore {
             let rows = st.query_map(params![after as i64, limit as i64], |r| {
                 r.get::<_, String>(0)
             })?;
-            rows.map(|line| {
-                serde_json::from_str(&line?)
-                    .map_err(|e| StoreError::Corrupt(format!("audit event: {e}")))
-            })
-            .collect()
+            rows.map(|line| decode_line(&line?)).collect()
         })
         .await
     }

@@ -993,3 +993,29 @@ fn without_credentials(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// A PostgreSQL URL whose `search_path` is a fresh schema of its own
+/// (`<prefix>_<pid>`, dropped and created again); `None` when the test is skipped for
+/// want of a server (see [`postgres_or_skip`]).
+pub async fn postgres_schema(prefix: &str, test: &str) -> Option<String> {
+    let schema = format!("{prefix}_{}", std::process::id());
+    let pg = postgres_or_skip(test).await?;
+    let (admin, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL answered a moment ago: {e}"));
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .unwrap();
+    Some(format!("{pg}?options=-csearch_path%3D{schema}"))
+}
+
+/// `airlock audit verify -c cfg` must exit 0; `what` says when, for the failure message.
+pub async fn assert_audit_intact(cfg: &Path, what: &str) {
+    let (code, out, err) =
+        run_cli_blocking(&["audit", "verify", "-c", cfg.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 0, "audit chain intact {what}: {out}{err}");
+}
