@@ -131,8 +131,7 @@ fn load(f: &Fixture) -> RuleSet {
 
 /// The decision exactly as `proxy::handle` takes it: head, then body only if needed.
 fn decide(rules: &RuleSet, view: &RequestView<'_>, body: &[u8]) -> Decision {
-    // No method override here, so this is `head` (the proxy calls it this way).
-    let head = rules.head_with_line_method(view, view.method);
+    let head = rules.head(view);
     let encoding = view
         .headers
         .get(http::header::CONTENT_ENCODING)
@@ -178,6 +177,24 @@ struct Case {
 
 /// Requests for a set of `n` rules: one matching nothing, one matching an approve glob
 /// rule (no body needed), one matching a JSON-body approve rule (body parsed).
+impl Case {
+    /// The request as the proxy sees it by default (upstream paths case-insensitive).
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            path_case_sensitive: false,
+            has_body: !self.body.is_empty(),
+            ..RequestView::plain(
+                "cloud",
+                self.method,
+                &self.path,
+                self.query,
+                &self.headers,
+                "deploy-bot",
+            )
+        }
+    }
+}
+
 fn cases(n: usize) -> Vec<Case> {
     // A rule index of each kind in the middle of the set.
     let mid = |kind: usize| (n / 2) / 5 * 5 + kind;
@@ -219,14 +236,7 @@ fn bench_rules(c: &mut Criterion) {
         let rules = load(&f);
         assert_eq!(rules.rules.len(), n);
         for case in cases(n) {
-            let view = RequestView {
-                upstream: "cloud",
-                method: case.method,
-                path: &case.path,
-                query: case.query,
-                headers: &case.headers,
-                agent: "deploy-bot",
-            };
+            let view = case.view();
             let d = decide(&rules, &view, case.body);
             assert_eq!(
                 d.verdict.as_str(),
@@ -298,14 +308,7 @@ fn bench_body(c: &mut Criterion) {
         .into_iter()
         .find(|c| c.name == "hit_json_body")
         .expect("case");
-    let view = RequestView {
-        upstream: "cloud",
-        method: case.method,
-        path: &case.path,
-        query: case.query,
-        headers: &case.headers,
-        agent: "deploy-bot",
-    };
+    let view = case.view();
     for (label, size) in [("4KiB", 4 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
         let body = big_json(size);
         let d = decide(&rules, &view, &body);

@@ -86,6 +86,10 @@ fn request(digest: &str) -> HoldRequest {
     }
 }
 
+fn reviewers() -> airlock::identity::Reviewers {
+    airlock::identity::Reviewers::new(&[bob()])
+}
+
 fn bob() -> Reviewer {
     Reviewer {
         id: "bob@example.com".into(),
@@ -142,7 +146,13 @@ async fn a_late_vote_finds_the_approval_expired_even_with_no_sweeper() {
     tokio::time::advance(TIMEOUT + Duration::from_secs(1)).await;
     let late = e
         .approvals
-        .vote(&id, &bob(), Decision::Approve, Some("ok".into()))
+        .vote(
+            &id,
+            &bob(),
+            &reviewers(),
+            Decision::Approve,
+            Some("ok".into()),
+        )
         .await;
     assert!(
         matches!(late, Err(VoteError::AlreadyDecided(Status::Expired))),
@@ -166,7 +176,7 @@ async fn a_vote_in_time_releases_the_parked_request_once() {
     tokio::time::advance(TIMEOUT - Duration::from_secs(60)).await;
     let a = e
         .approvals
-        .vote(&id, &bob(), Decision::Approve, None)
+        .vote(&id, &bob(), &reviewers(), Decision::Approve, None)
         .await
         .unwrap();
     assert_eq!(a.status, Status::Approved);
@@ -205,14 +215,20 @@ async fn a_rule_that_requires_a_reason_refuses_a_vote_without_one() {
     for empty in [None, Some("   ".to_string())] {
         let r = e
             .approvals
-            .vote(&id, &bob(), Decision::Approve, empty)
+            .vote(&id, &bob(), &reviewers(), Decision::Approve, empty)
             .await;
         assert!(matches!(r, Err(VoteError::ReasonRequired)), "{r:?}");
     }
     assert_eq!(status(&e, &id).await, Status::Pending);
     let a = e
         .approvals
-        .vote(&id, &bob(), Decision::Approve, Some("change window".into()))
+        .vote(
+            &id,
+            &bob(),
+            &reviewers(),
+            Decision::Approve,
+            Some("change window".into()),
+        )
         .await
         .unwrap();
     assert_eq!(a.status, Status::Approved);
@@ -245,7 +261,10 @@ async fn a_vote_the_store_cannot_record_changes_nothing_and_writes_nothing() {
     let parked = tokio::spawn(async move { approvals.wait(ticket, &shutdown).await });
 
     e.faults.fail(&e.faults.votes, true);
-    let r = e.approvals.vote(&id, &bob(), Decision::Approve, None).await;
+    let r = e
+        .approvals
+        .vote(&id, &bob(), &reviewers(), Decision::Approve, None)
+        .await;
     assert!(matches!(r, Err(VoteError::Store(_))), "{r:?}");
     assert_eq!(status(&e, &id).await, Status::Pending);
     assert!(
@@ -260,7 +279,7 @@ async fn a_vote_the_store_cannot_record_changes_nothing_and_writes_nothing() {
     // The store takes the vote again: the vote and its decision land together.
     e.faults.fail(&e.faults.votes, false);
     e.approvals
-        .vote(&id, &bob(), Decision::Approve, None)
+        .vote(&id, &bob(), &reviewers(), Decision::Approve, None)
         .await
         .unwrap();
     assert!(matches!(
@@ -284,7 +303,11 @@ async fn two_racing_votes_by_one_reviewer_count_once() {
     let votes: Vec<_> = (0..4)
         .map(|_| {
             let (approvals, id) = (e.approvals.clone(), id.clone());
-            tokio::spawn(async move { approvals.vote(&id, &bob(), Decision::Approve, None).await })
+            tokio::spawn(async move {
+                approvals
+                    .vote(&id, &bob(), &reviewers(), Decision::Approve, None)
+                    .await
+            })
         })
         .collect();
     let mut ok = 0;
@@ -311,7 +334,7 @@ async fn claimed(e: &Engine, digest: &str) -> String {
     let approvals = e.approvals.clone();
     let parked = tokio::spawn(async move { approvals.wait(ticket, &shutdown).await });
     e.approvals
-        .vote(&id, &bob(), Decision::Approve, None)
+        .vote(&id, &bob(), &reviewers(), Decision::Approve, None)
         .await
         .unwrap();
     let Waited::Forward(_, claim) = parked.await.unwrap().unwrap() else {
@@ -433,7 +456,7 @@ impl Store for FaultyStore {
         &self,
         id: &str,
         vote: &airlock::store::Vote,
-        quorum: u32,
+        quorum: &airlock::store::Quorum,
         now: chrono::DateTime<chrono::Utc>,
         audit: &airlock::store::VoteAudit,
         signer: Option<&airlock::audit::CheckpointSigner>,

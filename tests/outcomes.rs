@@ -127,10 +127,19 @@ limits: {{max_body: 1KiB, inspect_body: 1KiB, body_timeout: 1s, max_held: 1}}
     let r = agent_send(&c, &a.url("/api/v1/x"), "DELETE", AGENT_KEY, "").await;
     assert_eq!(r.status, 403, "{}", r.text);
     sent.push(("denied_by_rule", 403));
-    // body_too_large: a request to hold carries more than max_body
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2048));
-    let r = agent_send(&c, &a.url("/api/v1/things/big"), "POST", AGENT_KEY, &big).await;
-    assert_eq!(r.status, 413, "{}", r.text);
+    // body_too_large: a request to hold carries more than max_body (a binary upload:
+    // a form or JSON POST that large could name another method in a `_method` field
+    // airlock cannot read, and no-deletes would apply to it, fail closed)
+    let r = c
+        .post(a.url("/api/v1/things/big"))
+        .bearer_auth(AGENT_KEY)
+        .header("content-type", "application/octet-stream")
+        .body("x".repeat(2048))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(status, 413, "{}", r.text().await.unwrap());
     sent.push(("body_too_large", 413));
     // body_timeout: a body a rule must inspect never finishes arriving
     let (s, _, body) = raw_http(

@@ -267,8 +267,8 @@ fn an_owner_and_a_reviewer_differing_only_in_case_are_reported_loudly() {
             at(&ws, "airlock.yaml", &text, "Alice@Example.com", 0),
             &[
                 "agent deploy-bot's owner \"Alice@Example.com\" and reviewer \"alice@example.com\" differ only in case",
-                "DIFFERENT people",
-                "could approve deploy-bot's own requests",
+                "they are the same person",
+                "can never approve deploy-bot's requests",
             ],
         )],
     );

@@ -660,10 +660,29 @@ async fn uninspectable_bodies_fail_closed() {
         "sql-drop",
     )
     .await;
-    assert_denied(
+    // A body that is not JSON and does not claim to be is read through its form
+    // fields, as Rails and Laravel bind them: harmless passes, a drop is caught.
+    assert_passes(
         &a,
         &up,
         req("POST", "/api/sql").body("sql=select 1"),
+        "/sql",
+    )
+    .await;
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/sql").body("sql=DROP+TABLE+t"),
+        "sql-drop",
+    )
+    .await;
+    // JSON declared as something else is still JSON.
+    assert_denied(
+        &a,
+        &up,
+        req("POST", "/api/sql")
+            .body(r#"{"sql":"drop table t"}"#)
+            .header("content-type", "text/plain"),
         "sql-drop",
     )
     .await;
@@ -901,14 +920,19 @@ fn a_request_no_rule_matches_is_decided_without_allocating() {
     headers.insert("content-type", "application/json".parse().unwrap());
     let decide = |method: &str, path: &str| {
         let view = RequestView {
-            upstream: "api",
-            method,
-            path,
-            query: Some("force=true&page=2"),
-            headers: &headers,
-            agent: "deploy-bot",
+            // As a proxy sees it by default: the upstream routes paths without
+            // regard to case.
+            path_case_sensitive: false,
+            ..RequestView::plain(
+                "api",
+                method,
+                path,
+                Some("force=true&page=2"),
+                &headers,
+                "deploy-bot",
+            )
         };
-        let head = set.head_with_line_method(&view, method);
+        let head = set.head(&view);
         assert!(!set.needs_body(&head));
         set.finish(head, Body::NotRead, None)
     };

@@ -46,6 +46,7 @@ fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
         policy: ApprovalPolicy {
             approvers: vec!["group:sre".into()],
             quorum,
+            requirements: vec![],
             timeout: Duration::from_secs(60),
             reuse: Duration::from_secs(600),
             channels: vec!["api".into()],
@@ -90,7 +91,16 @@ async fn cast(
         denied: ev("denied"),
         expired: ev("expired"),
     };
-    s.vote(id, v, quorum, now, &audit, None).await.unwrap()
+    s.vote(
+        id,
+        v,
+        &airlock::store::Quorum::any(quorum),
+        now,
+        &audit,
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 /// The names of the audit events naming an approval, in order.

@@ -10,6 +10,7 @@ use crate::approvals::{may_vote, seconds_left, VoteError};
 use crate::audit::format_time;
 use crate::config;
 use crate::http::{AirlockError, Code};
+use crate::identity::{same_identity, Reviewers};
 use crate::state::Airlock;
 use crate::store::{Approval, Decision, Status, Vote};
 use axum::extract::State;
@@ -85,7 +86,7 @@ pub async fn list(
     let now = Utc::now();
     let approvals: Vec<ApprovalView> = list
         .iter()
-        .map(|a| ApprovalView::new(a, &who, now, false))
+        .map(|a| ApprovalView::new(a, &who, &airlock.snapshot().policy.reviewers, now, false))
         .collect();
     Ok(json(StatusCode::OK, &ApprovalList { approvals }))
 }
@@ -104,7 +105,13 @@ pub async fn show(
         .ok_or_else(|| AirlockError::new(Code::NotFound, format!("no approval {id}")))?;
     Ok(json(
         StatusCode::OK,
-        &ApprovalView::new(&a, &who, Utc::now(), true),
+        &ApprovalView::new(
+            &a,
+            &who,
+            &airlock.snapshot().policy.reviewers,
+            Utc::now(),
+            true,
+        ),
     ))
 }
 
@@ -120,12 +127,24 @@ pub async fn vote(
         .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
     let a = airlock
         .approvals
-        .vote(&id, &who, body.decision, reason)
+        .vote(
+            &id,
+            &who,
+            &airlock.snapshot().policy.reviewers,
+            body.decision,
+            reason,
+        )
         .await
         .map_err(|e| vote_refused(e, &id))?;
     Ok(json(
         StatusCode::OK,
-        &ApprovalView::new(&a, &who, Utc::now(), true),
+        &ApprovalView::new(
+            &a,
+            &who,
+            &airlock.snapshot().policy.reviewers,
+            Utc::now(),
+            true,
+        ),
     ))
 }
 
@@ -168,6 +187,9 @@ struct ApprovalView<'a> {
     expires_in: Option<i64>,
     votes: Vec<VoteView<'a>>,
     quorum: u32,
+    /// Every requirement the approval must meet (one per matched approve rule, or per
+    /// group a rule names), with who has met it so far.
+    requirements: Vec<RequirementView>,
     justification: Option<&'a str>,
     show: Option<&'a serde_json::Value>,
     /// Whether this reviewer may still vote on it.
@@ -190,6 +212,17 @@ struct ApprovalDetail<'a> {
     reason: Option<&'a str>,
 }
 
+/// One requirement and its progress.
+#[derive(Serialize)]
+struct RequirementView {
+    rule: String,
+    approvers: Vec<String>,
+    quorum: u32,
+    /// The reviewers whose approvals count for it.
+    approved_by: Vec<String>,
+    met: bool,
+}
+
 /// One vote as the API shows it.
 #[derive(Serialize)]
 struct VoteView<'a> {
@@ -203,9 +236,35 @@ impl<'a> ApprovalView<'a> {
     fn new(
         a: &'a Approval,
         viewer: &config::Reviewer,
+        reviewers: &Reviewers,
         now: DateTime<Utc>,
         full: bool,
     ) -> ApprovalView<'a> {
+        let requirements = a
+            .policy
+            .requirements()
+            .iter()
+            .map(|r| {
+                let approved_by: Vec<String> =
+                    a.votes
+                        .iter()
+                        .filter(|v| v.decision == Decision::Approve)
+                        .filter(|v| {
+                            reviewers.all().iter().any(|rv| {
+                                rv.id == v.reviewer && Reviewers::eligible(rv, &r.approvers)
+                            })
+                        })
+                        .map(|v| v.reviewer.clone())
+                        .collect();
+                RequirementView {
+                    rule: r.rule.clone(),
+                    approvers: r.approvers.clone(),
+                    quorum: r.quorum,
+                    met: approved_by.len() >= r.quorum as usize,
+                    approved_by,
+                }
+            })
+            .collect();
         ApprovalView {
             id: &a.id,
             status: a.status.as_str(),
@@ -219,11 +278,15 @@ impl<'a> ApprovalView<'a> {
             expires_in: (a.status == Status::Pending).then(|| seconds_left(a, now)),
             votes: a.votes.iter().map(VoteView::new).collect(),
             quorum: a.policy.quorum,
+            requirements,
             justification: a.justification.as_deref(),
             show: a.show.as_ref(),
             can_vote: a.status == Status::Pending
                 && may_vote(viewer, a).is_ok()
-                && !a.votes.iter().any(|v| v.reviewer == viewer.id),
+                && !a
+                    .votes
+                    .iter()
+                    .any(|v| same_identity(&v.reviewer, &viewer.id)),
             detail: full.then(|| ApprovalDetail {
                 owner: a.owner.as_deref(),
                 host: a.host.as_deref(),

@@ -5,22 +5,49 @@
 
 use super::{event_for, Approvals, Outcome, VoteError};
 use crate::config::Reviewer;
-use crate::identity::Reviewers;
-use crate::store::{Approval, Decision, Status, Vote, VoteAudit, VoteResult};
+use crate::identity::{same_identity, Reviewers};
+use crate::store::{Approval, Decision, Need, Quorum, Status, Vote, VoteAudit, VoteResult};
 use std::sync::Arc;
 
 /// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
 /// or its owner), and only when the rule's approvers name them. Identities are compared
 /// as emails are: without regard to case.
 pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
-    let same = |x: &str| x.eq_ignore_ascii_case(&reviewer.id);
+    let same = |x: &str| same_identity(x, &reviewer.id);
     if same(&a.agent) || a.owner.as_deref().is_some_and(same) {
         return Err(VoteError::SelfApproval);
     }
-    if !Reviewers::eligible(reviewer, &a.policy.approvers) {
+    let eligible = a
+        .policy
+        .requirements()
+        .iter()
+        .any(|r| Reviewers::eligible(reviewer, &r.approvers));
+    if !eligible {
         return Err(VoteError::NotEligible);
     }
     Ok(())
+}
+
+/// What approves `a`: every requirement of its policy, each met by distinct approvals
+/// of the reviewers it names. One reviewer's approval counts for every requirement
+/// that names them.
+pub fn quorum_of(a: &Approval, reviewers: &Reviewers) -> Quorum {
+    Quorum {
+        needs: a
+            .policy
+            .requirements()
+            .iter()
+            .map(|r| Need {
+                quorum: r.quorum,
+                eligible: reviewers
+                    .all()
+                    .iter()
+                    .filter(|rv| Reviewers::eligible(rv, &r.approvers))
+                    .map(|rv| rv.id.clone())
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 impl Approvals {
@@ -31,6 +58,7 @@ impl Approvals {
         self: &Arc<Self>,
         id: &str,
         reviewer: &Reviewer,
+        reviewers: &Reviewers,
         decision: Decision,
         reason: Option<String>,
     ) -> Result<Approval, VoteError> {
@@ -50,7 +78,11 @@ impl Approvals {
             return Err(e);
         }
         match a.status {
-            Status::Pending if a.votes.iter().any(|v| v.reviewer == reviewer.id) => {
+            Status::Pending
+                if a.votes
+                    .iter()
+                    .any(|v| same_identity(&v.reviewer, &reviewer.id)) =>
+            {
                 return Err(VoteError::AlreadyVoted)
             }
             Status::Pending if a.expires <= self.now() => {
@@ -91,7 +123,7 @@ impl Approvals {
             .vote(
                 id,
                 &vote,
-                a.policy.quorum,
+                &quorum_of(&a, reviewers),
                 now,
                 &audit,
                 self.signer.as_ref(),

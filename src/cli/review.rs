@@ -250,7 +250,44 @@ fn summary(ap: &Value) -> String {
     for v in votes {
         out.push_str(&format!("      {v}\n"));
     }
+    for r in requirements(&ap["requirements"]) {
+        out.push_str(&format!("    needs {r}\n"));
+    }
     out
+}
+
+/// Each requirement with its progress, when there are several: `rule sql-drop:
+/// 1/2 of [group:dba] (carol@example.com)`.
+fn requirements(v: &Value) -> Vec<String> {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.len() < 2 {
+        return Vec::new();
+    }
+    list.iter()
+        .map(|r| {
+            let by: Vec<String> = r["approved_by"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            format!(
+                "rule {}: {}/{} of {}{}{}",
+                text(&r["rule"]),
+                by.len(),
+                text(&r["quorum"]),
+                text(&r["approvers"]),
+                if by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by.join(", "))
+                },
+                if r["met"].as_bool() == Some(true) {
+                    ", met"
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect()
 }
 
 /// The status; a pending approval also says how long it has left, a decided one never does.
@@ -337,6 +374,9 @@ fn full(ap: &Value) -> String {
     line("rules", text(&ap["rules"]));
     line("approvers", text(&ap["approvers"]));
     line("quorum", text(&ap["quorum"]));
+    for r in requirements(&ap["requirements"]) {
+        line("needs", r);
+    }
     let votes = ap["votes"].as_array().cloned().unwrap_or_default();
     if votes.is_empty() {
         line("votes", "none yet".into());

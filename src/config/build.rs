@@ -14,7 +14,8 @@ use super::raw::{
 use super::values::{expand_env, parse_digest, parse_duration, parse_size, parse_target, resolve};
 use super::{
     AdminConfig, Agent, ApprovalDefaults, AuditConfig, AuditLevel, Config, Diagnostic, Diagnostics,
-    Limits, LoadOptions, LogFormat, Mode, Reviewer, Route, Source, Target, Upstream,
+    Limits, LoadOptions, LogFormat, Mode, Reading, Reviewer, Route, Source, Target, Upstream,
+    REFUSED_METHODS,
 };
 use http::{HeaderName, HeaderValue};
 use std::collections::HashSet;
@@ -266,7 +267,9 @@ impl Build<'_> {
                 );
             }
         }
+        let reading = self.reading(&u, anchor);
         Upstream {
+            reading,
             name: u.name,
             route,
             target,
@@ -276,6 +279,55 @@ impl Build<'_> {
             timeout,
             connect_timeout,
             idle_timeout,
+        }
+    }
+
+    /// How the upstream reads requests: `path_case`, `path_params`, `encoded_slash`,
+    /// `allow_methods`.
+    fn reading(&mut self, u: &RawUpstream, anchor: &str) -> Reading {
+        let at = Some(anchor);
+        let mut choice = |key: &str, v: &Option<String>, yes: &str, no: &str| -> bool {
+            match v.as_deref() {
+                None => false,
+                Some(x) if x == yes => true,
+                Some(x) if x == no => false,
+                Some(x) => {
+                    self.err(
+                        at,
+                        &format!("{key}:"),
+                        format!(
+                            "upstream {}: {key}: expected {yes} or {no}, got {x:?}",
+                            u.name
+                        ),
+                    );
+                    false
+                }
+            }
+        };
+        let path_case_sensitive = choice("path_case", &u.path_case, "sensitive", "insensitive");
+        let path_params = choice("path_params", &u.path_params, "allow", "refuse");
+        let encoded_slash = choice("encoded_slash", &u.encoded_slash, "allow", "refuse");
+        let mut allow_methods = Vec::new();
+        for m in &u.allow_methods {
+            let up = m.to_ascii_uppercase();
+            if !REFUSED_METHODS.contains(&up.as_str()) {
+                self.err(
+                    at,
+                    m,
+                    format!(
+                        "upstream {}: allow_methods: {m:?} is not refused by default (only {} are)",
+                        u.name,
+                        REFUSED_METHODS.join(", ")
+                    ),
+                );
+            }
+            allow_methods.push(up);
+        }
+        Reading {
+            path_case_sensitive,
+            path_params,
+            encoded_slash,
+            allow_methods,
         }
     }
 
@@ -344,8 +396,16 @@ impl Build<'_> {
         let mut agents = Vec::with_capacity(raw.len());
         for a in raw {
             let anchor = format!("id: {}", a.id);
-            if !ids.insert(a.id.clone()) {
-                self.err(None, &anchor, format!("agent {:?} is defined twice", a.id));
+            // Ids that differ only in case name the same identity (as an IdP reads them).
+            if !ids.insert(crate::http::fold(a.id.trim())) {
+                self.err(
+                    None,
+                    &anchor,
+                    format!(
+                        "agent {:?} is defined twice (ids are compared without regard to case)",
+                        a.id
+                    ),
+                );
             }
             let key_digest = match &a.key {
                 Some(k) => match parse_digest(k) {
@@ -407,12 +467,12 @@ impl Build<'_> {
         let mut reviewers = Vec::with_capacity(raw.len());
         for r in raw {
             let anchor = format!("id: {}", r.id);
-            if !ids.insert(r.id.clone()) {
+            if !ids.insert(crate::http::fold(r.id.trim())) {
                 self.err(
                     None,
                     &anchor,
                     format!(
-                        "{:?} is defined twice (agent and reviewer ids share one namespace)",
+                        "{:?} is defined twice (agent and reviewer ids share one namespace, and are compared without regard to case)",
                         r.id
                     ),
                 );
@@ -467,6 +527,7 @@ impl Build<'_> {
                 file: None,
                 signing_key: None,
                 verify_key: None,
+                redact_query: Vec::new(),
             };
         };
         let level = match a.level.as_deref() {
@@ -506,6 +567,7 @@ impl Build<'_> {
             file: a.file.as_deref().map(|f| resolve(&self.base, f)),
             signing_key,
             verify_key,
+            redact_query: a.redact_query,
         }
     }
 

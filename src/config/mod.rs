@@ -24,7 +24,7 @@ mod values;
 pub use source::{Diagnostic, Diagnostics, Source};
 pub use types::{
     AdminConfig, Agent, ApprovalDefaults, AuditConfig, AuditLevel, Config, Limits, LogFormat, Mode,
-    Reviewer, Route, Target, Upstream,
+    Reading, Reviewer, Route, Target, Upstream, REFUSED_METHODS,
 };
 pub use values::{expand_env, parse_digest, parse_duration, parse_size};
 

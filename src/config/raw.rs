@@ -60,6 +60,12 @@ pub struct RawUpstream {
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// How the upstream reads requests (issue: two parsers, two readings).
+    pub path_case: Option<String>,
+    pub path_params: Option<String>,
+    pub encoded_slash: Option<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +99,9 @@ pub struct RawAudit {
     pub signing_key: Option<String>,
     /// Public key (SPKI PEM) that `audit verify` checks checkpoints with.
     pub verify_key: Option<String>,
+    /// Query parameter names redacted in the log, beyond the built-in pattern.
+    #[serde(default)]
+    pub redact_query: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

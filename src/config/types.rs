@@ -87,7 +87,32 @@ pub struct Upstream {
     /// Longest pause between two chunks of a response body; a body that stalls
     /// longer is cut (outcome `upstream_timeout`). Never zero.
     pub idle_timeout: Duration,
+    /// How this upstream reads a request, so the rules read it the same way.
+    pub reading: Reading,
 }
+
+/// How an upstream reads what it is sent (`path_case`, `path_params`,
+/// `encoded_slash`, `allow_methods`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// `path_case: sensitive`: the upstream routes `/A` and `/a` apart. By default
+    /// (`insensitive`, as Express and ASP.NET route) deny and approve rules match
+    /// paths without regard to case.
+    pub path_case_sensitive: bool,
+    /// `path_params: allow`: `;` parameters in path segments are forwarded (and strict
+    /// rules also read the path without them). Refused by default.
+    pub path_params: bool,
+    /// `encoded_slash: allow`: `%2F` in a segment is forwarded (and strict rules also
+    /// read it as `/`). Refused by default.
+    pub encoded_slash: bool,
+    /// Methods refused by default (`TRACE`, `TRACK`, `CONNECT`) that this upstream
+    /// accepts, uppercase.
+    pub allow_methods: Vec<String>,
+}
+
+/// Methods refused unless an upstream lists them in `allow_methods`: TRACE and TRACK
+/// echo the request, injected credentials included; CONNECT opens a tunnel.
+pub const REFUSED_METHODS: [&str; 3] = ["TRACE", "TRACK", "CONNECT"];
 
 /// One caller airlock recognizes (`agents:`).
 #[derive(Debug, Clone)]
@@ -138,6 +163,9 @@ pub struct AuditConfig {
     /// Ed25519 public key (SPKI PEM) that `audit verify` checks checkpoints with, so an
     /// auditor never needs the private key.
     pub verify_key: Option<PathBuf>,
+    /// Query parameter names redacted in every URL written, beyond the built-in
+    /// credential-like pattern (`audit.redact_query`).
+    pub redact_query: Vec<String>,
 }
 
 /// Resource limits (`limits:`).

@@ -13,6 +13,9 @@ pub enum MethodError {
     /// A value that is not a method token.
     #[error("{0} does not name a method")]
     NotAMethod(&'static str),
+    /// A method the upstream does not accept (`TRACE`, `TRACK`, `CONNECT` by default).
+    #[error("method {0} is not allowed (it echoes the request, injected credentials included, or opens a tunnel)")]
+    NotAllowed(String),
     /// Two overrides name different methods.
     #[error("method override headers disagree")]
     Disagree,

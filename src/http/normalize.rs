@@ -79,6 +79,9 @@ pub enum PathError {
     /// A `.` or `..` segment followed by `;` parameters (`..;`, `.%3B`).
     #[error("'.' or '..' segment with ';' parameters in path")]
     DotSegmentWithParameters,
+    /// `;` (or `%3B`) in a path whose upstream does not allow path parameters.
+    #[error("';' path parameters in path (servlet containers strip them; this upstream does not allow them)")]
+    PathParameters,
     /// A literal `?` or `#`: the query or fragment was passed as part of the path.
     #[error("'?' or '#' in path (query or fragment passed as path)")]
     QueryOrFragment,
@@ -142,6 +145,17 @@ fn push_encoded(out: &mut String, b: u8) {
 /// `raw` is the path as received, without query or fragment. An empty path becomes `/`.
 /// The returned path is what rules must be matched against and what must be forwarded.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    normalize(raw, false)
+}
+
+/// [`normalize_path`], but `%2F` is kept (as `%2F`) instead of refused: for routing,
+/// before the upstream's `encoded_slash` setting is known. The caller refuses a kept
+/// `%2F` the upstream does not allow.
+pub fn normalize_path_keeping_encoded_slash(raw: &str) -> Result<String, PathError> {
+    normalize(raw, true)
+}
+
+fn normalize(raw: &str, keep_encoded_slash: bool) -> Result<String, PathError> {
     if raw.is_empty() {
         return Ok(String::from("/"));
     }
@@ -151,7 +165,76 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if is_already_canonical(raw.as_bytes()) {
         return Ok(raw.to_owned());
     }
-    normalize_slow(raw)
+    let canonical = canonicalize_encoding(raw, keep_encoded_slash)?;
+    resolve_segments(&canonical)
+}
+
+/// Whether a canonical path holds `;` path parameters (literal or `%3B`).
+pub fn has_path_params(path: &str) -> bool {
+    path.contains(';') || path.contains("%3B")
+}
+
+/// Whether a canonical path holds an encoded slash.
+pub fn has_encoded_slash(path: &str) -> bool {
+    path.contains("%2F")
+}
+
+/// The other readings an upstream may take of a canonical path: percent-decoded (as
+/// Go, Flask and Spring route; `%2F` becomes `/` and dot segments that makes are
+/// resolved again), and with `;` parameters stripped from every segment (as servlet
+/// containers do). Empty for a path with no `%` and no `;`. A reading that climbs
+/// above the root is refused.
+pub fn readings(path: &str) -> Result<Vec<String>, PathError> {
+    let mut out: Vec<String> = Vec::new();
+    if !path.contains('%') && !path.contains(';') {
+        return Ok(out);
+    }
+    let push = |s: String, out: &mut Vec<String>| {
+        if s != path && !out.contains(&s) {
+            out.push(s);
+        }
+    };
+    if path.contains('%') {
+        let decoded: Vec<u8> = percent_decode(path.as_bytes());
+        let decoded = String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
+        let decoded = resolve_segments(&decoded)?;
+        push(decoded, &mut out);
+    }
+    let mut stripped = Vec::new();
+    for r in std::iter::once(path).chain(out.iter().map(String::as_str)) {
+        if r.contains(';') {
+            let s: Vec<&str> = r
+                .split('/')
+                .map(|seg| seg.split(';').next().unwrap_or(""))
+                .collect();
+            stripped.push(resolve_segments(&s.join("/"))?);
+        }
+    }
+    for s in stripped {
+        push(s, &mut out);
+    }
+    Ok(out)
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex_value),
+                bytes.get(i + 2).copied().and_then(hex_value),
+            ) {
+                out.push((hi << 4) | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
 }
 
 /// True when `bytes` (starting with `/`) holds only characters that stay as they are,
@@ -168,15 +251,16 @@ fn is_already_canonical(bytes: &[u8]) -> bool {
 }
 
 /// The full algorithm; `raw` is non-empty and starts with `/`.
+#[cfg(test)]
 fn normalize_slow(raw: &str) -> Result<String, PathError> {
-    let canonical = canonicalize_encoding(raw)?;
+    let canonical = canonicalize_encoding(raw, false)?;
     resolve_segments(&canonical)
 }
 
 /// Pass 1: validates every byte and percent-encoding, decodes encoded unreserved
 /// characters, uppercases the hex of every other encoding, encodes characters that may
 /// not appear raw, and checks that the fully decoded path is UTF-8.
-fn canonicalize_encoding(raw: &str) -> Result<String, PathError> {
+fn canonicalize_encoding(raw: &str, keep_encoded_slash: bool) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(bytes.len() + bytes.len() / 2);
     let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
@@ -197,6 +281,7 @@ fn canonicalize_encoding(raw: &str) -> Result<String, PathError> {
                     _ => return Err(PathError::InvalidPercentEncoding),
                 };
                 match v {
+                    b'/' if keep_encoded_slash => push_encoded(&mut out, v),
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::EncodedBackslash),
                     0x00 => return Err(PathError::EncodedNul),

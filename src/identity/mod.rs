@@ -194,13 +194,27 @@ impl Reviewers {
         )
     }
 
+    /// Every reviewer.
+    pub fn all(&self) -> &[Reviewer] {
+        &self.reviewers
+    }
+
     /// Whether `reviewer` is named by an approvers list (directly or by `group:`).
+    /// Ids are compared as [`same_identity`] does.
     pub fn eligible(reviewer: &Reviewer, approvers: &[String]) -> bool {
         approvers.iter().any(|ap| match ap.strip_prefix("group:") {
             Some(g) => reviewer.groups.iter().any(|x| x == g),
-            None => *ap == reviewer.id,
+            None => same_identity(ap, &reviewer.id),
         })
     }
+}
+
+/// Whether two identities (reviewer ids, agent owners, emails) name the same person:
+/// compared without surrounding space and under Unicode case folding, as an IdP
+/// compares logins (`Alice@Example.com` is `alice@example.com`).
+pub fn same_identity(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    a == b || a.eq_ignore_ascii_case(b) || crate::http::fold(a) == crate::http::fold(b)
 }
 
 /// A fresh random key: 32 bytes, URL-safe base64 with a prefix naming its kind.

@@ -3,8 +3,9 @@
 
 use crate::approvals::{HoldError, LimitReached};
 use crate::http::body::BodyError;
+use crate::http::MethodError;
 use crate::http::{AirlockError, Code};
-use crate::request::Refusal;
+use crate::request::{DecideError, Refusal};
 use crate::store::Approval;
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
@@ -61,11 +62,21 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
 }
 
+impl From<DecideError> for ProxyError {
+    fn from(e: DecideError) -> ProxyError {
+        match e {
+            DecideError::Body(e) => ProxyError::Body(e),
+            DecideError::Method(e) => ProxyError::Refused(Refusal::BadMethod(e)),
+        }
+    }
+}
+
 impl ProxyError {
     /// The stable code of this failure.
     pub fn code(&self) -> Code {
         match self {
             ProxyError::Refused(r) => match r {
+                Refusal::BadMethod(MethodError::NotAllowed(_)) => Code::MethodNotAllowed,
                 Refusal::BadHost(_) | Refusal::BadMethod(_) => Code::BadRequest,
                 Refusal::BadPath(_) => Code::BadPath,
                 Refusal::NoRoute(_) => Code::NoRoute,

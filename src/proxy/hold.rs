@@ -7,7 +7,7 @@ use crate::approvals::{new_approval_id, Claim, HoldRequest, Opened, Waited};
 use crate::http::body::BoxError;
 use crate::request::record::with_query;
 use crate::request::{Inspected, Prepared, RequestRecord};
-use crate::rules::Decision;
+use crate::rules::{ApprovalPolicy, Decision};
 use crate::state::{Airlock, Snapshot};
 use crate::store::Approval;
 use bytes::Bytes;
@@ -111,13 +111,21 @@ where
     let digest = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
     let body_sha256 = hex::encode(Sha256::digest(&body));
     record.body_sha256 = Some(body_sha256.clone());
-    let approval_policy = decision
-        .policy_rule
-        .and_then(|i| policy.rules.rules[i].approval.clone())
-        .ok_or_else(|| ProxyError::NoPolicy {
-            rules: record.rules.clone(),
-        })?;
-    let show = show_fields(&approval_policy.show, &body);
+    // Every matched approve rule's approval must be satisfied.
+    let approval_policy = ApprovalPolicy::combine(
+        decision
+            .policy_rules
+            .iter()
+            .filter_map(|&i| policy.rules.rules[i].approval.as_ref()),
+    )
+    .ok_or_else(|| ProxyError::NoPolicy {
+        rules: record.rules.clone(),
+    })?;
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let show = show_fields(&approval_policy.show, &body, content_type);
     let request = HoldRequest {
         id: new_approval_id(),
         request_id: record.request_id.clone(),
@@ -172,21 +180,47 @@ pub fn strip_agent_credential(snap: &Snapshot, headers: &mut HeaderMap) {
 }
 
 /// The body fields a rule's `show` names, for reviewers (`None` when there are none).
-fn show_fields(pointers: &[String], body: &[u8]) -> Option<serde_json::Value> {
+/// Reviewers see what every upstream could read: a field that has several readings
+/// (keys repeated, or equal but for case, as Go and ASP.NET bind them) is shown as
+/// `{"ambiguous": [every reading]}`, and a form body is read through its fields.
+fn show_fields(
+    pointers: &[String],
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Option<serde_json::Value> {
+    use crate::rules::json;
     if pointers.is_empty() {
         return None;
     }
-    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let doc = match json::parse(body) {
+        Ok(doc) => doc,
+        Err(_) => {
+            let fields = crate::rules::params::pairs(body, false);
+            let is_form = crate::rules::body::media_type_is_form(content_type);
+            if !is_form || fields.is_empty() {
+                return Some(serde_json::Value::Object(Default::default()));
+            }
+            json::from_fields(fields.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        }
+    };
+    let shown = |v: &json::J| match json::to_value(v) {
+        serde_json::Value::String(s) if s.len() > 500 => {
+            serde_json::Value::String(format!("{}…", s.chars().take(500).collect::<String>()))
+        }
+        other => other,
+    };
     let mut out = serde_json::Map::new();
     for p in pointers {
-        if let Some(v) = doc.pointer(p) {
-            let v = match v {
-                serde_json::Value::String(s) if s.len() > 500 => serde_json::Value::String(
-                    format!("{}…", s.chars().take(500).collect::<String>()),
-                ),
-                other => other.clone(),
-            };
-            out.insert(p.clone(), v);
+        let found = json::select(&doc.root, p, true);
+        match found.as_slice() {
+            [] => {}
+            [one] => {
+                out.insert(p.clone(), shown(one));
+            }
+            many => {
+                let readings: Vec<serde_json::Value> = many.iter().map(|v| shown(v)).collect();
+                out.insert(p.clone(), serde_json::json!({ "ambiguous": readings }));
+            }
         }
     }
     Some(serde_json::Value::Object(out))

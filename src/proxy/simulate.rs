@@ -110,7 +110,7 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         Ok(d) => d,
         Err(e) => return Ok(refused(e.into(), &record)),
     };
-    let view = crate::request::view(policy, &prepared, &parts);
+    let view = crate::request::view(policy, &prepared, &parts, !sim.body.is_empty());
     // The body as decide saw it: compressed or too large means uninspectable.
     let inspect = if crate::http::content_encoding(&parts.headers).is_some() {
         Body::Uninspectable("the body is compressed")
@@ -119,22 +119,16 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
     } else {
         Body::Bytes(sim.body)
     };
-    let mut checks = policy.rules.explain(&view, inspect);
-    // With a method override a strict rule also matches on the request line's method
-    // (as decide weighs it): explain those matches with that method.
-    if parts.method.as_str() != prepared.method {
-        let line = RequestView {
-            method: parts.method.as_str(),
-            ..view
-        };
-        for ((i, check), (_, by_line)) in
-            checks.iter_mut().zip(policy.rules.explain(&line, inspect))
-        {
-            if decision.matched.contains(i) && matches!(check, Check::Missed(_)) {
-                *check = by_line;
-            }
-        }
-    }
+    // The view weighs the request line's method and the override alike, as decide
+    // does; a method the body names is weighed as decide found it.
+    let view = RequestView {
+        body_method: record
+            .acting_as
+            .as_deref()
+            .filter(|m| *m != prepared.method),
+        ..view
+    };
+    let checks = policy.rules.explain(&view, inspect);
     let answer =
         (decision.verdict == Verdict::Deny && policy.cfg.mode == Mode::Enforce).then(|| {
             ProxyError::DeniedByRule {

@@ -2,11 +2,13 @@
 //! candidate inspects it, and then only up to `limits.inspect_body`; a body that
 //! cannot be inspected makes such a rule match (fail closed).
 
+use super::prepare::refuse_method;
 use super::record::RequestRecord;
 use super::{Policy, Prepared};
 use crate::http::body::{boxed, full, read_within, BodyError, BoxError, Prefixed, ProxyBody, Read};
 use crate::http::content_encoding;
-use crate::rules::{Body, Decision, RequestView};
+use crate::http::MethodError;
+use crate::rules::{Body, Decision, RequestView, ANY_METHOD};
 use bytes::Bytes;
 use http::request::Parts;
 use std::collections::VecDeque;
@@ -64,16 +66,87 @@ where
     }
 }
 
+/// Why deciding refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The body could not be read.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The body names a method override that cannot be weighed.
+    #[error(transparent)]
+    Method(#[from] MethodError),
+}
+
 /// What the rules see of a prepared request.
-pub fn view<'a>(policy: &'a Policy, prepared: &'a Prepared, parts: &'a Parts) -> RequestView<'a> {
+pub fn view<'a>(
+    policy: &'a Policy,
+    prepared: &'a Prepared,
+    parts: &'a Parts,
+    has_body: bool,
+) -> RequestView<'a> {
+    let upstream = &policy.cfg.upstreams[prepared.upstream];
     RequestView {
-        upstream: &policy.cfg.upstreams[prepared.upstream].name,
+        upstream: &upstream.name,
         method: &prepared.method,
+        line_method: parts.method.as_str(),
+        body_method: None,
         path: &prepared.path,
+        path_readings: &prepared.path_readings,
+        path_case_sensitive: upstream.reading.path_case_sensitive,
         query: parts.uri.query(),
         headers: &parts.headers,
         agent: &prepared.caller.id,
+        has_body,
     }
+}
+
+/// Whether a body may name a method override: Express's method-override, Rails,
+/// Laravel and Symfony read `_method` from the body of a POST.
+/// Only a body an upstream parses into fields can carry one (a form, multipart,
+/// JSON, or an untyped body); a binary upload cannot.
+fn body_may_override(parts: &Parts, has_body: bool) -> bool {
+    let parsed = match crate::rules::body::media_type(&parts.headers) {
+        None => true,
+        Some(m) => {
+            matches!(
+                m.as_str(),
+                "application/x-www-form-urlencoded" | "multipart/form-data" | "application/json"
+            ) || m.ends_with("+json")
+        }
+    };
+    has_body && parsed && parts.method.as_str().eq_ignore_ascii_case("POST")
+}
+
+/// The one method the body names, checked as an override header is: a plain token,
+/// agreeing with every other override, and a method the upstream accepts.
+fn body_method(
+    policy: &Policy,
+    prepared: &Prepared,
+    parts: &Parts,
+    bytes: &[u8],
+) -> Result<Option<String>, MethodError> {
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mut named: Option<String> = None;
+    for v in crate::rules::body::body_methods(bytes, content_type) {
+        let v = v.trim().to_ascii_uppercase();
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(MethodError::NotAMethod("_method"));
+        }
+        if named.as_ref().is_some_and(|n| *n != v) {
+            return Err(MethodError::Disagree);
+        }
+        named = Some(v);
+    }
+    if let Some(m) = &named {
+        if prepared.method != parts.method.as_str() && prepared.method != *m {
+            return Err(MethodError::Disagree);
+        }
+        refuse_method(m, &policy.cfg.upstreams[prepared.upstream].reading)?;
+    }
+    Ok(named)
 }
 
 /// Decides a prepared request, recording the verdict and the matched rules.
@@ -83,41 +156,79 @@ pub async fn decide<B>(
     parts: &Parts,
     body: B,
     record: &mut RequestRecord,
-) -> Result<(Decision, Inspected<B>), BodyError>
+) -> Result<(Decision, Inspected<B>), DecideError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let rules = &policy.rules;
     let limits = &policy.cfg.limits;
-    let view = view(policy, prepared, parts);
-    // With a method override, the rules weigh the request line's method too.
-    let head = rules.head_with_line_method(&view, parts.method.as_str());
+    let has_body = !body.is_end_stream();
+    let view = view(policy, prepared, parts, has_body);
+    let head = rules.head(&view);
+    // A POST's body may name another method: the rules that would match some other
+    // method make the body worth reading, and match (fail closed) if it cannot be.
+    let any = body_may_override(parts, has_body).then(|| {
+        rules.head(&RequestView {
+            body_method: Some(ANY_METHOD),
+            ..view
+        })
+    });
+    let override_matters = any.as_ref().is_some_and(|a| a.adds_strict(&head, rules));
     let encoding = content_encoding(&parts.headers);
-    let (decision, body) = if !rules.needs_body(&head) {
+    let (decision, body) = if !rules.needs_body(&head) && !override_matters {
         (
             rules.finish(head, Body::NotRead, encoding),
             Inspected::Stream(body),
         )
     } else if encoding.is_some() {
+        let head = if override_matters {
+            any.unwrap_or(head)
+        } else {
+            head
+        };
         (
             rules.finish(head, Body::Uninspectable("the body is compressed"), None),
             Inspected::Stream(body),
         )
     } else {
         match read_within(body, limits.inspect_body, limits.body_timeout).await? {
-            Read::Complete(b) => (
-                rules.finish(head, Body::Bytes(&b), encoding),
-                Inspected::Bytes(b),
-            ),
-            Read::Over(pre, rest) => (
-                rules.finish(
-                    head,
-                    Body::Uninspectable("the body is larger than limits.inspect_body"),
-                    None,
-                ),
-                Inspected::Partial(pre, rest),
-            ),
+            Read::Complete(b) => {
+                let named = if override_matters {
+                    body_method(policy, prepared, parts, &b)?
+                } else {
+                    None
+                };
+                let head = match &named {
+                    Some(m) => {
+                        record.acting_as = Some(m.clone());
+                        rules.head(&RequestView {
+                            body_method: Some(m),
+                            ..view
+                        })
+                    }
+                    None => head,
+                };
+                (
+                    rules.finish(head, Body::Bytes(&b), encoding),
+                    Inspected::Bytes(b),
+                )
+            }
+            Read::Over(pre, rest) => {
+                let head = if override_matters {
+                    any.unwrap_or(head)
+                } else {
+                    head
+                };
+                (
+                    rules.finish(
+                        head,
+                        Body::Uninspectable("the body is larger than limits.inspect_body"),
+                        None,
+                    ),
+                    Inspected::Partial(pre, rest),
+                )
+            }
         }
     };
     record.verdict = Some(decision.verdict);

@@ -18,7 +18,7 @@ pub mod policy;
 pub mod prepare;
 pub mod record;
 
-pub use decide::{decide, view, Inspected};
+pub use decide::{decide, view, DecideError, Inspected};
 pub use policy::Policy;
 pub use prepare::{prepare, Identify, Prepared, Refusal};
 pub use record::RequestRecord;

@@ -5,7 +5,10 @@
 
 use super::record::{shown_url, RequestRecord};
 use super::Policy;
-use crate::http::normalize::{normalize_path, PathError};
+use crate::config::{Reading, REFUSED_METHODS};
+use crate::http::normalize::{
+    has_encoded_slash, has_path_params, normalize_path_keeping_encoded_slash, readings, PathError,
+};
 use crate::http::route::{request_host, HostMismatch};
 use crate::http::{effective_method, strip_hop_by_hop, MethodError};
 use crate::identity::{AuthError, Caller};
@@ -35,6 +38,9 @@ pub struct Prepared {
     pub caller: Caller,
     /// The method the request acts as (an override applied).
     pub method: String,
+    /// Other readings of `path` an upstream may take (see
+    /// [`crate::http::normalize::readings`]); usually none.
+    pub path_readings: Vec<String>,
 }
 
 /// Why a request was refused before the rules saw it.
@@ -64,15 +70,31 @@ pub fn prepare(
 ) -> Result<Prepared, Refusal> {
     let host = request_host(&parts.uri, &parts.headers)?.map(str::to_string);
     record.host.clone_from(&host);
-    let path = normalize_path(parts.uri.path())?;
+    let path = normalize_path_keeping_encoded_slash(parts.uri.path())?;
     let Some((upstream, upath)) = policy.router.route(host.as_deref(), &path) else {
-        record.url = Some(shown_url(&path, parts.uri.query()));
+        record.url = Some(shown_url(
+            &path,
+            parts.uri.query(),
+            &policy.cfg.audit.redact_query,
+        ));
         return Err(Refusal::NoRoute(path));
     };
     let upath = upath.to_string();
+    let up = &policy.cfg.upstreams[upstream];
     record.upstream = Some(upstream);
-    record.upstream_name = Some(policy.cfg.upstreams[upstream].name.clone());
-    record.url = Some(shown_url(&upath, parts.uri.query()));
+    record.upstream_name = Some(up.name.clone());
+    record.url = Some(shown_url(
+        &upath,
+        parts.uri.query(),
+        &policy.cfg.audit.redact_query,
+    ));
+    if has_encoded_slash(&path) && !up.reading.encoded_slash {
+        return Err(PathError::EncodedSlash.into());
+    }
+    if has_path_params(&path) && !up.reading.path_params {
+        return Err(PathError::PathParameters.into());
+    }
+    let path_readings = readings(&upath)?;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     let caller = match who {
         Identify::Credentials { peer } => policy.agents.identify(&parts.headers, peer)?,
@@ -80,6 +102,9 @@ pub fn prepare(
     };
     record.agent = Some(caller.id.clone());
     let method = effective_method(parts.method.as_str(), &parts.headers, parts.uri.query())?;
+    for m in [parts.method.as_str(), method.as_str()] {
+        refuse_method(m, &up.reading)?;
+    }
     if method != parts.method.as_str() {
         record.acting_as = Some(method.clone());
     }
@@ -89,5 +114,16 @@ pub fn prepare(
         path: upath,
         caller,
         method,
+        path_readings,
     })
+}
+
+/// Refuses a method the upstream does not accept: `TRACE`, `TRACK` and `CONNECT`
+/// unless listed in its `allow_methods`.
+pub fn refuse_method(method: &str, reading: &Reading) -> Result<(), MethodError> {
+    let up = method.to_ascii_uppercase();
+    if REFUSED_METHODS.contains(&up.as_str()) && !reading.allow_methods.contains(&up) {
+        return Err(MethodError::NotAllowed(up));
+    }
+    Ok(())
 }

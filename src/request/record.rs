@@ -67,8 +67,8 @@ impl RequestRecord {
 
 /// The URL as reviewers and the audit log see it: query values that look like
 /// credentials are replaced with `REDACTED` (the digest still binds the real ones).
-pub fn shown_url(path: &str, query: Option<&str>) -> String {
-    with_query(path, crate::http::redact_query(query).as_deref())
+pub fn shown_url(path: &str, query: Option<&str>, redact: &[String]) -> String {
+    with_query(path, crate::http::redact_query(query, redact).as_deref())
 }
 
 /// `path?query`, or the path alone.

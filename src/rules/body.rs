@@ -1,11 +1,26 @@
-//! Body conditions (`json`, `form`): the request body parsed at most once for all the
-//! rules that inspect it, and the fail-closed reading of a body that cannot be
-//! inspected. Never reads the body itself: the proxy hands over what it read.
+//! Body conditions (`json`, `form`, and a strict rule's `query` that a form field may
+//! satisfy): the request body parsed at most once for all the rules that inspect it,
+//! read every way an upstream might read it, and the fail-closed reading of a body
+//! that cannot be inspected. Never reads the body itself: the proxy hands over what it
+//! read.
+//!
+//! Readings, for strict rules (an allow rule sees only the body its content type
+//! declares):
+//! - a body that parses as JSON is JSON, whatever its content type says; a body that
+//!   does not, but is declared as JSON or looks like it, is uninspectable (fail closed);
+//!   any other body is read as JSON through its form fields (`spec[tier]=prod` is
+//!   `/spec/tier`), as Rails, Laravel and PHP bind them;
+//! - form fields are the urlencoded fields of any body, the fields of a
+//!   `multipart/form-data` body, a JSON object's top-level members, and the query's
+//!   parameters (Spring, PHP and Laravel merge them all into one set of parameters).
 
 use super::decide::Check;
-use super::json::{self, StrictJson};
+use super::json::{self, Doc};
+use super::params::{canonical_param, pairs, values_of};
 use super::rule::Rule;
 use http::HeaderMap;
+use std::borrow::Cow;
+use std::cell::OnceCell;
 
 /// The body as far as the proxy could read it.
 #[derive(Debug, Clone, Copy)]
@@ -18,52 +33,185 @@ pub enum Body<'a> {
     Uninspectable(&'static str),
 }
 
-/// Whether a body with these headers is `application/x-www-form-urlencoded` (or
-/// untyped, which servers commonly parse as a form too).
-pub(crate) fn is_form(headers: &HeaderMap) -> bool {
-    match headers.get(http::header::CONTENT_TYPE) {
-        None => true,
-        Some(v) => v
-            .to_str()
-            .map(|s| {
-                s.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-            .unwrap_or(false),
-    }
+/// The media type of a `Content-Type` header, lowercased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers.get(http::header::CONTENT_TYPE).map(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    })
 }
+
+/// Whether a body of this media type is `application/x-www-form-urlencoded` (or
+/// untyped, which servers commonly parse as a form too).
+pub(crate) fn is_form(media: Option<&str>) -> bool {
+    media.is_none_or(|m| m == "application/x-www-form-urlencoded")
+}
+
+/// [`is_form`] for a whole `Content-Type` value.
+pub fn media_type_is_form(content_type: Option<&str>) -> bool {
+    let media = content_type.map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    is_form(media.as_deref())
+}
+
+fn declared_json(media: Option<&str>) -> bool {
+    media.is_some_and(|m| m == "application/json" || m.ends_with("+json"))
+}
+
+/// Why a body that claims a structure could not be read in it.
+const NOT_JSON: &str = "the body is not valid JSON";
+const BAD_MULTIPART: &str = "the multipart body cannot be parsed";
+/// Why a strict rule matched a body two parsers would read differently.
+pub const AMBIGUOUS: &str = "the JSON body has keys that are equal but for case, or repeated";
 
 /// The body, parsed once for all candidate rules.
 pub(crate) struct ParsedBody<'a> {
     raw: Body<'a>,
-    query: Option<&'a str>,
-    form_body: bool,
-    json: std::cell::OnceCell<Result<StrictJson, String>>,
+    query: &'a str,
+    content_type: Option<&'a str>,
+    json: OnceCell<Result<Doc, String>>,
+    fields: OnceCell<Result<Vec<(String, String)>, &'static str>>,
+    field_doc: OnceCell<Doc>,
 }
 
 impl<'a> ParsedBody<'a> {
-    /// `query` counts as form fields; `form_body` says whether the body may be read as
-    /// a form at all (see [`is_form`]).
-    pub(crate) fn new(raw: Body<'a>, query: Option<&'a str>, form_body: bool) -> ParsedBody<'a> {
+    /// `query` is the request's query string; `content_type` its whole header value.
+    pub(crate) fn new(
+        raw: Body<'a>,
+        query: Option<&'a str>,
+        content_type: Option<&'a str>,
+    ) -> ParsedBody<'a> {
         ParsedBody {
             raw,
-            query,
-            form_body,
-            json: std::cell::OnceCell::new(),
+            query: query.unwrap_or(""),
+            content_type,
+            json: OnceCell::new(),
+            fields: OnceCell::new(),
+            field_doc: OnceCell::new(),
         }
+    }
+
+    fn media(&self) -> Option<String> {
+        self.content_type.map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+    }
+
+    fn json(&self, bytes: &[u8]) -> &Result<Doc, String> {
+        self.json.get_or_init(|| json::parse(bytes))
+    }
+
+    /// The body's fields for strict rules: urlencoded, multipart, JSON members.
+    fn fields(&self, bytes: &[u8]) -> &Result<Vec<(String, String)>, &'static str> {
+        self.fields.get_or_init(|| {
+            let mut out: Vec<(String, String)> = pairs(bytes, true)
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if self.media().as_deref() == Some("multipart/form-data") {
+                out.extend(multipart_fields(self.content_type.unwrap_or(""), bytes)?);
+            }
+            if let Ok(doc) = self.json(bytes) {
+                out.extend(
+                    json::top_level_fields(&doc.root)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v)),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// The readings of the body as JSON for strict rules.
+    fn json_readings(&self, bytes: &[u8]) -> Result<Vec<&Doc>, &'static str> {
+        let media = self.media();
+        let mut out = Vec::new();
+        match self.json(bytes) {
+            Ok(doc) => out.push(doc),
+            Err(_) => {
+                let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+                if declared_json(media.as_deref()) || matches!(first, Some(b'{' | b'[')) {
+                    return Err(NOT_JSON);
+                }
+            }
+        }
+        if out.is_empty()
+            || is_form(media.as_deref())
+            || media.as_deref() == Some("multipart/form-data")
+        {
+            let fields = self.fields(bytes).as_ref().map_err(|e| *e)?;
+            out.push(self.field_doc.get_or_init(|| {
+                json::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }));
+        }
+        Ok(out)
+    }
+}
+
+/// The named, non-file parts of a `multipart/form-data` body.
+fn multipart_fields(
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<Vec<(String, String)>, &'static str> {
+    use futures_util::FutureExt;
+    let boundary = multer::parse_boundary(content_type).map_err(|_| BAD_MULTIPART)?;
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+    let mut mp = multer::Multipart::new(stream, boundary);
+    // The whole body is in memory: every step completes on its first poll.
+    let read = async move {
+        let mut out = Vec::new();
+        while let Some(field) = mp.next_field().await.map_err(|_| BAD_MULTIPART)? {
+            let name = field.name().map(str::to_string);
+            let text = field.text().await.map_err(|_| BAD_MULTIPART)?;
+            if let Some(name) = name {
+                out.push((name, text));
+            }
+        }
+        Ok(out)
+    };
+    read.now_or_never().unwrap_or(Err(BAD_MULTIPART))
+}
+
+/// The `_method` a body names (a form or multipart field, or a JSON object's
+/// top-level member, any case), as Express's method-override, Rails and Laravel read
+/// it. Every value found is returned; an unreadable body names none.
+pub fn body_methods(bytes: &[u8], content_type: Option<&str>) -> Vec<String> {
+    let parsed = ParsedBody::new(Body::Bytes(bytes), None, content_type);
+    let want = canonical_param("_method");
+    match parsed.fields(bytes) {
+        Ok(fields) => fields
+            .iter()
+            .filter(|(k, _)| canonical_param(k) == want)
+            .map(|(_, v)| v.clone())
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
 /// Whether a rule's body conditions hold (a rule without any matches).
 pub(crate) fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
-    if !rule.inspects_body() {
+    let strict = rule.strict();
+    let query_from_body = strict && !rule.query.is_empty();
+    if !rule.inspects_body() && !query_from_body {
         return Check::Matched;
     }
-    let strict = rule.strict();
     let bytes = match body.raw {
+        Body::NotRead if !rule.inspects_body() => return Check::Matched,
         Body::NotRead => return Check::Missed("body was not read".into()),
         Body::Uninspectable(why) => {
             // Fail closed: a strict rule that cannot look at the body matches; an allow
@@ -76,49 +224,125 @@ pub(crate) fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
         }
         Body::Bytes(b) => b,
     };
+    let result = if strict {
+        check_strict(rule, body, bytes)
+    } else {
+        check_allow(rule, body, bytes)
+    };
+    match result {
+        Ok(()) => Check::Matched,
+        Err(Miss::No(why)) => Check::Missed(why),
+        Err(Miss::Unreadable(why)) => Check::MatchedFailClosed(why),
+    }
+}
+
+enum Miss {
+    No(String),
+    Unreadable(&'static str),
+}
+
+fn check_strict(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), Miss> {
     if !rule.json.is_empty() {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Check::Missed("no JSON body".into());
+            return Err(Miss::No("no JSON body".into()));
         }
-        let doc = match body.json.get_or_init(|| json::parse_strict(bytes)) {
-            Ok(doc) => doc,
-            Err(e) => {
-                return if strict {
-                    Check::MatchedFailClosed(if e.contains("duplicate") {
-                        "the JSON body has duplicate keys"
-                    } else {
-                        "the body is not valid JSON"
-                    })
-                } else {
-                    Check::Missed(format!("body is not valid JSON: {e}"))
-                };
+        let docs = body.json_readings(bytes).map_err(Miss::Unreadable)?;
+        // Two parsers would read it differently: the rule applies whatever the
+        // readings say (reviewers are shown every one).
+        if docs.iter().any(|d| d.ambiguous) {
+            return Err(Miss::Unreadable(AMBIGUOUS));
+        }
+        for (pointer, m) in &rule.json {
+            let values = docs
+                .iter()
+                .flat_map(|d| json::select(&d.root, pointer, true))
+                .map(json::as_text);
+            if !m.is_match_values(true, values) {
+                return Err(Miss::No(format!("JSON {pointer} does not match")));
             }
+        }
+    }
+    if !rule.form.is_empty() || !rule.query.is_empty() {
+        let fields = body
+            .fields(bytes)
+            .as_ref()
+            .map_err(|e| Miss::Unreadable(e))?;
+        let query = pairs(body.query.as_bytes(), true);
+        let all: Vec<(Cow<'_, str>, Cow<'_, str>)> = fields
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+            .chain(query)
+            .collect();
+        for (key, m) in rule.form.iter().chain(&rule.query) {
+            if !m.is_match_values(true, values_of(&all, key, true)) {
+                return Err(Miss::No(format!("field {key:?} does not match")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_allow(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), Miss> {
+    if !rule.json.is_empty() {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(Miss::No("no JSON body".into()));
+        }
+        let doc = match body.json(bytes) {
+            Ok(doc) if !doc.ambiguous => doc,
+            Ok(_) => return Err(Miss::No(AMBIGUOUS.into())),
+            Err(e) => return Err(Miss::No(format!("body is not valid JSON: {e}"))),
         };
         for (pointer, m) in &rule.json {
-            // Strict rules match keys case-insensitively, as Go and ASP.NET bind them.
-            let values = json::select(&doc.0, pointer, strict);
-            if !m.is_match_values(strict, values.into_iter().map(json::as_text)) {
-                return Check::Missed(format!("JSON {pointer} does not match"));
+            let values = json::select(&doc.root, pointer, false);
+            if !m.is_match_values(false, values.into_iter().map(json::as_text)) {
+                return Err(Miss::No(format!("JSON {pointer} does not match")));
             }
         }
     }
-    if !rule.form.is_empty() && !bytes.is_empty() && !body.form_body {
-        return if strict {
-            Check::MatchedFailClosed("the body is not application/x-www-form-urlencoded")
-        } else {
-            Check::Missed("the body is not a form".into())
-        };
-    }
-    let query = body.query.unwrap_or("").as_bytes();
-    for (key, m) in &rule.form {
+    if !rule.form.is_empty() {
+        if !bytes.is_empty() && !is_form(body.media().as_deref()) {
+            return Err(Miss::No("the body is not a form".into()));
+        }
         // Query parameters count as form fields: many servers merge the two.
-        let values = form_urlencoded::parse(bytes)
-            .chain(form_urlencoded::parse(query))
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v);
-        if !m.is_match_values(strict, values) {
-            return Check::Missed(format!("form field {key:?} does not match"));
+        let all: Vec<_> = pairs(bytes, false)
+            .into_iter()
+            .chain(pairs(body.query.as_bytes(), false))
+            .collect();
+        for (key, m) in &rule.form {
+            if !m.is_match_values(false, values_of(&all, key, false)) {
+                return Err(Miss::No(format!("form field {key:?} does not match")));
+            }
         }
     }
-    Check::Matched
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_fields_are_read() {
+        let ct = "multipart/form-data; boundary=XyZ";
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Action\"\r\n\r\nTerminateInstances\r\n--XyZ--\r\n";
+        let f = multipart_fields(ct, body).unwrap();
+        assert_eq!(f[0], ("_method".into(), "DELETE".into()));
+        assert_eq!(f[1], ("Action".into(), "TerminateInstances".into()));
+        assert_eq!(body_methods(body, Some(ct)), ["DELETE"]);
+        assert!(multipart_fields(ct, b"--nope\r\n").is_err());
+    }
+
+    #[test]
+    fn body_methods_in_every_spelling() {
+        assert_eq!(body_methods(b"_method=delete", None), ["delete"]);
+        assert_eq!(
+            body_methods(br#"{"_METHOD":"DELETE"}"#, Some("application/json")),
+            ["DELETE"]
+        );
+        assert_eq!(
+            body_methods(b"a=1&_method=PUT", Some("text/plain")),
+            ["PUT"]
+        );
+        assert!(body_methods(b"{}", Some("application/json")).is_empty());
+    }
 }

@@ -230,15 +230,14 @@ fn owner_warnings(cfg: &Config, src: &Source) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for agent in &cfg.agents {
         let Some(owner) = &agent.owner else { continue };
-        let folded = owner.to_lowercase();
         for r in &cfg.reviewers {
-            if r.id != *owner && r.id.to_lowercase() == folded {
+            if r.id != *owner && crate::identity::same_identity(&r.id, owner) {
                 let id = format!("id: {}", agent.id);
                 out.push(warning_at(
                     src,
                     &["agents:", &id, "owner:", owner],
                     format!(
-                        "agent {}'s owner {owner:?} and reviewer {:?} differ only in case: the self-approval check compares them exactly, so they count as DIFFERENT people and {} could approve {}'s own requests; write them the same way",
+                        "agent {}'s owner {owner:?} and reviewer {:?} differ only in case: they are the same person (identities are compared without regard to case), so {} can never approve {}'s requests; write them the same way",
                         agent.id, r.id, r.id, agent.id
                     ),
                 ));

@@ -5,7 +5,7 @@
 
 use super::matcher::{Alt, StrMatcher};
 use super::raw;
-use super::rule::{ApprovalPolicy, Rule, Verdict};
+use super::rule::{ApprovalPolicy, Requirement, Rule, Verdict};
 use crate::config::{Config, Diagnostic, Source};
 use regex::Regex;
 
@@ -273,46 +273,58 @@ impl Compiler<'_> {
                 ),
             );
         }
-        let eligible: Vec<&str> = cfg
-            .reviewers
+        let separate = a
+            .approvers
             .iter()
-            .filter(|r| {
-                a.approvers
-                    .iter()
-                    .any(|ap| match ap.strip_prefix("group:") {
-                        Some(g) => r.groups.iter().any(|x| x == g),
-                        None => ap == &r.id,
-                    })
-            })
-            .map(|r| r.id.as_str())
-            .collect();
+            .any(|ap| matches!(ap, raw::RawApprover::Requirement(_)));
+        let mut requirements = Vec::new();
+        let mut plain = Vec::new();
         for ap in &a.approvers {
-            let known = match ap.strip_prefix("group:") {
-                Some(g) => cfg
-                    .reviewers
-                    .iter()
-                    .any(|r| r.groups.iter().any(|x| x == g)),
-                None => cfg.reviewers.iter().any(|r| &r.id == ap),
-            };
-            if !known {
-                self.warn(
-                    Some(ap),
-                    format!(
-                        "rule {}: approver {ap:?} matches no configured reviewer",
-                        self.rule
-                    ),
-                );
+            match ap {
+                raw::RawApprover::Name(n) if separate => requirements.push((vec![n.clone()], None)),
+                raw::RawApprover::Name(n) => plain.push(n.clone()),
+                raw::RawApprover::Requirement(r) => {
+                    let who = match (&r.group, &r.reviewer) {
+                        (Some(g), None) => format!("group:{g}"),
+                        (None, Some(id)) => id.clone(),
+                        _ => {
+                            self.err(
+                                Some("approvers:"),
+                                format!(
+                                    "rule {}: approval.approvers: a requirement names exactly one of group: or reviewer:",
+                                    self.rule
+                                ),
+                            );
+                            continue;
+                        }
+                    };
+                    requirements.push((vec![who], r.quorum));
+                }
             }
         }
-        let quorum = a.quorum.unwrap_or(1);
-        if quorum == 0 {
+        if !plain.is_empty() {
+            requirements.push((plain, a.quorum));
+        } else if separate && a.quorum.is_some() {
             self.err(
                 Some("quorum"),
-                format!("rule {}: approval.quorum must be at least 1", self.rule),
+                format!(
+                    "rule {}: approval.quorum: with requirements in approvers, give each its own quorum",
+                    self.rule
+                ),
             );
-        } else if (quorum as usize) > eligible.len() && !a.approvers.is_empty() {
-            self.err(Some("quorum"), format!("rule {}: approval.quorum {quorum} exceeds the {} eligible reviewer(s): it could never be approved", self.rule, eligible.len()));
         }
+        let mut reqs = Vec::new();
+        for (approvers, quorum) in requirements {
+            let quorum = quorum.unwrap_or(1);
+            self.check_requirement(cfg, &approvers, quorum);
+            reqs.push(Requirement {
+                rule: self.rule.to_string(),
+                approvers,
+                quorum: quorum.max(1),
+            });
+        }
+        let approvers: Vec<String> = reqs.iter().flat_map(|r| r.approvers.clone()).collect();
+        let quorum = reqs.iter().map(|r| r.quorum).max().unwrap_or(1);
         let mut dur = |field: &str, v: &Option<String>, def| match v {
             None => def,
             Some(s) => crate::config::parse_duration(s).unwrap_or_else(|e| {
@@ -351,8 +363,9 @@ impl Compiler<'_> {
             }
         }
         ApprovalPolicy {
-            approvers: a.approvers.clone(),
-            quorum: quorum.max(1),
+            approvers,
+            quorum,
+            requirements: reqs,
             timeout,
             reuse,
             channels: if a.channels.is_empty() {
@@ -362,6 +375,40 @@ impl Compiler<'_> {
             },
             show: a.show.clone(),
             require_reason: a.require_reason,
+        }
+    }
+}
+
+impl Compiler<'_> {
+    /// Warns of approvers no reviewer matches; refuses a quorum nobody could reach.
+    fn check_requirement(&mut self, cfg: &Config, approvers: &[String], quorum: u32) {
+        let eligible = cfg
+            .reviewers
+            .iter()
+            .filter(|r| crate::identity::Reviewers::eligible(r, approvers))
+            .count();
+        for ap in approvers {
+            let known = cfg
+                .reviewers
+                .iter()
+                .any(|r| crate::identity::Reviewers::eligible(r, std::slice::from_ref(ap)));
+            if !known {
+                self.warn(
+                    Some(ap),
+                    format!(
+                        "rule {}: approver {ap:?} matches no configured reviewer",
+                        self.rule
+                    ),
+                );
+            }
+        }
+        if quorum == 0 {
+            self.err(
+                Some("quorum"),
+                format!("rule {}: approval.quorum must be at least 1", self.rule),
+            );
+        } else if (quorum as usize) > eligible && !approvers.is_empty() {
+            self.err(Some("quorum"), format!("rule {}: approval.quorum {quorum} exceeds the {eligible} eligible reviewer(s) of {approvers:?}: it could never be approved", self.rule));
         }
     }
 }

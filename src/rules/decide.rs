@@ -8,10 +8,15 @@
 //! request grows slowly with the number of rules. A request whose path matches no
 //! pattern and that no path-less rule matches is decided without allocating.
 
-use super::body::{check_body, is_form, Body, ParsedBody};
+use super::body::{check_body, Body, ParsedBody};
+use super::params::{header_values, query_values};
 use super::rule::{Rule, Verdict};
 use http::HeaderMap;
 use regex::RegexSet;
+
+/// A `body_method` that stands for "any method the body might name": strict rules
+/// with a method condition match it, allow rules do not.
+pub const ANY_METHOD: &str = "*";
 
 /// What the rules see of a request. The path is normalized, with the route prefix removed.
 #[derive(Debug, Clone, Copy)]
@@ -20,14 +25,55 @@ pub struct RequestView<'a> {
     pub upstream: &'a str,
     /// The method the request will act as (a method-override header already applied).
     pub method: &'a str,
+    /// The request line's method. With an override, strict rules match either method
+    /// and allow rules must match both.
+    pub line_method: &'a str,
+    /// A `_method` the body names ([`ANY_METHOD`] while the body is unread), weighed
+    /// like an override header.
+    pub body_method: Option<&'a str>,
     /// The normalized path the upstream will see.
     pub path: &'a str,
+    /// Other readings of the path an upstream may take (percent-decoded, `;`
+    /// parameters stripped); usually none.
+    pub path_readings: &'a [String],
+    /// Whether the upstream routes paths case-sensitively (`path_case: sensitive`).
+    /// When it does not, strict rules match paths without regard to case.
+    pub path_case_sensitive: bool,
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
     /// The request headers as received.
     pub headers: &'a HeaderMap,
     /// The agent's id ("" when no agent was identified).
     pub agent: &'a str,
+    /// Whether the request may have a body (its fields count for strict `query` rules).
+    pub has_body: bool,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of a request with no override, no other readings and no body, upstream
+    /// paths case-sensitive (for tests and tools).
+    pub fn plain(
+        upstream: &'a str,
+        method: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+        agent: &'a str,
+    ) -> RequestView<'a> {
+        RequestView {
+            upstream,
+            method,
+            line_method: method,
+            body_method: None,
+            path,
+            path_readings: &[],
+            path_case_sensitive: true,
+            query,
+            headers,
+            agent,
+            has_body: false,
+        }
+    }
 }
 
 /// The outcome of evaluating the rules for one request.
@@ -37,9 +83,10 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Indices of every matching rule, in file order.
     pub matched: Vec<usize>,
-    /// The approve rule whose policy applies (first matching approve rule).
-    pub policy_rule: Option<usize>,
-    /// Why body conditions were taken as matching without inspection, if they were.
+    /// Every matched approve rule: each one's approval must be satisfied.
+    pub policy_rules: Vec<usize>,
+    /// Why body conditions were taken as matching without inspection (or on one of
+    /// two readings), if they were.
     pub fail_closed: Option<&'static str>,
 }
 
@@ -48,11 +95,22 @@ pub struct Decision {
 pub struct Head {
     matched: Vec<usize>,
     body_candidates: Vec<usize>,
-    /// The query string, kept for `form` conditions (many servers merge query
+    /// The query string, kept for body conditions (many servers merge query
     /// parameters and form fields). Only captured when a body candidate exists.
     query: Option<String>,
-    /// Whether the body may be read as a form (no content type, or urlencoded).
-    form_body: bool,
+    /// The `Content-Type` header, when a body candidate exists.
+    content_type: Option<String>,
+}
+
+impl Head {
+    /// Whether some strict rule is a candidate here that is not one in `other`.
+    pub fn adds_strict(&self, other: &Head, rules: &RuleSet) -> bool {
+        self.matched.iter().chain(&self.body_candidates).any(|i| {
+            rules.rules[*i].strict()
+                && !other.matched.contains(i)
+                && !other.body_candidates.contains(i)
+        })
+    }
 }
 
 /// Whether one rule matched a request, for `rules explain`.
@@ -77,6 +135,12 @@ pub struct RuleSet {
     path_set: RegexSet,
     /// For each regex in `path_set`, the rule it belongs to (non-decreasing).
     path_owner: Vec<usize>,
+    /// The strict rules' patterns, case-insensitive, and their owners.
+    path_set_i: RegexSet,
+    path_owner_i: Vec<usize>,
+    /// No strict pattern holds an uppercase letter: on a path without one,
+    /// case-insensitive matching finds what case-sensitive matching finds.
+    strict_patterns_lowercase: bool,
     /// Rules with no path condition (always path candidates), ascending.
     pathless: Vec<usize>,
     default: Verdict,
@@ -93,6 +157,8 @@ impl RuleSet {
     ) -> Result<RuleSet, regex::Error> {
         let mut sources = Vec::new();
         let mut path_owner = Vec::new();
+        let mut sources_i = Vec::new();
+        let mut path_owner_i = Vec::new();
         let mut pathless = Vec::new();
         for (i, srcs) in path_regexes.iter().enumerate() {
             if srcs.is_empty() {
@@ -101,14 +167,30 @@ impl RuleSet {
             for s in srcs {
                 sources.push(s.as_str());
                 path_owner.push(i);
+                if rules.get(i).is_some_and(Rule::strict) {
+                    sources_i.push(format!("(?i:{s})"));
+                    path_owner_i.push(i);
+                }
             }
         }
+        let strict_patterns_lowercase = path_regexes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| rules.get(*i).is_some_and(Rule::strict))
+            .all(|(_, srcs)| {
+                srcs.iter()
+                    .all(|s| !s.bytes().any(|b| b.is_ascii_uppercase()))
+            });
         let path_set = RegexSet::new(sources)?;
+        let path_set_i = RegexSet::new(sources_i)?;
         Ok(RuleSet {
             rules,
             version,
             path_set,
             path_owner,
+            path_set_i,
+            path_owner_i,
+            strict_patterns_lowercase,
             pathless,
             default,
         })
@@ -119,9 +201,33 @@ impl RuleSet {
         self.default
     }
 
-    /// Calls `f` with every rule whose path condition admits `path`, in ascending
-    /// order, each once. Allocates only when some path pattern matches.
-    fn for_each_candidate(&self, path: &str, mut f: impl FnMut(usize)) {
+    /// Calls `f` with every rule whose path condition admits the request's path, in
+    /// ascending order, each once. Allocates only when some path pattern matches, or
+    /// when the path has several readings.
+    fn for_each_candidate(&self, req: &RequestView<'_>, mut f: impl FnMut(usize)) {
+        let fold = !req.path_case_sensitive;
+        // Lowercase patterns read a path without uppercase letters the same either way.
+        let folding_changes_nothing =
+            self.strict_patterns_lowercase && !req.path.bytes().any(|b| b.is_ascii_uppercase());
+        if req.path_readings.is_empty() && (!fold || folding_changes_nothing) {
+            return self.for_each_candidate_of(req.path, f);
+        }
+        let mut hit = vec![false; self.rules.len()];
+        for path in std::iter::once(req.path).chain(req.path_readings.iter().map(String::as_str)) {
+            self.for_each_candidate_of(path, |i| hit[i] = true);
+            if fold {
+                for m in self.path_set_i.matches(path).iter() {
+                    hit[self.path_owner_i[m]] = true;
+                }
+            }
+        }
+        hit.iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .for_each(|(i, _)| f(i));
+    }
+
+    fn for_each_candidate_of(&self, path: &str, mut f: impl FnMut(usize)) {
         if self.path_owner.is_empty() || !self.path_set.is_match(path) {
             self.pathless.iter().copied().for_each(f);
             return;
@@ -148,59 +254,26 @@ impl RuleSet {
     pub fn head(&self, req: &RequestView<'_>) -> Head {
         let mut matched = Vec::new();
         let mut body_candidates = Vec::new();
-        self.for_each_candidate(req.path, |i| {
-            let rule = &self.rules[i];
-            if check_head(rule, req).is_err() {
-                return;
-            }
-            if rule.inspects_body() {
-                body_candidates.push(i);
-            } else {
-                matched.push(i);
-            }
+        self.for_each_candidate(req, |i| match check_head(&self.rules[i], req) {
+            Ok(Needs::Nothing) => matched.push(i),
+            Ok(Needs::Body) => body_candidates.push(i),
+            Err(_) => {}
         });
-        let (query, form_body) = if body_candidates.is_empty() {
-            (None, true)
+        let (query, content_type) = if body_candidates.is_empty() {
+            (None, None)
         } else {
-            (req.query.map(str::to_string), is_form(req.headers))
+            (
+                req.query.map(str::to_string),
+                req.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string()),
+            )
         };
         Head {
             matched,
             body_candidates,
             query,
-            form_body,
-        }
-    }
-
-    /// Step one for a request whose method-override header names another method
-    /// (`req.method`) than its request line (`line_method`). The upstream may act on
-    /// either, so a strict rule (deny, approve) is a candidate when it matches either
-    /// method, an allow rule only when it matches both.
-    pub fn head_with_line_method(&self, req: &RequestView<'_>, line_method: &str) -> Head {
-        if line_method.eq_ignore_ascii_case(req.method) {
-            return self.head(req);
-        }
-        let a = self.head(req);
-        let b = self.head(&RequestView {
-            method: line_method,
-            ..*req
-        });
-        let pick = |x: &[usize], y: &[usize]| -> Vec<usize> {
-            let mut out: Vec<usize> = x
-                .iter()
-                .chain(y)
-                .copied()
-                .filter(|&i| self.rules[i].strict() || (x.contains(&i) && y.contains(&i)))
-                .collect();
-            out.sort_unstable();
-            out.dedup();
-            out
-        };
-        Head {
-            matched: pick(&a.matched, &b.matched),
-            body_candidates: pick(&a.body_candidates, &b.body_candidates),
-            query: a.query.or(b.query),
-            form_body: a.form_body && b.form_body,
+            content_type,
         }
     }
 
@@ -237,7 +310,7 @@ impl RuleSet {
                 }
                 (b, _) => b,
             };
-            let parsed = ParsedBody::new(body, head.query.as_deref(), head.form_body);
+            let parsed = ParsedBody::new(body, head.query.as_deref(), head.content_type.as_deref());
             for i in head.body_candidates {
                 match check_body(&self.rules[i], &parsed) {
                     Check::Matched => matched.push(i),
@@ -259,18 +332,19 @@ impl RuleSet {
             .map(|&i| self.rules[i].verdict)
             .max()
             .unwrap_or(self.default);
-        let policy_rule = if verdict == Verdict::Approve {
+        let policy_rules = if verdict == Verdict::Approve {
             matched
                 .iter()
                 .copied()
-                .find(|&i| self.rules[i].verdict == Verdict::Approve)
+                .filter(|&i| self.rules[i].verdict == Verdict::Approve)
+                .collect()
         } else {
-            None
+            Vec::new()
         };
         Decision {
             verdict,
             matched,
-            policy_rule,
+            policy_rules,
             fail_closed,
         }
     }
@@ -284,8 +358,12 @@ impl RuleSet {
     /// Every rule with whether it matched and, if not, the first condition that failed.
     pub fn explain(&self, req: &RequestView<'_>, body: Body<'_>) -> Vec<(usize, Check)> {
         let mut cand = vec![false; self.rules.len()];
-        self.for_each_candidate(req.path, |i| cand[i] = true);
-        let parsed = ParsedBody::new(body, req.query, is_form(req.headers));
+        self.for_each_candidate(req, |i| cand[i] = true);
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let parsed = ParsedBody::new(body, req.query, content_type);
         self.rules
             .iter()
             .enumerate()
@@ -299,10 +377,11 @@ impl RuleSet {
                         )),
                     );
                 }
-                if let Err(why) = check_head(rule, req) {
-                    return (i, Check::Missed(why.describe(req)));
+                match check_head(rule, req) {
+                    Err(why) => (i, Check::Missed(why.describe(req))),
+                    Ok(Needs::Nothing) => (i, Check::Matched),
+                    Ok(Needs::Body) => (i, check_body(rule, &parsed)),
                 }
-                (i, check_body(rule, &parsed))
             })
             .collect()
     }
@@ -311,6 +390,13 @@ impl RuleSet {
     pub fn names(&self, idx: &[usize]) -> Vec<String> {
         idx.iter().map(|&i| self.rules[i].name.clone()).collect()
     }
+}
+
+/// What a rule that passed its head conditions still needs.
+enum Needs {
+    Nothing,
+    /// Its body conditions, or (a strict rule) a query field the body may hold.
+    Body,
 }
 
 /// The first condition of a rule a request fails (no allocation: `head` runs this for
@@ -336,7 +422,32 @@ impl Miss<'_> {
     }
 }
 
-fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<(), Miss<'r>> {
+/// Whether a rule's method condition admits the request. A strict rule matches any
+/// method an upstream may act on (the override, the request line's, the body's, and
+/// `GET` for `HEAD`, as Go, Rails and Express route it); an allow rule must match all
+/// of them.
+fn method_matches(m: &super::matcher::StrMatcher, strict: bool, req: &RequestView<'_>) -> bool {
+    // Rules name methods in uppercase; a `delete` on the wire is matched as DELETE,
+    // since an upstream may well read it so.
+    let is = |method: &str| {
+        if method.bytes().any(|b| b.is_ascii_lowercase()) {
+            m.is_match(&method.to_ascii_uppercase())
+        } else {
+            m.is_match(method)
+        }
+    };
+    let methods = [Some(req.method), Some(req.line_method), req.body_method];
+    let methods = methods.iter().flatten();
+    if strict {
+        methods
+            .clone()
+            .any(|&x| x == ANY_METHOD || is(x) || (x.eq_ignore_ascii_case("HEAD") && is("GET")))
+    } else {
+        methods.clone().all(|&x| x != ANY_METHOD && is(x))
+    }
+}
+
+fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<Needs, Miss<'r>> {
     let strict = rule.strict();
     if let Some(m) = &rule.upstream {
         if !m.is_match(req.upstream) {
@@ -344,16 +455,7 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<(), Miss<'r>>
         }
     }
     if let Some(m) = &rule.methods {
-        // Rules name methods in uppercase; a `delete` on the wire is matched as DELETE,
-        // since an upstream may well read it so.
-        let upper;
-        let method = if req.method.bytes().any(|b| b.is_ascii_lowercase()) {
-            upper = req.method.to_ascii_uppercase();
-            upper.as_str()
-        } else {
-            req.method
-        };
-        if !m.is_match(method) {
+        if !method_matches(m, strict, req) {
             return Err(Miss::Method);
         }
     }
@@ -363,26 +465,28 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<(), Miss<'r>>
         }
     }
     for (name, m) in &rule.headers {
-        let values = req
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
-        if !m.is_match_values(strict, values) {
+        if !m.is_match_values(strict, header_values(req.headers, name, strict)) {
             return Err(Miss::Header(name));
         }
     }
+    let mut needs = if rule.inspects_body() {
+        Needs::Body
+    } else {
+        Needs::Nothing
+    };
     if !rule.query.is_empty() {
-        let q = req.query.unwrap_or("");
+        let q = req.query.unwrap_or("").as_bytes();
         for (key, m) in &rule.query {
-            // Values borrow from the query unless they were percent-encoded.
-            let values = form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| k == key)
-                .map(|(_, v)| v);
-            if !m.is_match_values(strict, values) {
-                return Err(Miss::Query(key));
+            if !m.is_match_values(strict, query_values(q, key, strict)) {
+                // A strict rule's parameter may come in a form body (Spring, PHP and
+                // Laravel merge the two).
+                if strict && req.has_body {
+                    needs = Needs::Body;
+                } else {
+                    return Err(Miss::Query(key));
+                }
             }
         }
     }
-    Ok(())
+    Ok(needs)
 }

@@ -22,13 +22,14 @@ pub mod decide;
 pub mod json;
 pub mod load;
 pub mod matcher;
+pub mod params;
 pub mod raw;
 pub mod rule;
 pub mod testing;
 
 pub use body::Body;
 pub use compile::glob_to_regex;
-pub use decide::{Check, Decision, Head, RequestView, RuleSet};
+pub use decide::{Check, Decision, Head, RequestView, RuleSet, ANY_METHOD};
 pub use load::{load, load_files, rule_files, rules_version, LoadedRules};
 pub use matcher::{Alt, StrMatcher};
-pub use rule::{ApprovalPolicy, Rule, Verdict};
+pub use rule::{ApprovalPolicy, Requirement, Rule, Verdict};

@@ -81,7 +81,7 @@ where
 #[serde(deny_unknown_fields)]
 pub struct RawApproval {
     #[serde(default)]
-    pub approvers: Vec<String>,
+    pub approvers: Vec<RawApprover>,
     pub quorum: Option<u32>,
     pub timeout: Option<String>,
     pub reuse: Option<String>,
@@ -92,6 +92,25 @@ pub struct RawApproval {
     /// Whether a vote must give a reason.
     #[serde(default)]
     pub require_reason: bool,
+}
+
+/// One entry of `approvers:`: a reviewer id or `group:NAME` (all of them one
+/// requirement, with the rule's `quorum`), or a requirement of its own
+/// (`{group: sre, quorum: 2}`, `{reviewer: bob@example.com}`): every one must be met.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawApprover {
+    Name(String),
+    Requirement(RawRequirement),
+}
+
+/// `{group: NAME, quorum: N}` or `{reviewer: ID, quorum: N}` in `approvers:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequirement {
+    pub group: Option<String>,
+    pub reviewer: Option<String>,
+    pub quorum: Option<u32>,
 }
 
 /// One `tests:` case.

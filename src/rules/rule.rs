@@ -39,14 +39,31 @@ impl Verdict {
     }
 }
 
-/// How a held request is approved; set by the first matching approve rule. Stored with
-/// each approval, so fields added later carry `#[serde(default)]`.
+/// One thing an approval needs: `quorum` distinct approvers among `approvers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApprovalPolicy {
+pub struct Requirement {
+    /// The rule that asks for it.
+    pub rule: String,
     /// Reviewer ids and `group:NAME` entries.
     pub approvers: Vec<String>,
     /// Distinct approvers needed.
     pub quorum: u32,
+}
+
+/// How a held request is approved. When several approve rules match, their policies
+/// are [combined](ApprovalPolicy::combine): every rule's requirements must be met.
+/// Stored with each approval, so fields added later carry `#[serde(default)]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalPolicy {
+    /// Everyone who may vote: every requirement's approvers.
+    pub approvers: Vec<String>,
+    /// The largest quorum of any requirement (the fewest distinct approvals that can
+    /// approve, when one reviewer meets every requirement).
+    pub quorum: u32,
+    /// Every one must be met. Empty in policies stored before requirements existed:
+    /// then `approvers` and `quorum` are the one requirement.
+    #[serde(default)]
+    pub requirements: Vec<Requirement>,
     /// How long the request waits before it is denied as expired.
     #[serde(with = "secs")]
     pub timeout: Duration,
@@ -60,6 +77,65 @@ pub struct ApprovalPolicy {
     /// Whether a vote must give a reason (`approval.require_reason`).
     #[serde(default)]
     pub require_reason: bool,
+}
+
+impl ApprovalPolicy {
+    /// The requirements to meet (one built from `approvers` and `quorum` for a policy
+    /// stored before requirements existed).
+    pub fn requirements(&self) -> std::borrow::Cow<'_, [Requirement]> {
+        if self.requirements.is_empty() {
+            std::borrow::Cow::Owned(vec![Requirement {
+                rule: String::new(),
+                approvers: self.approvers.clone(),
+                quorum: self.quorum,
+            }])
+        } else {
+            std::borrow::Cow::Borrowed(&self.requirements)
+        }
+    }
+
+    /// The policy for a request several approve rules matched: every rule's
+    /// requirements, the shortest timeout and reuse, the union of channels and
+    /// `show` fields, a reason required if any rule requires one.
+    pub fn combine<'a>(
+        policies: impl IntoIterator<Item = &'a ApprovalPolicy>,
+    ) -> Option<ApprovalPolicy> {
+        let mut out: Option<ApprovalPolicy> = None;
+        for p in policies {
+            let Some(o) = out.as_mut() else {
+                out = Some(ApprovalPolicy {
+                    requirements: p.requirements().into_owned(),
+                    ..p.clone()
+                });
+                continue;
+            };
+            for r in p.requirements().iter() {
+                if !o.requirements.contains(r) {
+                    o.requirements.push(r.clone());
+                }
+            }
+            for a in &p.approvers {
+                if !o.approvers.contains(a) {
+                    o.approvers.push(a.clone());
+                }
+            }
+            o.quorum = o.quorum.max(p.quorum);
+            o.timeout = o.timeout.min(p.timeout);
+            o.reuse = o.reuse.min(p.reuse);
+            for c in &p.channels {
+                if !o.channels.contains(c) {
+                    o.channels.push(c.clone());
+                }
+            }
+            for s in &p.show {
+                if !o.show.contains(s) {
+                    o.show.push(s.clone());
+                }
+            }
+            o.require_reason |= p.require_reason;
+        }
+        out
+    }
 }
 
 mod secs {

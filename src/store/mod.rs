@@ -66,14 +66,52 @@ impl Status {
 }
 
 impl Status {
-    /// The status after a vote, given the distinct approvals counted so far (this
-    /// vote included): any deny denies, `quorum` approvals approve.
-    pub fn after_vote(decision: Decision, approves: i64, quorum: u32) -> Status {
+    /// The status after a vote, given the distinct reviewers who approved so far
+    /// (this vote included): any deny denies; approvals that meet `quorum` approve.
+    pub fn after_vote(decision: Decision, approvers: &[String], quorum: &Quorum) -> Status {
         match decision {
             Decision::Deny => Status::Denied,
-            Decision::Approve if approves >= i64::from(quorum) => Status::Approved,
+            Decision::Approve if quorum.met(approvers) => Status::Approved,
             Decision::Approve => Status::Pending,
         }
+    }
+}
+
+/// What approves an approval: every [`Need`] met by distinct approving reviewers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    pub needs: Vec<Need>,
+}
+
+/// `quorum` distinct approvals from the reviewers in `eligible` (ids as votes record
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub quorum: u32,
+    pub eligible: Vec<String>,
+}
+
+impl Quorum {
+    /// `n` approvals from anyone.
+    pub fn any(n: u32) -> Quorum {
+        Quorum {
+            needs: vec![Need {
+                quorum: n,
+                eligible: Vec::new(),
+            }],
+        }
+    }
+
+    /// Whether these approvers meet every need. A need with no eligible list counts
+    /// every approver.
+    pub fn met(&self, approvers: &[String]) -> bool {
+        self.needs.iter().all(|n| {
+            let count = approvers
+                .iter()
+                .filter(|a| n.eligible.is_empty() || n.eligible.contains(a))
+                .count();
+            count >= n.quorum as usize
+        })
     }
 }
 
@@ -275,14 +313,14 @@ pub trait Store: Send + Sync + 'static {
     /// (one an identical request may join, use, or must be told about).
     async fn find_active(&self, agent: &str, digest: &str) -> Result<Option<Approval>, StoreError>;
     /// Records a vote and decides the approval in one transaction: any deny denies,
-    /// `quorum` distinct approves approve. An approval past its expiry is expired instead.
+    /// distinct approves that meet `quorum` approve. An approval past its expiry is expired instead.
     /// The events `audit` gives for the result ([`VoteAudit::for_result`]) are sealed
     /// onto the audit chain in the same transaction (checkpoint signed with `signer`).
     async fn vote(
         &self,
         id: &str,
         vote: &Vote,
-        quorum: u32,
+        quorum: &Quorum,
         now: DateTime<Utc>,
         audit: &VoteAudit,
         signer: Option<&CheckpointSigner>,

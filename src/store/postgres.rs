@@ -7,7 +7,7 @@
 //!
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
-use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
+use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -454,7 +454,7 @@ impl Store for PostgresStore {
         &self,
         id: &str,
         vote: &Vote,
-        quorum: u32,
+        quorum: &Quorum,
         now: DateTime<Utc>,
         audit: &VoteAudit,
         signer: Option<&CheckpointSigner>,
@@ -491,11 +491,13 @@ impl Store for PostgresStore {
             if inserted == 0 {
                 return Ok(VoteResult::AlreadyVoted);
             }
-            let approves: i64 = tx
-                .query_one("SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
+            let approvers: Vec<String> = tx
+                .query("SELECT DISTINCT reviewer FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
                 .await?
-                .get(0);
-            let new = Status::after_vote(vote.decision, approves, quorum);
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let new = Status::after_vote(vote.decision, &approvers, quorum);
             if new != Status::Pending {
                 tx.execute(
                     "UPDATE approvals SET status = $2, decided = $3, decided_by = $4, reason = $5 WHERE id = $1 AND status = 'pending'",

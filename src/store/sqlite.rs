@@ -8,7 +8,7 @@
 //! process holds shows within about half a second. Schema migrations are the numbered
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
-use super::{Approval, Decision, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
+use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -459,13 +459,14 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         vote: &Vote,
-        quorum: u32,
+        quorum: &Quorum,
         now: DateTime<Utc>,
         audit: &VoteAudit,
         signer: Option<&CheckpointSigner>,
     ) -> Result<VoteResult, StoreError> {
         let (id, vote, audit, signer) =
             (id.to_string(), vote.clone(), audit.clone(), signer.cloned());
+        let quorum = quorum.clone();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(String, String)> = tx
@@ -492,12 +493,11 @@ impl Store for SqliteStore {
                 if inserted == 0 {
                     return Ok(VoteResult::AlreadyVoted);
                 }
-                let approves: i64 = tx.query_row(
-                    "SELECT COUNT(DISTINCT reviewer) FROM votes WHERE approval_id = ?1 AND decision = 'approve'",
-                    [&id],
-                    |r| r.get(0),
-                )?;
-                let new = Status::after_vote(vote.decision, approves, quorum);
+                let approvers: Vec<String> = tx
+                    .prepare("SELECT DISTINCT reviewer FROM votes WHERE approval_id = ?1 AND decision = 'approve'")?
+                    .query_map([&id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let new = Status::after_vote(vote.decision, &approvers, &quorum);
                 if new != Status::Pending {
                     tx.execute(
                         "UPDATE approvals SET status = ?2, decided = ?3, decided_by = ?4, reason = ?5 WHERE id = ?1 AND status = 'pending'",
