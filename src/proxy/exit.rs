@@ -155,7 +155,11 @@ async fn answered(
             answer = answer.with_approval(id.clone());
         }
     }
-    let response = answer.into_response();
+    let mut response = answer.into_response();
+    // A response to HEAD carries no body (HTTP/2 clients reset a stream that does).
+    if record.method.eq_ignore_ascii_case("HEAD") {
+        *response.body_mut() = crate::http::body::full(bytes::Bytes::new());
+    }
     let status = response.status().as_u16();
 
     let audited = match outcome {

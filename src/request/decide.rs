@@ -101,9 +101,9 @@ pub fn view<'a>(
 }
 
 /// Whether a body may name a method override: Express's method-override, Rails,
-/// Laravel and Symfony read `_method` from the body of a POST.
-/// Only a body an upstream parses into fields can carry one (a form, multipart,
-/// JSON, or an untyped body); a binary upload cannot.
+/// Laravel and Symfony read `_method` from the body (of a POST; a lax upstream of any
+/// request). Only a body an upstream parses into fields can carry one (a form,
+/// multipart, JSON, or an untyped body); a binary upload cannot.
 fn body_may_override(parts: &Parts, has_body: bool) -> bool {
     let parsed = match crate::rules::body::media_type(&parts.headers) {
         None => true,
@@ -114,7 +114,7 @@ fn body_may_override(parts: &Parts, has_body: bool) -> bool {
             ) || m.ends_with("+json")
         }
     };
-    has_body && parsed && parts.method.as_str().eq_ignore_ascii_case("POST")
+    has_body && parsed
 }
 
 /// The one method the body names, checked as an override header is: a plain token,
@@ -166,17 +166,31 @@ where
     let has_body = !body.is_end_stream();
     let view = view(policy, prepared, parts, has_body);
     let head = rules.head(&view);
-    // A POST's body may name another method: the rules that would match some other
-    // method make the body worth reading, and match (fail closed) if it cannot be.
-    let any = body_may_override(parts, has_body).then(|| {
+    // A body may name another method. The rules that would match some other method,
+    // or an allow rule that names one, make the body matter: it is read (within
+    // inspect_body) and a body that cannot be read matches them (fail closed). A body
+    // of a declared length within inspect_body is read anyway, to refuse a method the
+    // upstream does not accept (TRACE); a body streamed without a length, that no
+    // rule cares about, streams on.
+    let may_override = body_may_override(parts, has_body);
+    let declared_small = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| n <= limits.inspect_body);
+    let any = may_override.then(|| {
         rules.head(&RequestView {
             body_method: Some(ANY_METHOD),
             ..view
         })
     });
-    let override_matters = any.as_ref().is_some_and(|a| a.adds_strict(&head, rules));
+    let override_matters = any
+        .as_ref()
+        .is_some_and(|a| a.adds_strict(&head, rules) || head.allows_by_method(rules));
     let encoding = content_encoding(&parts.headers);
-    let (decision, body) = if !rules.needs_body(&head) && !override_matters {
+    let read = rules.needs_body(&head) || override_matters || (may_override && declared_small);
+    let (decision, body) = if !read {
         (
             rules.finish(head, Body::NotRead, encoding),
             Inspected::Stream(body),
@@ -194,7 +208,7 @@ where
     } else {
         match read_within(body, limits.inspect_body, limits.body_timeout).await? {
             Read::Complete(b) => {
-                let named = if override_matters {
+                let named = if may_override {
                     body_method(policy, prepared, parts, &b)?
                 } else {
                     None

@@ -143,7 +143,9 @@ impl<'a> ParsedBody<'a> {
         match self.json(bytes) {
             Ok(doc) => out.push(doc),
             Err(_) => {
-                let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+                // A byte-order mark is skipped, as body-parser and ASP.NET skip it.
+                let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+                let first = text.iter().find(|b| !b.is_ascii_whitespace());
                 if declared_json(media.as_deref()) || matches!(first, Some(b'{' | b'[')) {
                     return Err(NOT_JSON);
                 }
@@ -206,8 +208,7 @@ pub fn body_methods(bytes: &[u8], content_type: Option<&str>) -> Vec<String> {
 /// Whether a rule's body conditions hold (a rule without any matches).
 pub(crate) fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
     let strict = rule.strict();
-    let query_from_body = strict && !rule.query.is_empty();
-    if !rule.inspects_body() && !query_from_body {
+    if !rule.inspects_body() && rule.query.is_empty() {
         return Check::Matched;
     }
     let bytes = match body.raw {
@@ -263,16 +264,7 @@ fn check_strict(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), 
         }
     }
     if !rule.form.is_empty() || !rule.query.is_empty() {
-        let fields = body
-            .fields(bytes)
-            .as_ref()
-            .map_err(|e| Miss::Unreadable(e))?;
-        let query = pairs(body.query.as_bytes(), true);
-        let all: Vec<(Cow<'_, str>, Cow<'_, str>)> = fields
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-            .chain(query)
-            .collect();
+        let all = field_pairs(body, bytes).map_err(Miss::Unreadable)?;
         for (key, m) in rule.form.iter().chain(&rule.query) {
             if !m.is_match_values(true, values_of(&all, key, true)) {
                 return Err(Miss::No(format!("field {key:?} does not match")));
@@ -293,28 +285,36 @@ fn check_allow(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), M
             Err(e) => return Err(Miss::No(format!("body is not valid JSON: {e}"))),
         };
         for (pointer, m) in &rule.json {
-            let values = json::select(&doc.root, pointer, false);
+            // Keys as a case-insensitive binder reads them: every value must match.
+            let values = json::select(&doc.root, pointer, true);
             if !m.is_match_values(false, values.into_iter().map(json::as_text)) {
                 return Err(Miss::No(format!("JSON {pointer} does not match")));
             }
         }
     }
-    if !rule.form.is_empty() {
-        if !bytes.is_empty() && !is_form(body.media().as_deref()) {
-            return Err(Miss::No("the body is not a form".into()));
-        }
-        // Query parameters count as form fields: many servers merge the two.
-        let all: Vec<_> = pairs(bytes, false)
-            .into_iter()
-            .chain(pairs(body.query.as_bytes(), false))
-            .collect();
-        for (key, m) in &rule.form {
-            if !m.is_match_values(false, values_of(&all, key, false)) {
-                return Err(Miss::No(format!("form field {key:?} does not match")));
+    if !rule.form.is_empty() || !rule.query.is_empty() {
+        // Every field of that name, in every reading, must match.
+        let all = field_pairs(body, bytes).map_err(|e| Miss::No(e.into()))?;
+        for (key, m) in rule.form.iter().chain(&rule.query) {
+            if !m.is_match_values(false, values_of(&all, key, true)) {
+                return Err(Miss::No(format!("field {key:?} does not match")));
             }
         }
     }
     Ok(())
+}
+
+/// A parameter's name and value, borrowed unless they were percent-encoded.
+type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The body's fields (every reading) and the query's parameters, as one list.
+fn field_pairs<'b>(body: &'b ParsedBody<'_>, bytes: &[u8]) -> Result<Vec<Pair<'b>>, &'static str> {
+    let fields = body.fields(bytes).as_ref().map_err(|e| *e)?;
+    Ok(fields
+        .iter()
+        .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+        .chain(pairs(body.query.as_bytes(), true))
+        .collect())
 }
 
 #[cfg(test)]

@@ -103,6 +103,15 @@ pub struct Head {
 }
 
 impl Head {
+    /// Whether an allow rule with a method condition matched or may match: a method
+    /// the body names could undo it.
+    pub fn allows_by_method(&self, rules: &RuleSet) -> bool {
+        self.matched
+            .iter()
+            .chain(&self.body_candidates)
+            .any(|i| !rules.rules[*i].strict() && rules.rules[*i].methods.is_some())
+    }
+
     /// Whether some strict rule is a candidate here that is not one in `other`.
     pub fn adds_strict(&self, other: &Head, rules: &RuleSet) -> bool {
         self.matched.iter().chain(&self.body_candidates).any(|i| {
@@ -465,7 +474,8 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<Needs, Miss<'
         }
     }
     for (name, m) in &rule.headers {
-        if !m.is_match_values(strict, header_values(req.headers, name, strict)) {
+        // Every reading of the header: a strict rule matches any, an allow rule all.
+        if !m.is_match_values(strict, header_values(req.headers, name, true)) {
             return Err(Miss::Header(name));
         }
     }
@@ -477,7 +487,7 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<Needs, Miss<'
     if !rule.query.is_empty() {
         let q = req.query.unwrap_or("").as_bytes();
         for (key, m) in &rule.query {
-            if !m.is_match_values(strict, query_values(q, key, strict)) {
+            if !m.is_match_values(strict, query_values(q, key, true)) {
                 // A strict rule's parameter may come in a form body (Spring, PHP and
                 // Laravel merge the two).
                 if strict && req.has_body {
@@ -485,6 +495,9 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<Needs, Miss<'
                 } else {
                     return Err(Miss::Query(key));
                 }
+            } else if !strict && req.has_body {
+                // An allow rule must hold for the body's fields of that name too.
+                needs = Needs::Body;
             }
         }
     }
