@@ -388,6 +388,7 @@ async fn writer_preserves_order_and_chain_under_concurrency() {
         sink.clone(),
         Some(s),
         Some(jsonl.clone()),
+        None,
         Some(Arc::new(move |st: BatchStats| {
             assert!(st.ok);
             b.fetch_add(1, Ordering::SeqCst);

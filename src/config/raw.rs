@@ -93,6 +93,12 @@ pub struct RawAudit {
     pub signing_key: Option<String>,
     /// Public key (SPKI PEM) that `audit verify` checks checkpoints with.
     pub verify_key: Option<String>,
+    /// Most events between two signed checkpoints.
+    pub checkpoint_every: Option<u64>,
+    /// Largest spread of event time between two signed checkpoints.
+    pub checkpoint_interval: Option<String>,
+    /// File the latest signed checkpoint is published to.
+    pub witness: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -138,6 +138,12 @@ pub struct AuditConfig {
     /// Ed25519 public key (SPKI PEM) that `audit verify` checks checkpoints with, so an
     /// auditor never needs the private key.
     pub verify_key: Option<PathBuf>,
+    /// How densely checkpoints are signed (`checkpoint_every`, `checkpoint_interval`),
+    /// and required by `audit verify` with a key.
+    pub checkpoints: crate::audit::CheckpointPolicy,
+    /// File the latest signed checkpoint is published to (`witness`), atomically
+    /// replaced; `audit verify` checks the log against it.
+    pub witness: Option<PathBuf>,
 }
 
 /// Resource limits (`limits:`).
