@@ -86,7 +86,11 @@ impl fmt::Display for VerifyReport {
         if self.checkpoints > 0 && !self.signatures_checked {
             write!(f, " (checkpoint signatures NOT checked: no key)")?;
         }
-        if let Some(tail) = &self.tail {
+        if let Some(tail) = self
+            .tail
+            .as_ref()
+            .filter(|t| self.problem.as_ref() != Some(t))
+        {
             write!(f, "; {tail}")?;
         }
         Ok(())
@@ -347,12 +351,14 @@ fn anchor_tail(
         } else {
             format!("the last seq covered by a valid signed checkpoint is {last_cp}")
         };
-        report.note(
-            last_cp + 1,
-            format!(
-                "tail not anchored: {covered} but the last event is seq {last_seq} (checkpoints deleted, or events added or cut without the key)"
-            ),
+        // Named one past the log's end, as a cut tail is: what follows seq
+        // `last_seq` is not vouched for (a checkpoint beyond the end tells more, and wins).
+        let msg = format!(
+            "tail not anchored: {covered} but the last event is seq {last_seq} (checkpoints deleted, or events added or cut without the key)"
         );
+        // Said even when a lower problem is the one reported.
+        report.note(last_seq + 1, msg.clone());
+        report.tail = Some(msg);
     } else {
         report.tail = Some(format!(
             "tail anchored by a signed checkpoint at seq {last_seq}"
