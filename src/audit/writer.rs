@@ -1,5 +1,6 @@
-//! The single audit writer task (group commit), the storage abstraction, and the JSONL
-//! copy the writer keeps.
+//! The single audit writer task (group commit), the storage abstraction, the JSONL
+//! copy the writer keeps, and the witness file it publishes the latest signed
+//! checkpoint to (`audit.witness`, replaced atomically after an append moved it).
 //!
 //! The writer never dies of a fault it can meet: a store that refuses a batch fails the
 //! callers waiting for it (they fail closed), keeps recorded events for a retry, and
@@ -8,7 +9,8 @@
 //! — stopped, last write failed, copy behind — [`AuditLog`] reports for `/readyz`.
 //!
 //! The JSONL copy holds whole lines only, every event of the chain in seq order, with no
-//! gap and no duplicate: a write that fails is cut back to the last whole line, and the
+//! gap and no duplicate, each stored checkpoint on a line of its own right after the
+//! event it covers (read back with the events, [`AuditSink::checkpoints_between`]): a write that fails is cut back to the last whole line, and the
 //! events the copy missed (a failed write, a full disk, batches sealed by another
 //! replica) are read back from the store ([`AuditSink::events_after`]) in bounded steps
 //! between live batches. At start a half-written last line is cut off and the copy
