@@ -532,3 +532,29 @@ async fn without_a_key_the_tail_is_reported_unanchored() {
         "{out}"
     );
 }
+
+/// The anchoring keys are checked like every other: a bad one is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_anchoring_keys_are_refused() {
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    for (audit, want) in [
+        (
+            "audit:\n  checkpoint_every: 0\n",
+            "audit.checkpoint_every: must be at least 1",
+        ),
+        (
+            "audit:\n  checkpoint_interval: soon\n",
+            "audit.checkpoint_interval: expected a duration",
+        ),
+        (
+            "audit:\n  witness: witness.txt\n",
+            "audit.witness: needs audit.signing_key",
+        ),
+    ] {
+        let cfg = ws.standard_config("http://127.0.0.1:9", audit);
+        let (code, out) = verify(&cfg, &[]).await;
+        assert_ne!(code, 0, "{audit}: {out}");
+        assert!(out.contains(want), "{audit}: expected {want:?} in {out}");
+    }
+}

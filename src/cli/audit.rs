@@ -46,77 +46,27 @@ fn verify(
 ) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let key = checkpoint_key(&cfg)?;
-    let mut anchors = Vec::new();
-    // Problems with the anchors themselves (a witness that is missing or unreadable).
-    let mut anchor_problems = Vec::new();
-    if let Some(path) = checkpoint {
-        if key.key.is_none() {
-            return Err(anyhow!(
-                "--checkpoint needs the audit public key to check its signature ({}): set audit.verify_key",
-                key.source
-            ));
-        }
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-        let cp = audit::Checkpoint::from_note(&text)
-            .map_err(|e| anyhow!("--checkpoint {}: {e}", path.display()))?;
-        anchors.push(audit::Anchor {
-            source: format!("the checkpoint file {}", path.display()),
-            checkpoint: cp,
-        });
+    if checkpoint.is_some() && key.key.is_none() {
+        return Err(anyhow!(
+            "--checkpoint needs the audit public key to check its signature ({}): set audit.verify_key",
+            key.source
+        ));
     }
-    if let (Some(w), Some(_)) = (&cfg.audit.witness, &key.key) {
-        match std::fs::read_to_string(w) {
-            Ok(text) => match audit::Checkpoint::from_note(&text) {
-                Ok(cp) => anchors.push(audit::Anchor {
-                    source: format!("the witness {}", w.display()),
-                    checkpoint: cp,
-                }),
-                Err(e) => anchor_problems.push(format!("the witness {}: {e}", w.display())),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Nothing published yet is fine only for an empty log (checked below).
-                anchor_problems.push(format!(
-                    "the witness {} is missing (audit.witness is set, so it was published; deleted?)",
-                    w.display()
-                ));
-            }
-            Err(e) => anchor_problems.push(format!("the witness {}: {e}", w.display())),
-        }
-    }
-    let opts = |anchors: Vec<audit::Anchor>| audit::VerifyOptions {
+    // Verifying the store, the JSONL copy kept apart from it anchors it too.
+    let (anchors, anchor_problems) = outside_checkpoints(&cfg, &key, checkpoint, file.is_none())?;
+    let opts = audit::VerifyOptions {
         key: key.key.as_ref(),
         policy: key.key.as_ref().map(|_| cfg.audit.checkpoints),
         anchors,
     };
-    let (mut report, checkpoints) = match file {
+    let mut report = match file {
         Some(f) => {
             // A half-written or corrupt line is reported at its seq, not as an error.
             let fh = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
-            let (events, checkpoints, bad) = audit::read_records(std::io::BufReader::new(fh))
-                .with_context(|| format!("{}", f.display()))?;
-            let mut report = audit::verify_log(&events, &checkpoints, &opts(anchors));
-            if let Some((seq, problem)) = bad {
-                if report.first_bad_seq.is_none_or(|s| seq < s) {
-                    report.first_bad_seq = Some(seq);
-                    report.problem = Some(problem);
-                }
-            }
-            (report, checkpoints)
+            audit::verify_jsonl(std::io::BufReader::new(fh), &[], &opts)
+                .with_context(|| format!("{}", f.display()))?
         }
         None => {
-            // The JSONL copy, kept apart from the database, anchors it too.
-            if let (Some(copy), Some(_)) = (&cfg.audit.file, &key.key) {
-                if let Ok(fh) = std::fs::File::open(copy) {
-                    let (_, cps, _) = audit::read_records(std::io::BufReader::new(fh))
-                        .with_context(|| format!("audit.file {}", copy.display()))?;
-                    if let Some(cp) = cps.into_iter().max_by_key(|c| c.seq) {
-                        anchors.push(audit::Anchor {
-                            source: format!("the JSONL copy {}", copy.display()),
-                            checkpoint: cp,
-                        });
-                    }
-                }
-            }
             let rt = runtime(1)?;
             let (rows, checkpoints) = rt.block_on(async {
                 let store = open_store(&cfg).await?;
@@ -127,23 +77,19 @@ fn verify(
                     .map_err(|e| anyhow!("{e}"))?;
                 Ok::<_, anyhow::Error>((rows, cps))
             })?;
-            (
-                audit::verify_rows(&rows, &checkpoints, &opts(anchors)),
-                checkpoints,
-            )
+            audit::verify_rows(&rows, &checkpoints, &opts)
         }
     };
+    // A witness that should be there and is not: a problem once the log has events.
     if report.events > 0 && report.ok() {
-        if let Some(p) = anchor_problems.into_iter().next() {
-            report.problem = Some(p);
-        }
+        report.problem = anchor_problems.into_iter().next();
     }
     if report.ok() {
         println!("ok: {report}");
     } else {
         println!("BROKEN: {report}");
     }
-    if !checkpoints.is_empty() {
+    if report.checkpoints > 0 {
         match &key.key {
             Some(_) => println!("checkpoint signatures checked with {}", key.source),
             None => eprintln!(
@@ -157,6 +103,61 @@ fn verify(
     } else {
         ExitCode::from(CHECK_FAILED)
     })
+}
+
+/// The checkpoints kept outside the log that `verify` checks it against (only with a
+/// key): `--checkpoint FILE`, the `audit.witness` file, and with `copy` the last
+/// checkpoint line of the JSONL copy (`audit.file`). Also what is wrong with a
+/// configured witness (missing, unreadable, not a note), which fails a log with events.
+fn outside_checkpoints(
+    cfg: &Config,
+    key: &CheckpointKey,
+    checkpoint: Option<&Path>,
+    copy: bool,
+) -> anyhow::Result<(Vec<audit::Anchor>, Vec<String>)> {
+    let mut anchors = Vec::new();
+    let mut problems = Vec::new();
+    if key.key.is_none() {
+        return Ok((anchors, problems));
+    }
+    if let Some(path) = checkpoint {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let cp = audit::Checkpoint::from_note(&text)
+            .map_err(|e| anyhow!("--checkpoint {}: {e}", path.display()))?;
+        anchors.push(audit::Anchor {
+            source: format!("the checkpoint file {}", path.display()),
+            checkpoint: cp,
+        });
+    }
+    if let Some(w) = &cfg.audit.witness {
+        match std::fs::read_to_string(w) {
+            Ok(text) => match audit::Checkpoint::from_note(&text) {
+                Ok(cp) => anchors.push(audit::Anchor {
+                    source: format!("the witness {}", w.display()),
+                    checkpoint: cp,
+                }),
+                Err(e) => problems.push(format!("the witness {}: {e}", w.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
+                "the witness {} is missing (audit.witness is set, so it was published; deleted?)",
+                w.display()
+            )),
+            Err(e) => problems.push(format!("the witness {}: {e}", w.display())),
+        }
+    }
+    if let (Some(path), true) = (&cfg.audit.file, copy) {
+        if let Ok(fh) = std::fs::File::open(path) {
+            let (_, cps, _) = audit::read_records(std::io::BufReader::new(fh))
+                .with_context(|| format!("audit.file {}", path.display()))?;
+            if let Some(cp) = cps.into_iter().max_by_key(|c| c.seq) {
+                anchors.push(audit::Anchor {
+                    source: format!("the JSONL copy {}", path.display()),
+                    checkpoint: cp,
+                });
+            }
+        }
+    }
+    Ok((anchors, problems))
 }
 
 /// The public key checkpoints are verified with, and where it came from.
