@@ -714,10 +714,11 @@ impl Witness {
     }
 }
 
-/// Replaces `path` with `note` atomically: written to `PATH.tmp`, synced, renamed over.
+/// Replaces `path` with `note` atomically: written to `PATH.PID.tmp` (so replicas on one
+/// host never share it), synced, renamed over `PATH`.
 fn publish_note(path: &Path, note: &str) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     {
         let mut f = std::fs::File::create(&tmp)?;
