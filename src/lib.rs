@@ -151,7 +151,11 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
             source,
         })?;
     let signer = match &cfg.audit.signing_key {
-        Some(p) => Some(CheckpointSigner::from_pem_file(p).map_err(StartError::SigningKey)?),
+        Some(p) => Some(
+            CheckpointSigner::from_pem_file(p)
+                .map_err(StartError::SigningKey)?
+                .with_policy(cfg.audit.checkpoints),
+        ),
         None => None,
     };
     let metrics = Arc::new(metrics::Metrics::new());
@@ -163,6 +167,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
         Arc::new(store::StoreSink(store.clone())),
         signer.clone(),
         cfg.audit.file.clone(),
+        cfg.audit.witness.clone(),
         Some(observer),
     )
     .await

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::checkpoint::Group;
 use super::{compute_hash, AuditEvent, Checkpoint, CheckpointSigner, GENESIS_HASH};
 
 /// Position of the chain: the seq the next event gets and the hash it links to.
@@ -55,7 +56,9 @@ impl Chain {
     }
 
     /// Seals `events` in order and, when a `signer` is given and the batch is not empty,
-    /// signs a checkpoint over the new head (`time` is the checkpoint's time).
+    /// signs checkpoints (`time` is their time): one over the new head, and inside the
+    /// batch wherever the signer's [`super::CheckpointPolicy`] needs one. The batch is
+    /// taken to start right after a checkpoint (the one ending the batch before).
     ///
     /// A store calls this inside its append transaction, under its audit lock, on a chain
     /// built from the head it just read: that is what keeps several writers in one line.
@@ -64,13 +67,23 @@ impl Chain {
         events: &mut [AuditEvent],
         signer: Option<&CheckpointSigner>,
         time: DateTime<Utc>,
-    ) -> Option<Checkpoint> {
+    ) -> Vec<Checkpoint> {
+        let mut checkpoints = Vec::new();
+        let mut group = Group::default();
         for ev in events.iter_mut() {
+            ev.normalize();
+            if let Some(s) = signer {
+                if group.count > 0 && !group.fits(ev.time, &s.policy()) {
+                    checkpoints.push(s.sign(self.last_seq(), self.head(), time));
+                    group = Group::default();
+                }
+                group.add(ev.time);
+            }
             self.seal(ev);
         }
-        if events.is_empty() {
-            return None;
+        if let (Some(s), false) = (signer, events.is_empty()) {
+            checkpoints.push(s.sign(self.last_seq(), self.head(), time));
         }
-        signer.map(|s| s.sign(self.last_seq(), self.head(), time))
+        checkpoints
     }
 }

@@ -191,7 +191,8 @@ pub fn to_jsonl_line(ev: &AuditEvent) -> String {
     }
 }
 
-/// Reads a JSONL export (one event per line; blank lines ignored). Does not verify.
+/// Reads the events of a JSONL export or copy (one event per line; blank lines and
+/// checkpoint lines skipped). Does not verify.
 pub fn read_jsonl(reader: impl BufRead) -> Result<Vec<AuditEvent>, AuditError> {
     let mut events = Vec::new();
     for (i, line) in reader.lines().enumerate() {
@@ -200,9 +201,12 @@ pub fn read_jsonl(reader: impl BufRead) -> Result<Vec<AuditEvent>, AuditError> {
         if trimmed.is_empty() {
             continue;
         }
-        let ev: AuditEvent = serde_json::from_str(trimmed)
-            .map_err(|e| AuditError::Parse(format!("line {}: {e}", i + 1)))?;
-        events.push(ev);
+        match serde_json::from_str::<AuditEvent>(trimmed) {
+            Ok(ev) => events.push(ev),
+            // Checkpoint lines of a JSONL copy are not events.
+            Err(_) if super::Checkpoint::from_jsonl_line(trimmed.as_bytes()).is_ok() => {}
+            Err(e) => return Err(AuditError::Parse(format!("line {}: {e}", i + 1))),
+        }
     }
     Ok(events)
 }

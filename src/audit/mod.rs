@@ -5,9 +5,13 @@
 //! - the hash chain (`hash = sha256(prev_hash || canonical JSON without hash)`, see
 //!   [`compute_hash`] and [`Chain`]),
 //! - Ed25519-signed checkpoints over `(seq, hash)` ([`Checkpoint`], [`CheckpointSigner`]),
-//! - offline verification of an exported or stored log ([`verify`]),
+//!   made as densely as a [`CheckpointPolicy`] says, and their forms outside the database
+//!   (a JSONL line of their own kind, a witness note),
+//! - offline verification of an exported or stored log, its stored columns and its
+//!   anchors ([`verify`], [`verify_log`], [`verify_rows`], [`verify_jsonl`]),
 //! - the single writer task that group-commits events in arrival order to an
-//!   [`AuditSink`] and mirrors the sealed result to an optional JSONL file ([`AuditLog`]).
+//!   [`AuditSink`] and mirrors the sealed result (events and checkpoints) to an optional
+//!   JSONL file, publishing the latest checkpoint to an optional witness file ([`AuditLog`]).
 //!
 //! It must never write secrets. Callers fill in chosen fields only: no `Authorization`
 //! header, no cookies, no injected upstream credentials, no airlock agent keys, and never a
@@ -31,14 +35,17 @@ mod tests;
 
 pub use chain::Chain;
 pub use checkpoint::{
-    checkpoint_message, generate_signing_key_pem, verify_checkpoint, verifying_key_from_pem_str,
-    Checkpoint, CheckpointSigner,
+    checkpoint_message, generate_signing_key_pem, key_id, verify_checkpoint,
+    verifying_key_from_pem_str, Checkpoint, CheckpointPolicy, CheckpointSigner, NOTE_ORIGIN,
 };
 pub use ed25519_dalek::VerifyingKey;
 pub use event::{
     canonical_json, compute_hash, format_time, parse_time, read_jsonl, to_jsonl_line, AuditEvent,
 };
-pub use verify::{verify, verify_jsonl, VerifyReport};
+pub use verify::{
+    read_records, verify, verify_jsonl, verify_log, verify_rows, Anchor, JsonlRecords, StoredRow,
+    VerifyOptions, VerifyReport,
+};
 pub use writer::{AuditLog, AuditSink, BatchObserver, BatchStats, MemorySink, MAX_BATCH};
 
 /// `prev_hash` of the first event (seq 1): 64 ASCII zeros.

@@ -388,6 +388,7 @@ async fn writer_preserves_order_and_chain_under_concurrency() {
         sink.clone(),
         Some(s),
         Some(jsonl.clone()),
+        None,
         Some(Arc::new(move |st: BatchStats| {
             assert!(st.ok);
             b.fetch_add(1, Ordering::SeqCst);
@@ -650,4 +651,275 @@ async fn a_recorded_event_is_kept_not_retried_in_place() {
     let stored = sink.inner.events();
     assert_eq!(stored[0].reason.as_deref(), Some("recorded"));
     assert!(verify(&stored, &[], None).ok());
+}
+
+// ---- Anchoring: checkpoint policy, tail, stored columns, notes, JSONL lines, witness ----
+
+fn anchored(key: &VerifyingKey, policy: CheckpointPolicy) -> VerifyOptions<'_> {
+    VerifyOptions {
+        key: Some(key),
+        policy: Some(policy),
+        anchors: Vec::new(),
+    }
+}
+
+/// Ten events whose times step by `step_s` seconds from a fixed start.
+fn timed(n: usize, step_s: i64) -> Vec<AuditEvent> {
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    (0..n)
+        .map(|i| {
+            let mut ev = AuditEvent::new("passed");
+            ev.time = t0 + chrono::Duration::seconds(step_s * i as i64);
+            ev
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_is_checkpointed_as_densely_as_the_policy_says() {
+    let policy = CheckpointPolicy {
+        every: 3,
+        interval: std::time::Duration::from_secs(60),
+    };
+    let s = signer().with_policy(policy);
+    let key = s.verifying_key();
+
+    // By count: 3, 6, 9 and the end of the batch.
+    let mut events = timed(10, 0);
+    let cps = Chain::genesis().seal_batch(&mut events, Some(&s), Utc::now());
+    let seqs: Vec<u64> = cps.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [3, 6, 9, 10]);
+    assert!(verify_log(&events, &cps, &anchored(&key, policy)).ok());
+
+    // By event time: 70 s apart, so no group may hold two events.
+    let mut events = timed(4, 70);
+    let cps = Chain::genesis().seal_batch(&mut events, Some(&s), Utc::now());
+    assert_eq!(cps.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let r = verify_log(&events, &cps, &anchored(&key, policy));
+    assert!(r.ok(), "{r}");
+    assert!(r
+        .to_string()
+        .contains("tail anchored by a signed checkpoint at seq 4"));
+
+    // A checkpoint deleted in the middle: too long a stretch without one.
+    let r = verify_log(
+        &events,
+        &[cps[0].clone(), cps[3].clone()],
+        &anchored(&key, policy),
+    );
+    assert_eq!(r.first_bad_seq, Some(3), "{r}");
+    assert!(r
+        .problem
+        .unwrap()
+        .contains("no signed checkpoint between seq 2 and seq 3"));
+
+    // Without a signer there are no checkpoints.
+    let mut events = timed(5, 0);
+    assert!(Chain::genesis()
+        .seal_batch(&mut events, None, Utc::now())
+        .is_empty());
+}
+
+#[test]
+fn with_a_key_the_last_event_must_be_covered() {
+    let s = signer();
+    let key = s.verifying_key();
+    let policy = CheckpointPolicy::default();
+    let mut events = timed(6, 1);
+    let cps = Chain::genesis().seal_batch(&mut events, Some(&s), Utc::now());
+    assert!(verify_log(&events, &cps, &anchored(&key, policy)).ok());
+
+    // No checkpoint at all.
+    let r = verify_log(&events, &[], &anchored(&key, policy));
+    assert_eq!(r.first_bad_seq, Some(7), "{r}");
+    assert!(r
+        .to_string()
+        .contains("no event is covered by a valid signed checkpoint but the last event is seq 6"));
+    // Events added after the last checkpoint (or a checkpoint forged by another key).
+    let early = checkpoints_for(&events, &[4], &s);
+    let r = verify_log(&events, &early, &anchored(&key, policy));
+    assert!(r.to_string().contains(
+        "the last seq covered by a valid signed checkpoint is 4 but the last event is seq 6"
+    ));
+    let forged = checkpoints_for(&events, &[6], &signer());
+    assert!(!verify_log(&events, &forged, &anchored(&key, policy)).ok());
+    // Without a key, the report says that nothing anchors the tail.
+    let r = verify(&events, &[], None);
+    assert!(r.ok());
+    assert!(r.to_string().contains("tail NOT anchored"), "{r}");
+}
+
+#[test]
+fn an_anchor_catches_a_cut_below_it_and_a_rewrite_at_it() {
+    let s = signer();
+    let key = s.verifying_key();
+    let log = sealed_log(8);
+    let cps = checkpoints_for(&log, &[5, 8], &s);
+    let witness = Anchor {
+        source: "the witness w.txt".into(),
+        checkpoint: cps[1].clone(),
+    };
+    let opts = VerifyOptions {
+        key: Some(&key),
+        policy: Some(CheckpointPolicy::default()),
+        anchors: vec![witness],
+    };
+    let r = verify_log(&log, &cps, &opts);
+    assert!(r.ok(), "{r}");
+    assert!(
+        r.to_string().contains("matches the witness w.txt at seq 8"),
+        "{r}"
+    );
+
+    // Cut at seq 5 with its own checkpoint: only the anchor knows.
+    let r = verify_log(&log[..5], &cps[..1], &opts);
+    assert_eq!(r.first_bad_seq, Some(6), "{r}");
+    assert!(r
+        .to_string()
+        .contains("truncated: the checkpoint of the witness w.txt at seq 8 but log ends at seq 5"));
+
+    // Seq 8 rewritten and re-hashed, its checkpoint dropped.
+    let mut rewritten = log.clone();
+    rewritten[7].reviewer = Some("mallory".into());
+    rewritten[7].hash = compute_hash(&rewritten[7].prev_hash, &rewritten[7]);
+    let r = verify_log(&rewritten, &cps[..1], &opts);
+    assert_eq!(r.first_bad_seq, Some(8), "{r}");
+    assert!(
+        r.to_string()
+            .contains("hash differs from the witness w.txt"),
+        "{r}"
+    );
+}
+
+#[test]
+fn stored_columns_must_say_what_the_line_says() {
+    let log = sealed_log(4);
+    let rows: Vec<StoredRow> = log
+        .iter()
+        .map(|ev| StoredRow {
+            seq: ev.seq,
+            time: format_time(&ev.time),
+            event: ev.event.clone(),
+            hash: ev.hash.clone(),
+            line: to_jsonl_line(ev),
+        })
+        .collect();
+    let check = |rows: &[StoredRow]| verify_rows(rows, &[], &VerifyOptions::default());
+    assert!(check(&rows).ok());
+
+    let mut edited = rows.clone();
+    edited[1].time = "2000-01-01T00:00:00.000000Z".into();
+    let r = check(&edited);
+    assert_eq!(r.first_bad_seq, Some(2), "{r}");
+    assert!(r.to_string().contains("stored column time"), "{r}");
+
+    let mut edited = rows.clone();
+    edited[2].event = "denied".into();
+    assert!(check(&edited).to_string().contains("stored column event"));
+
+    let mut edited = rows.clone();
+    edited[3].hash = "0".repeat(64);
+    assert!(check(&edited).to_string().contains("stored column hash"));
+
+    let mut edited = rows.clone();
+    edited[0].seq = 9;
+    edited.rotate_left(1);
+    assert!(!check(&edited).ok());
+
+    let mut edited = rows;
+    edited[2].line = "{\"seq\":3".into();
+    let r = check(&edited);
+    assert_eq!(r.first_bad_seq, Some(3), "{r}");
+    assert!(r.to_string().contains("not an audit event"), "{r}");
+}
+
+#[test]
+fn a_checkpoint_round_trips_as_a_note_and_as_a_jsonl_line() {
+    let s = signer();
+    let key = s.verifying_key();
+    let log = sealed_log(3);
+    let cp = s.sign(3, &log[2].hash, Utc::now());
+    let note = cp.to_note(&key);
+    assert!(
+        note.starts_with(&format!("{NOTE_ORIGIN}\n3\n{}\n", log[2].hash)),
+        "{note}"
+    );
+    assert!(note.contains(&format!("\n\n\u{2014} airlock-audit {} ", key_id(&key))));
+    let back = Checkpoint::from_note(&note).unwrap();
+    assert_eq!(back, cp);
+    assert!(verify_checkpoint(&back, &key));
+    for bad in [
+        note.replacen(NOTE_ORIGIN, "other log", 1),
+        note.replacen("\n3\n", "\nthree\n", 1),
+        note.replacen("\n\n", "\n", 1),
+        note.replacen("airlock-audit", "someone", 1),
+        String::new(),
+    ] {
+        assert!(Checkpoint::from_note(&bad).is_err(), "{bad}");
+    }
+
+    let line = cp.to_jsonl_line();
+    assert_eq!(Checkpoint::from_jsonl_line(line.as_bytes()).unwrap(), cp);
+    assert!(serde_json::from_str::<AuditEvent>(&line).is_err());
+    assert!(Checkpoint::from_jsonl_line(to_jsonl_line(&log[0]).as_bytes()).is_err());
+    // read_jsonl gives the events of a copy with checkpoint lines.
+    let text = format!(
+        "{}\n{}\n{line}\n",
+        to_jsonl_line(&log[0]),
+        to_jsonl_line(&log[1])
+    );
+    assert_eq!(read_jsonl(std::io::Cursor::new(text)).unwrap(), log[..2]);
+}
+
+/// The writer puts each checkpoint in the JSONL copy after its event, reopens a copy
+/// that ends in a checkpoint line, and publishes the latest checkpoint to the witness.
+#[tokio::test]
+async fn the_copy_carries_checkpoints_and_the_witness_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, witness) = (dir.path().join("audit.jsonl"), dir.path().join("witness"));
+    let policy = CheckpointPolicy {
+        every: 2,
+        interval: std::time::Duration::from_secs(60),
+    };
+    let s = signer().with_policy(policy);
+    let key = s.verifying_key();
+    let sink = Arc::new(MemorySink::new());
+    for round in 0..2 {
+        let (log, task) = AuditLog::start_with(
+            sink.clone(),
+            Some(s.clone()),
+            Some(jsonl.clone()),
+            Some(witness.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+        for i in 0..5 {
+            log.record(sample(round * 5 + i));
+        }
+        log.flush().await;
+        drop(log);
+        task.await.unwrap();
+    }
+    let stored = sink.events();
+    assert_eq!(stored.len(), 10);
+    let cps = sink.checkpoints();
+    assert_eq!(cps.last().map(|c| c.seq), Some(10));
+
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let (events, in_file, bad) = read_records(std::io::Cursor::new(&text)).unwrap();
+    assert!(bad.is_none());
+    assert_eq!(events, stored);
+    assert_eq!(in_file, cps);
+    assert!(text.ends_with(&format!("{}\n", cps.last().unwrap().to_jsonl_line())));
+    let r = verify_jsonl(std::io::Cursor::new(&text), &[], &anchored(&key, policy)).unwrap();
+    assert!(r.ok(), "{r}");
+
+    let published = Checkpoint::from_note(&std::fs::read_to_string(&witness).unwrap()).unwrap();
+    assert_eq!(&published, cps.last().unwrap());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 }

@@ -1,5 +1,6 @@
-//! The single audit writer task (group commit), the storage abstraction, and the JSONL
-//! copy the writer keeps.
+//! The single audit writer task (group commit), the storage abstraction, the JSONL
+//! copy the writer keeps, and the witness file it publishes the latest signed
+//! checkpoint to (`audit.witness`, replaced atomically after an append moved it).
 //!
 //! The writer never dies of a fault it can meet: a store that refuses a batch fails the
 //! callers waiting for it (they fail closed), keeps recorded events for a retry, and
@@ -8,7 +9,8 @@
 //! — stopped, last write failed, copy behind — [`AuditLog`] reports for `/readyz`.
 //!
 //! The JSONL copy holds whole lines only, every event of the chain in seq order, with no
-//! gap and no duplicate: a write that fails is cut back to the last whole line, and the
+//! gap and no duplicate, each stored checkpoint on a line of its own right after the
+//! event it covers (read back with the events, [`AuditSink::checkpoints_between`]): a write that fails is cut back to the last whole line, and the
 //! events the copy missed (a failed write, a full disk, batches sealed by another
 //! replica) are read back from the store ([`AuditSink::events_after`]) in bounded steps
 //! between live batches. At start a half-written last line is cut off and the copy
@@ -54,16 +56,18 @@ pub trait AuditSink: Send + Sync + 'static {
     /// over the new head when `signer` is given, stores both atomically and returns the
     /// sealed events.
     ///
-    /// The default reads [`AuditSink::head`] and then calls [`AuditSink::append`]: right
-    /// only for a sink with one writer. Shared sinks override it.
+    /// The default reads [`AuditSink::head`] and then calls [`AuditSink::append`] with the
+    /// checkpoint over the new head only: right only for a sink with one writer, taking
+    /// batches no larger than the signer's policy allows. Shared sinks, and sinks that
+    /// keep every checkpoint of a large batch, override it.
     async fn seal_append(
         &self,
         mut events: Vec<AuditEvent>,
         signer: Option<&CheckpointSigner>,
     ) -> Result<Vec<AuditEvent>, AuditError> {
         let (seq, hash) = self.head().await?;
-        let checkpoint = Chain::new(seq, &hash).seal_batch(&mut events, signer, Utc::now());
-        self.append(&events, checkpoint.as_ref()).await?;
+        let checkpoints = Chain::new(seq, &hash).seal_batch(&mut events, signer, Utc::now());
+        self.append(&events, checkpoints.last()).await?;
         Ok(events)
     }
     /// Up to `limit` stored events with a seq above `after`, in seq order: what a JSONL
@@ -74,6 +78,21 @@ pub trait AuditSink: Send + Sync + 'static {
         Err(AuditError::Store(
             "this audit sink cannot read its events back".into(),
         ))
+    }
+    /// The stored checkpoints with a seq above `after` and at most `upto`, in seq order:
+    /// what the JSONL copy writes next to those events. The default has none.
+    async fn checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, AuditError> {
+        let _ = (after, upto);
+        Ok(Vec::new())
+    }
+    /// The stored checkpoint with the highest seq: what the witness publishes. The
+    /// default has none.
+    async fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(None)
     }
     /// Whether the sink takes writes again after a failed one (a small real write where
     /// the sink has one). The default reads the head.
@@ -149,14 +168,17 @@ impl AuditLog {
         signer: Option<CheckpointSigner>,
         jsonl_file: Option<PathBuf>,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
-        Self::start_with(sink, signer, jsonl_file, None).await
+        Self::start_with(sink, signer, jsonl_file, None, None).await
     }
 
-    /// Like [`AuditLog::start`], with a callback run after each batch (metrics).
+    /// Like [`AuditLog::start`], with a witness file the latest signed checkpoint is
+    /// published to (`audit.witness`, atomically replaced; needs a `signer`) and a
+    /// callback run after each batch (metrics).
     pub async fn start_with(
         sink: Arc<dyn AuditSink>,
         signer: Option<CheckpointSigner>,
         jsonl_file: Option<PathBuf>,
+        witness: Option<PathBuf>,
         on_batch: Option<BatchObserver>,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
         // Fail at start when the store cannot even be read; the head itself is read
@@ -180,10 +202,20 @@ impl AuditLog {
             }
             None => None,
         };
+        let witness = match (witness, &signer) {
+            (Some(path), Some(s)) => Some(Witness {
+                path,
+                key: s.verifying_key(),
+                published: 0,
+                failing: false,
+            }),
+            _ => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             sink,
             signer,
+            witness,
             copy_due: copy.as_ref().map(|_| Instant::now()),
             copy,
             on_batch,
@@ -268,6 +300,8 @@ impl AuditLog {
 struct Writer {
     sink: Arc<dyn AuditSink>,
     signer: Option<CheckpointSigner>,
+    /// Where the latest signed checkpoint is published (`audit.witness`).
+    witness: Option<Witness>,
     copy: Option<JsonlCopy>,
     on_batch: Option<BatchObserver>,
     /// Fire-and-forget events of a failed batch, written first in the next one.
@@ -366,6 +400,7 @@ impl Writer {
             }
             if !flushes.is_empty() || std::mem::take(&mut catch_up) {
                 self.catch_up().await;
+                self.publish().await;
             }
             for done in flushes.drain(..) {
                 let _ = done.send(());
@@ -440,6 +475,7 @@ impl Writer {
             Ok(sealed) => {
                 self.store_ok();
                 self.copy_sealed(&sealed).await;
+                self.publish().await;
                 for (ev, reply) in sealed.iter().zip(replies.drain(..)) {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(ev.seq));
@@ -557,8 +593,41 @@ impl Writer {
         }
     }
 
+    /// Publishes the latest stored checkpoint to the witness file when it is newer than
+    /// the one published last (write to a temporary file, then rename over the witness).
+    async fn publish(&mut self) {
+        let Some(w) = self.witness.as_mut() else {
+            return;
+        };
+        let latest = match self.sink.last_checkpoint().await {
+            Ok(Some(cp)) if cp.seq > w.published => cp,
+            Ok(_) => return,
+            Err(e) => {
+                w.failed(format!("cannot read the latest checkpoint: {e}"));
+                return;
+            }
+        };
+        let note = latest.to_note(&w.key);
+        let path = w.path.clone();
+        let written = tokio::task::spawn_blocking(move || publish_note(&path, &note))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match written {
+            Ok(()) => {
+                if w.failing {
+                    tracing::info!(file = %w.path.display(), "audit witness written again");
+                }
+                w.failing = false;
+                w.published = latest.seq;
+            }
+            Err(e) => w.failed(e.to_string()),
+        }
+    }
+
     /// Appends `events` (sealed, in seq order) to the copy, skipping what it already
-    /// holds. False when the copy could not take them (it is behind until it catches up).
+    /// holds, with the stored checkpoints among them when checkpoints are signed. False
+    /// when the copy could not take them (it is behind until it catches up).
     async fn write_copy(&mut self, events: Vec<AuditEvent>) -> bool {
         let Some(mut copy) = self.copy.take() else {
             return false;
@@ -567,6 +636,18 @@ impl Writer {
         let Some(first) = events.first() else {
             self.copy = Some(copy);
             return true;
+        };
+        let upto = events.last().map_or(copy.seq, |e| e.seq);
+        let checkpoints = match &self.signer {
+            Some(_) => match self.sink.checkpoints_between(copy.seq, upto).await {
+                Ok(cps) => cps,
+                Err(e) => {
+                    self.copy = Some(copy);
+                    self.copy_failed(format!("cannot read the store's checkpoints: {e}"));
+                    return false;
+                }
+            },
+            None => Vec::new(),
         };
         if first.seq != copy.seq + 1 || (copy.seq > 0 && first.prev_hash != copy.hash) {
             let why = format!(
@@ -578,7 +659,7 @@ impl Writer {
             return false;
         }
         let written = tokio::task::spawn_blocking(move || {
-            let result = copy.append(&events);
+            let result = copy.append(&events, &checkpoints);
             (copy, result)
         })
         .await;
@@ -614,7 +695,41 @@ impl Writer {
     }
 }
 
-/// The JSONL copy of the log (`audit.file`): whole lines, in seq order.
+/// The witness file (`audit.witness`) and what was published to it.
+struct Witness {
+    path: PathBuf,
+    key: crate::audit::VerifyingKey,
+    /// Seq of the checkpoint published last (0: none yet).
+    published: u64,
+    /// The last attempt failed (logged once until it works again).
+    failing: bool,
+}
+
+impl Witness {
+    fn failed(&mut self, why: String) {
+        if !self.failing {
+            tracing::error!(file = %self.path.display(), error = %why, "audit witness not written; retried after the next batch");
+        }
+        self.failing = true;
+    }
+}
+
+/// Replaces `path` with `note` atomically: written to `PATH.PID.tmp` (so replicas on one
+/// host never share it), synced, renamed over `PATH`.
+fn publish_note(path: &Path, note: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(note.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// The JSONL copy of the log (`audit.file`): whole lines, in seq order, each signed
+/// checkpoint on a line of its own right after the event it covers.
 struct JsonlCopy {
     path: PathBuf,
     file: std::fs::File,
@@ -652,12 +767,18 @@ impl JsonlCopy {
             )
         };
         let (seq, hash) = match last {
-            Some(line) => {
-                let ev: AuditEvent = serde_json::from_slice(&line).map_err(|e| {
-                    not_an_event(format!("its last line is not an audit event ({e})"))
-                })?;
-                (ev.seq, ev.hash)
-            }
+            Some(line) => match serde_json::from_slice::<AuditEvent>(&line) {
+                Ok(ev) => (ev.seq, ev.hash),
+                // A checkpoint line follows the event it covers: same seq and hash.
+                Err(e) => match Checkpoint::from_jsonl_line(&line) {
+                    Ok(cp) => (cp.seq, cp.hash),
+                    Err(_) => {
+                        return Err(not_an_event(format!(
+                            "its last line is not an audit event ({e})"
+                        )))
+                    }
+                },
+            },
             None => (0, GENESIS_HASH.to_string()),
         };
         if whole < size {
@@ -711,7 +832,7 @@ impl JsonlCopy {
 
     /// Appends `events`, which continue the copy, as whole lines. On failure the file is
     /// cut back to its last whole line.
-    fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+    fn append(&mut self, events: &[AuditEvent], checkpoints: &[Checkpoint]) -> std::io::Result<()> {
         if let Some(len) = self.cut_to {
             self.file.set_len(len)?;
             self.cut_to = None;
@@ -720,9 +841,16 @@ impl JsonlCopy {
             return Ok(());
         };
         let mut buf = String::with_capacity(events.len() * 320);
+        let mut cps = checkpoints.iter().peekable();
         for ev in events {
             buf.push_str(&to_jsonl_line(ev));
             buf.push('\n');
+            while let Some(cp) = cps.next_if(|cp| cp.seq <= ev.seq) {
+                if cp.seq == ev.seq && cp.hash == ev.hash {
+                    buf.push_str(&cp.to_jsonl_line());
+                    buf.push('\n');
+                }
+            }
         }
         let before = self.file.metadata()?.len();
         if let Err(e) = self
@@ -867,9 +995,7 @@ impl AuditSink for MemorySink {
             )));
         }
         inner.events.extend_from_slice(events);
-        if let Some(cp) = checkpoint {
-            inner.checkpoints.push(cp.clone());
-        }
+        inner.checkpoints.extend(checkpoint.cloned());
         inner.appends += 1;
         Ok(())
     }
@@ -893,11 +1019,9 @@ impl AuditSink for MemorySink {
             .events
             .last()
             .map_or_else(Chain::genesis, |e| Chain::new(e.seq, &e.hash));
-        let checkpoint = chain.seal_batch(&mut events, signer, Utc::now());
+        let checkpoints = chain.seal_batch(&mut events, signer, Utc::now());
         inner.events.extend_from_slice(&events);
-        if let Some(cp) = checkpoint {
-            inner.checkpoints.push(cp);
-        }
+        inner.checkpoints.extend(checkpoints);
         inner.appends += 1;
         Ok(events)
     }
@@ -911,6 +1035,24 @@ impl AuditSink for MemorySink {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, AuditError> {
+        let inner = self.lock();
+        Ok(inner
+            .checkpoints
+            .iter()
+            .filter(|c| c.seq > after && c.seq <= upto)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(self.lock().checkpoints.last().cloned())
     }
 }
 

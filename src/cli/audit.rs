@@ -4,6 +4,12 @@
 //! `audit:` section, never the upstreams' `inject` credentials, and verification needs
 //! only the public key (`audit.verify_key`). They read the log; they never write to the
 //! store or sign anything.
+//!
+//! With a key, `verify` requires the tail to be anchored: a valid signed checkpoint on the
+//! last event, checkpoints as dense as `audit.checkpoint_every`/`checkpoint_interval`,
+//! and the log must hold the checkpoints kept outside it (the `audit.witness` file, the
+//! JSONL copy's last checkpoint, `--checkpoint FILE`). Stored columns are checked
+//! against the sealed lines.
 
 use super::{runtime, AuditCmd, ExportFormat, CHECK_FAILED};
 use crate::audit::{self, VerifyingKey};
@@ -16,7 +22,11 @@ use std::process::ExitCode;
 /// `airlock audit verify|export`.
 pub(super) fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCmd::Verify { config, file } => verify(&config, file.as_deref()),
+        AuditCmd::Verify {
+            config,
+            file,
+            checkpoint,
+        } => verify(&config, file.as_deref(), checkpoint.as_deref()),
         AuditCmd::Export {
             config,
             since,
@@ -29,40 +39,57 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load_for_audit(path).map_err(|d| anyhow!("invalid configuration:\n{d}"))
 }
 
-fn verify(config: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn verify(
+    config: &Path,
+    file: Option<&Path>,
+    checkpoint: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let key = checkpoint_key(&cfg)?;
-    let (report, checkpoints) = match file {
+    if checkpoint.is_some() && key.key.is_none() {
+        return Err(anyhow!(
+            "--checkpoint needs the audit public key to check its signature ({}): set audit.verify_key",
+            key.source
+        ));
+    }
+    // Verifying the store, the JSONL copy kept apart from it anchors it too.
+    let (anchors, anchor_problems) = outside_checkpoints(&cfg, &key, checkpoint, file.is_none())?;
+    let opts = audit::VerifyOptions {
+        key: key.key.as_ref(),
+        policy: key.key.as_ref().map(|_| cfg.audit.checkpoints),
+        anchors,
+    };
+    let mut report = match file {
         Some(f) => {
             // A half-written or corrupt line is reported at its seq, not as an error.
             let fh = std::fs::File::open(f).with_context(|| format!("{}", f.display()))?;
-            let report = audit::verify_jsonl(std::io::BufReader::new(fh), &[], key.key.as_ref())
-                .with_context(|| format!("{}", f.display()))?;
-            (report, Vec::new())
+            audit::verify_jsonl(std::io::BufReader::new(fh), &[], &opts)
+                .with_context(|| format!("{}", f.display()))?
         }
         None => {
             let rt = runtime(1)?;
-            let (events, checkpoints) = rt.block_on(async {
+            let (rows, checkpoints) = rt.block_on(async {
                 let store = open_store(&cfg).await?;
-                let ev = store.audit_events(None).await.map_err(|e| anyhow!("{e}"))?;
+                let rows = store.audit_rows().await.map_err(|e| anyhow!("{e}"))?;
                 let cps = store
                     .audit_checkpoints()
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
-                Ok::<_, anyhow::Error>((ev, cps))
+                Ok::<_, anyhow::Error>((rows, cps))
             })?;
-            (
-                audit::verify(&events, &checkpoints, key.key.as_ref()),
-                checkpoints,
-            )
+            audit::verify_rows(&rows, &checkpoints, &opts)
         }
     };
+    // A witness that should be there and is not: a problem once the log has events.
+    if report.events > 0 && report.ok() {
+        report.problem = anchor_problems.into_iter().next();
+    }
     if report.ok() {
         println!("ok: {report}");
     } else {
         println!("BROKEN: {report}");
     }
-    if !checkpoints.is_empty() {
+    if report.checkpoints > 0 {
         match &key.key {
             Some(_) => println!("checkpoint signatures checked with {}", key.source),
             None => eprintln!(
@@ -76,6 +103,61 @@ fn verify(config: &Path, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(CHECK_FAILED)
     })
+}
+
+/// The checkpoints kept outside the log that `verify` checks it against (only with a
+/// key): `--checkpoint FILE`, the `audit.witness` file, and with `copy` the last
+/// checkpoint line of the JSONL copy (`audit.file`). Also what is wrong with a
+/// configured witness (missing, unreadable, not a note), which fails a log with events.
+fn outside_checkpoints(
+    cfg: &Config,
+    key: &CheckpointKey,
+    checkpoint: Option<&Path>,
+    copy: bool,
+) -> anyhow::Result<(Vec<audit::Anchor>, Vec<String>)> {
+    let mut anchors = Vec::new();
+    let mut problems = Vec::new();
+    if key.key.is_none() {
+        return Ok((anchors, problems));
+    }
+    if let Some(path) = checkpoint {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let cp = audit::Checkpoint::from_note(&text)
+            .map_err(|e| anyhow!("--checkpoint {}: {e}", path.display()))?;
+        anchors.push(audit::Anchor {
+            source: format!("the checkpoint file {}", path.display()),
+            checkpoint: cp,
+        });
+    }
+    if let Some(w) = &cfg.audit.witness {
+        match std::fs::read_to_string(w) {
+            Ok(text) => match audit::Checkpoint::from_note(&text) {
+                Ok(cp) => anchors.push(audit::Anchor {
+                    source: format!("the witness {}", w.display()),
+                    checkpoint: cp,
+                }),
+                Err(e) => problems.push(format!("the witness {}: {e}", w.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
+                "the witness {} is missing (audit.witness is set, so it was published; deleted?)",
+                w.display()
+            )),
+            Err(e) => problems.push(format!("the witness {}: {e}", w.display())),
+        }
+    }
+    if let (Some(path), true) = (&cfg.audit.file, copy) {
+        if let Ok(fh) = std::fs::File::open(path) {
+            let (_, cps, _) = audit::read_records(std::io::BufReader::new(fh))
+                .with_context(|| format!("audit.file {}", path.display()))?;
+            if let Some(cp) = cps.into_iter().max_by_key(|c| c.seq) {
+                anchors.push(audit::Anchor {
+                    source: format!("the JSONL copy {}", path.display()),
+                    checkpoint: cp,
+                });
+            }
+        }
+    }
+    Ok((anchors, problems))
 }
 
 /// The public key checkpoints are verified with, and where it came from.
@@ -144,14 +226,33 @@ fn checkpoint_key(cfg: &Config) -> anyhow::Result<CheckpointKey> {
 fn export(config: &Path, since: Option<DateTime<Utc>>) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let rt = runtime(1)?;
-    let events = rt.block_on(async {
+    let (events, checkpoints) = rt.block_on(async {
         let store = open_store(&cfg).await?;
-        store.audit_events(since).await.map_err(|e| anyhow!("{e}"))
+        let events = store
+            .audit_events(since)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let (first, last) = match (events.first(), events.last()) {
+            (Some(f), Some(l)) => (f.seq, l.seq),
+            _ => (1, 0),
+        };
+        let checkpoints = store
+            .audit_checkpoints_between(first.saturating_sub(1), last)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok::<_, anyhow::Error>((events, checkpoints))
     })?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Each checkpoint on a line of its own after the event it covers, as in the copy.
+    let mut cps = checkpoints.iter().peekable();
     for ev in &events {
         writeln!(out, "{}", audit::to_jsonl_line(ev))?;
+        while let Some(cp) = cps.next_if(|cp| cp.seq <= ev.seq) {
+            if cp.seq == ev.seq {
+                writeln!(out, "{}", cp.to_jsonl_line())?;
+            }
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

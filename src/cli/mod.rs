@@ -224,6 +224,10 @@ enum AuditCmd {
         /// Verify an exported JSONL file instead of the store.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// A checkpoint kept outside the log (a copy of the audit.witness file): the log
+        /// must hold its seq with its hash, signed by the audit key.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Write audit events to stdout.
     Export {

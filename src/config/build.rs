@@ -528,6 +528,8 @@ impl Build<'_> {
                 signing_key: None,
                 verify_key: None,
                 redact_query: Vec::new(),
+                checkpoints: crate::audit::CheckpointPolicy::default(),
+                witness: None,
             };
         };
         let level = match a.level.as_deref() {
@@ -562,12 +564,46 @@ impl Build<'_> {
                 );
             }
         }
+        let mut checkpoints = crate::audit::CheckpointPolicy::default();
+        if let Some(n) = a.checkpoint_every {
+            if n == 0 {
+                self.err(
+                    Some("audit:"),
+                    "checkpoint_every",
+                    "audit.checkpoint_every: must be at least 1".to_string(),
+                );
+            }
+            checkpoints.every = n.max(1);
+        }
+        if let Some(t) = &a.checkpoint_interval {
+            match humantime::parse_duration(t) {
+                Ok(d) => checkpoints.interval = d,
+                Err(e) => self.err(
+                    Some("audit:"),
+                    t,
+                    format!(
+                        "audit.checkpoint_interval: expected a duration like 60s, got {t:?}: {e}"
+                    ),
+                ),
+            }
+        }
+        let witness = a.witness.as_deref().map(|w| resolve(&self.base, w));
+        if witness.is_some() && signing_key.is_none() && verify_key.is_none() {
+            self.err(
+                Some("audit:"),
+                a.witness.as_deref().unwrap_or(""),
+                "audit.witness: needs audit.signing_key (the witness publishes signed checkpoints)"
+                    .to_string(),
+            );
+        }
         AuditConfig {
             level,
             file: a.file.as_deref().map(|f| resolve(&self.base, f)),
             signing_key,
             verify_key,
             redact_query: a.redact_query,
+            checkpoints,
+            witness,
         }
     }
 

@@ -102,6 +102,12 @@ pub struct RawAudit {
     /// Query parameter names redacted in the log, beyond the built-in pattern.
     #[serde(default)]
     pub redact_query: Vec<String>,
+    /// Most events between two signed checkpoints.
+    pub checkpoint_every: Option<u64>,
+    /// Largest spread of event time between two signed checkpoints.
+    pub checkpoint_interval: Option<String>,
+    /// File the latest signed checkpoint is published to.
+    pub witness: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,6 +166,12 @@ pub struct AuditConfig {
     /// Query parameter names redacted in every URL written, beyond the built-in
     /// credential-like pattern (`audit.redact_query`).
     pub redact_query: Vec<String>,
+    /// How densely checkpoints are signed (`checkpoint_every`, `checkpoint_interval`),
+    /// and required by `audit verify` with a key.
+    pub checkpoints: crate::audit::CheckpointPolicy,
+    /// File the latest signed checkpoint is published to (`witness`), atomically
+    /// replaced; `audit verify` checks the log against it.
+    pub witness: Option<PathBuf>,
 }
 
 /// Resource limits (`limits:`).

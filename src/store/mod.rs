@@ -9,7 +9,7 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::audit::{AuditError, AuditEvent, Checkpoint, CheckpointSigner};
+use crate::audit::{format_time, AuditError, AuditEvent, Checkpoint, CheckpointSigner, StoredRow};
 use crate::rules::ApprovalPolicy;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -407,6 +407,41 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<AuditEvent>, StoreError>;
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Every stored audit row with the columns kept next to its sealed line, in seq
+    /// order: what `audit verify` checks the columns of. The default rebuilds the
+    /// columns from the lines (a store that keeps none); backends read their columns.
+    async fn audit_rows(&self) -> Result<Vec<StoredRow>, StoreError> {
+        Ok(self
+            .audit_events(None)
+            .await?
+            .into_iter()
+            .map(|ev| StoredRow {
+                seq: ev.seq,
+                time: format_time(&ev.time),
+                event: ev.event.clone(),
+                hash: ev.hash.clone(),
+                line: crate::audit::to_jsonl_line(&ev),
+            })
+            .collect())
+    }
+    /// The checkpoints with a seq above `after` and at most `upto`, in seq order: what
+    /// the JSONL copy writes next to those events. The default reads them all.
+    async fn audit_checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let all = self.audit_checkpoints().await?;
+        Ok(all
+            .into_iter()
+            .filter(|c| c.seq > after && c.seq <= upto)
+            .collect())
+    }
+    /// The checkpoint with the highest seq (what the witness publishes). The default
+    /// reads them all.
+    async fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self.audit_checkpoints().await?.pop())
+    }
     /// Up to `limit` audit events with a seq above `after`, in seq order: what the JSONL
     /// copy catches up with. The default reads the whole log; backends override it.
     async fn audit_events_after(
@@ -494,6 +529,21 @@ impl crate::audit::AuditSink for StoreSink {
             .audit_events_after(after, limit)
             .await
             .map_err(audit_error)
+    }
+
+    async fn checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, AuditError> {
+        self.0
+            .audit_checkpoints_between(after, upto)
+            .await
+            .map_err(audit_error)
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        self.0.audit_last_checkpoint().await.map_err(audit_error)
     }
 
     /// The store's readiness check, which writes.

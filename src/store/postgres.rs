@@ -8,7 +8,9 @@
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
 use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
-use crate::audit::{AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
+use crate::audit::{
+    format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
+};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
@@ -52,8 +54,8 @@ async fn seal_in(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
         .await?;
     let (seq, hash) = audit_head_of(tx).await?;
-    let checkpoint = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
-    insert_audit(tx, events, checkpoint.as_ref()).await
+    let checkpoints = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
+    insert_audit(tx, events, &checkpoints).await
 }
 
 /// Commits a transaction that sealed audit events. A commit whose answer was lost may
@@ -93,11 +95,11 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
         || code == "55P03" // lock not available
 }
 
-/// Inserts sealed events and an optional checkpoint inside `tx`.
+/// Inserts sealed events and their checkpoints inside `tx`.
 async fn insert_audit(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[AuditEvent],
-    checkpoint: Option<&Checkpoint>,
+    checkpoints: &[Checkpoint],
 ) -> Result<(), StoreError> {
     let st = tx
         .prepare(
@@ -117,7 +119,7 @@ async fn insert_audit(
         )
         .await?;
     }
-    if let Some(cp) = checkpoint {
+    for cp in checkpoints {
         tx.execute(
             "INSERT INTO audit_checkpoints (seq, hash, time, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO UPDATE SET hash = EXCLUDED.hash, time = EXCLUDED.time, signature = EXCLUDED.signature",
             &[&(cp.seq as i64), &cp.hash, &cp.time, &cp.signature],
@@ -676,7 +678,7 @@ impl Store for PostgresStore {
                 )));
             }
         }
-        insert_audit(&tx, events, checkpoint).await?;
+        insert_audit(&tx, events, &Vec::from_iter(checkpoint.cloned())).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -716,20 +718,52 @@ impl Store for PostgresStore {
     }
 
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.audit_checkpoints_between(0, i64::MAX as u64).await
+    }
+
+    async fn audit_checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        client!(self, c);
+        let upto = upto.min(i64::MAX as u64);
+        let rows = c
+            .query(
+                "SELECT seq, hash, time, signature FROM audit_checkpoints WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                &[&(after as i64), &(upto as i64)],
+            )
+            .await?;
+        rows.iter().map(checkpoint_of_row).collect()
+    }
+
+    async fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        client!(self, c);
+        let row = c
+            .query_opt(
+                "SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        row.as_ref().map(checkpoint_of_row).transpose()
+    }
+
+    async fn audit_rows(&self) -> Result<Vec<StoredRow>, StoreError> {
         client!(self, c);
         let rows = c
             .query(
-                "SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq",
+                "SELECT seq, time, event, hash, line FROM audit_events ORDER BY seq",
                 &[],
             )
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(Checkpoint {
+                Ok(StoredRow {
                     seq: r.try_get::<_, i64>(0)? as u64,
-                    hash: r.try_get(1)?,
-                    time: r.try_get(2)?,
-                    signature: r.try_get(3)?,
+                    time: format_time(&r.try_get::<_, DateTime<Utc>>(1)?),
+                    event: r.try_get(2)?,
+                    hash: r.try_get(3)?,
+                    line: r.try_get(4)?,
                 })
             })
             .collect()
@@ -749,6 +783,16 @@ impl Store for PostgresStore {
             .await?;
         rows.iter().map(event_of_row).collect()
     }
+}
+
+/// A checkpoint from a row of `seq, hash, time, signature`.
+fn checkpoint_of_row(r: &Row) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: r.try_get::<_, i64>(0)? as u64,
+        hash: r.try_get(1)?,
+        time: r.try_get(2)?,
+        signature: r.try_get(3)?,
+    })
 }
 
 /// The audit event a row's `line` column holds.

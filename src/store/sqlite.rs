@@ -9,7 +9,9 @@
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
 use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
-use crate::audit::{format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, GENESIS_HASH};
+use crate::audit::{
+    format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
+};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -42,11 +44,11 @@ pub(super) fn is_transient(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Inserts sealed events and an optional checkpoint inside `tx`.
+/// Inserts sealed events and their checkpoints inside `tx`.
 fn insert_audit(
     tx: &rusqlite::Transaction<'_>,
     events: &[AuditEvent],
-    checkpoint: Option<&Checkpoint>,
+    checkpoints: &[Checkpoint],
 ) -> Result<(), StoreError> {
     {
         let mut st = tx.prepare_cached(
@@ -62,7 +64,7 @@ fn insert_audit(
             ])?;
         }
     }
-    if let Some(cp) = checkpoint {
+    for cp in checkpoints {
         tx.execute(
             "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, signature) VALUES (?1, ?2, ?3, ?4)",
             params![cp.seq as i64, cp.hash, format_time(&cp.time), cp.signature],
@@ -97,8 +99,8 @@ fn seal_in(
         return Ok(());
     }
     let (seq, hash) = audit_head_of(tx)?;
-    let checkpoint = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
-    insert_audit(tx, events, checkpoint.as_ref())
+    let checkpoints = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
+    insert_audit(tx, events, &checkpoints)
 }
 
 /// A SQLite database file (or an in-memory one) holding everything airlock persists.
@@ -111,6 +113,36 @@ pub struct SqliteStore {
     path: Option<std::path::PathBuf>,
     /// This process's instance and the lock file marking it alive.
     instance: std::sync::Mutex<Option<(String, Option<std::fs::File>)>>,
+}
+
+/// The stored checkpoints `tail` (a WHERE/ORDER BY clause) selects.
+fn checkpoints_where(
+    c: &Connection,
+    tail: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Checkpoint>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT seq, hash, time, signature FROM audit_checkpoints {tail}"
+    ))?;
+    let rows = st.query_map(params, |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, hash, time, signature) = row?;
+        out.push(Checkpoint {
+            seq: seq as u64,
+            hash,
+            time: parse_ts(&time)?,
+            signature,
+        });
+    }
+    Ok(out)
 }
 
 /// An audit event from its stored line.
@@ -704,7 +736,7 @@ impl Store for SqliteStore {
                     )));
                 }
             }
-            insert_audit(&tx, &events, checkpoint.as_ref())?;
+            insert_audit(&tx, &events, checkpoint.as_slice())?;
             tx.commit()?;
             Ok(())
         })
@@ -755,28 +787,45 @@ impl Store for SqliteStore {
     }
 
     async fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.audit_checkpoints_between(0, i64::MAX as u64).await
+    }
+
+    async fn audit_checkpoints_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let upto = upto.min(i64::MAX as u64);
+        self.with(move |c| {
+            checkpoints_where(
+                c,
+                "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                params![after as i64, upto as i64],
+            )
+        })
+        .await
+    }
+
+    async fn audit_last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.with(|c| checkpoints_where(c, "ORDER BY seq DESC LIMIT 1", params![]))
+            .await
+            .map(|mut found| found.pop())
+    }
+
+    async fn audit_rows(&self) -> Result<Vec<StoredRow>, StoreError> {
         self.with(|c| {
             let mut st =
-                c.prepare("SELECT seq, hash, time, signature FROM audit_checkpoints ORDER BY seq")?;
+                c.prepare("SELECT seq, time, event, hash, line FROM audit_events ORDER BY seq")?;
             let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
+                Ok(StoredRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time: r.get(1)?,
+                    event: r.get(2)?,
+                    hash: r.get(3)?,
+                    line: r.get(4)?,
+                })
             })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, hash, time, signature) = row?;
-                out.push(Checkpoint {
-                    seq: seq as u64,
-                    hash,
-                    time: parse_ts(&time)?,
-                    signature,
-                });
-            }
-            Ok(out)
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
