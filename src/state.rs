@@ -8,6 +8,8 @@
 use crate::approvals::{Approvals, HoldLimits};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AuditLevel, Config, Diagnostics};
+use crate::http::budget::ByteBudget;
+use crate::http::listen::ListenStats;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::request::Policy;
 use crate::rules::RuleSet;
@@ -191,6 +193,11 @@ pub struct Airlock {
     /// Forwards of approved requests, which run in tasks of their own: a shutdown
     /// waits for them (up to `limits.shutdown_grace`).
     pub forwards: tokio_util::task::TaskTracker,
+    /// Bytes of request bodies kept in memory (`limits.max_held_bytes`).
+    pub budget: ByteBudget,
+    /// What the agent and admin listeners have accepted, closed and failed to accept.
+    pub proxy_listener: Arc<ListenStats>,
+    pub admin_listener: Arc<ListenStats>,
     /// One reload at a time (file watch, SIGHUP and the API may race).
     reloading: tokio::sync::Mutex<()>,
     request_prefix: u32,
@@ -216,6 +223,9 @@ impl Airlock {
             store,
             shutdown,
             forwards: tokio_util::task::TaskTracker::new(),
+            budget: ByteBudget::new(),
+            proxy_listener: Arc::default(),
+            admin_listener: Arc::default(),
             reloading: tokio::sync::Mutex::new(()),
             request_prefix: rand::random(),
             request_seq: AtomicU64::new(1),

@@ -107,6 +107,7 @@ impl Build<'_> {
             Ok(listen) => Some(AdminConfig {
                 listen,
                 public_url: a.public_url,
+                max_connections: a.max_connections.unwrap_or(256).max(1),
             }),
             Err(e) => {
                 self.err(
@@ -538,17 +539,33 @@ impl Build<'_> {
             "30s",
             Duration::from_secs(30),
         );
+        let idle_timeout = self.duration(
+            "idle_timeout:",
+            "limits.idle_timeout",
+            rl.and_then(|l| l.idle_timeout.as_deref()),
+            "60s",
+            Duration::from_secs(60),
+        );
+        let max_held_bytes = self.size(
+            "max_held_bytes",
+            rl.and_then(|l| l.max_held_bytes.as_ref()),
+            256 << 20,
+        );
+        let max_held = rl.and_then(|l| l.max_held).unwrap_or(10_000);
         let limits = Limits {
             max_body,
             inspect_body,
             header_timeout,
             body_timeout,
             shutdown_grace,
-            max_held: rl.and_then(|l| l.max_held).unwrap_or(10_000),
+            max_held,
+            // One agent cannot take every held slot unless told it may.
             max_held_per_agent: rl
-                .and_then(|l| l.max_held_per_agent.or(l.max_held))
-                .unwrap_or(10_000),
+                .and_then(|l| l.max_held_per_agent)
+                .unwrap_or((max_held / 10).max(1)),
             max_connections: rl.and_then(|l| l.max_connections).unwrap_or(10_000),
+            idle_timeout,
+            max_held_bytes,
         };
         // Only comparable when both sizes parsed (and nothing else in limits failed).
         if limits.inspect_body > limits.max_body && self.errs.len() == errs_before {
@@ -556,6 +573,14 @@ impl Build<'_> {
                 Some("limits:"),
                 "inspect_body",
                 "limits.inspect_body must not exceed limits.max_body".into(),
+            );
+        }
+        // A hold reserves max_body before reading: a smaller budget could never hold one.
+        if limits.max_held_bytes < limits.max_body && self.errs.len() == errs_before {
+            self.err(
+                Some("limits:"),
+                "max_held_bytes",
+                "limits.max_held_bytes must be at least limits.max_body".into(),
             );
         }
         limits

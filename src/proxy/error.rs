@@ -73,6 +73,7 @@ impl ProxyError {
             },
             ProxyError::Body(BodyError::Timeout(_)) => Code::BodyTimeout,
             ProxyError::Body(BodyError::Read(_)) => Code::BadRequest,
+            ProxyError::Body(BodyError::Busy(_)) => Code::Busy,
             ProxyError::DeniedByRule { .. } | ProxyError::NoPolicy { .. } => Code::DeniedByRule,
             ProxyError::TooManyHeld(_) => Code::TooManyHeld,
             ProxyError::BodyTooLarge { .. } => Code::BodyTooLarge,
