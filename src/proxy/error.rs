@@ -77,6 +77,7 @@ impl ProxyError {
             ProxyError::DeniedByRule { .. } | ProxyError::NoPolicy { .. } => Code::DeniedByRule,
             ProxyError::TooManyHeld(_) => Code::TooManyHeld,
             ProxyError::BodyTooLarge { .. } => Code::BodyTooLarge,
+            ProxyError::Hold(HoldError::Limit(_)) => Code::TooManyHeld,
             ProxyError::Hold(_) => Code::StoreUnavailable,
             ProxyError::Denied(_)
             | ProxyError::AlreadyUsed(_)
