@@ -9,7 +9,6 @@ use crate::approvals::{Approvals, HoldLimits};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AuditLevel, Config, Diagnostics};
 use crate::http::budget::ByteBudget;
-use crate::http::listen::ListenStats;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::request::Policy;
 use crate::rules::RuleSet;
@@ -195,9 +194,6 @@ pub struct Airlock {
     pub forwards: tokio_util::task::TaskTracker,
     /// Bytes of request bodies kept in memory (`limits.max_held_bytes`).
     pub budget: ByteBudget,
-    /// What the agent and admin listeners have accepted, closed and failed to accept.
-    pub proxy_listener: Arc<ListenStats>,
-    pub admin_listener: Arc<ListenStats>,
     /// One reload at a time (file watch, SIGHUP and the API may race).
     reloading: tokio::sync::Mutex<()>,
     request_prefix: u32,
@@ -215,6 +211,7 @@ impl Airlock {
         shutdown: CancellationToken,
     ) -> Arc<Airlock> {
         metrics.set_config(snapshot.cfg().mode.as_str(), &snapshot.policy.rules.version);
+        let budget = ByteBudget::counted(metrics.held_bytes.clone());
         Arc::new(Airlock {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -223,9 +220,7 @@ impl Airlock {
             store,
             shutdown,
             forwards: tokio_util::task::TaskTracker::new(),
-            budget: ByteBudget::new(),
-            proxy_listener: Arc::default(),
-            admin_listener: Arc::default(),
+            budget,
             reloading: tokio::sync::Mutex::new(()),
             request_prefix: rand::random(),
             request_seq: AtomicU64::new(1),

@@ -69,7 +69,7 @@ pub async fn run(listener: TcpListener, airlock: Arc<Airlock>, shutdown: Cancell
             idle: cfg.limits.idle_timeout,
         }
     };
-    let stats = airlock.admin_listener.clone();
+    let stats = airlock.metrics.for_listener("admin");
     let service = TowerToHyperService::new(router(airlock));
     serve(
         "admin",

@@ -11,13 +11,39 @@
 use super::body::{read_within, BodyError, BoxError, Read};
 use bytes::Bytes;
 use http::Extensions;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The bytes buffered now by every request; cheap to clone (one shared counter).
 #[derive(Clone, Default, Debug)]
 pub struct ByteBudget {
-    used: Arc<AtomicUsize>,
+    used: Arc<Used>,
+}
+
+/// The shared count, mirrored into a gauge when there is one.
+#[derive(Default, Debug)]
+struct Used {
+    bytes: AtomicUsize,
+    gauge: Option<Gauge>,
+}
+
+impl Used {
+    fn add(&self, n: usize) {
+        let now = self.bytes.fetch_add(n, Ordering::AcqRel) + n;
+        self.show(now);
+    }
+
+    fn sub(&self, n: usize) {
+        let now = self.bytes.fetch_sub(n, Ordering::AcqRel) - n;
+        self.show(now);
+    }
+
+    fn show(&self, now: usize) {
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// A reservation would take the budget over its limit.
@@ -35,7 +61,7 @@ pub struct OverBudget {
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    used: Arc<AtomicUsize>,
+    used: Arc<Used>,
     bytes: usize,
 }
 
@@ -45,14 +71,26 @@ impl ByteBudget {
         ByteBudget::default()
     }
 
+    /// An empty budget whose use `gauge` shows.
+    pub fn counted(gauge: Gauge) -> ByteBudget {
+        ByteBudget {
+            used: Arc::new(Used {
+                bytes: AtomicUsize::new(0),
+                gauge: Some(gauge),
+            }),
+        }
+    }
+
     /// Bytes reserved now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        self.used.bytes.load(Ordering::Acquire)
     }
 
     /// Takes `bytes` if the total stays within `limit`.
     pub fn reserve(&self, bytes: usize, limit: usize) -> Result<Reservation, OverBudget> {
-        self.used
+        let before = self
+            .used
+            .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= limit)
             })
@@ -61,6 +99,7 @@ impl ByteBudget {
                 wanted: bytes,
                 limit,
             })?;
+        self.used.show(before + bytes);
         Ok(Reservation {
             used: self.used.clone(),
             bytes,
@@ -78,9 +117,9 @@ impl Reservation {
     /// it only happens when a read overshoots its reservation by its last chunk.
     pub fn resize(&mut self, bytes: usize) {
         if bytes < self.bytes {
-            self.used.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            self.used.sub(self.bytes - bytes);
         } else {
-            self.used.fetch_add(bytes - self.bytes, Ordering::AcqRel);
+            self.used.add(bytes - self.bytes);
         }
         self.bytes = bytes;
     }
@@ -101,7 +140,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.used.sub(self.bytes);
     }
 }
 
@@ -183,11 +222,25 @@ mod tests {
     }
 
     #[test]
+    fn a_counted_budget_shows_its_use_in_the_gauge() {
+        let g = Gauge::default();
+        let b = ByteBudget::counted(g.clone());
+        let r = b.reserve(100, 1000).unwrap();
+        assert_eq!(g.get(), 100);
+        let data = r.attach(Bytes::from_static(b"abc"));
+        assert_eq!(g.get(), 3);
+        drop(data);
+        assert_eq!(g.get(), 0);
+    }
+
+    #[test]
     fn a_reservation_larger_than_the_limit_is_refused_even_when_empty() {
         let b = ByteBudget::new();
         assert!(b.reserve(101, 100).is_err());
-        assert!(b.reserve(usize::MAX, usize::MAX).is_ok());
+        let all = b.reserve(usize::MAX, usize::MAX).unwrap();
         assert!(b.reserve(1, usize::MAX).is_err(), "no overflow wraps around");
+        drop(all);
+        assert_eq!(b.used(), 0);
     }
 
     #[test]

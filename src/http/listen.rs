@@ -23,12 +23,13 @@ use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use crate::metrics::ListenerMetrics;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,19 +44,6 @@ pub struct ConnLimits {
     pub first_byte: Duration,
     /// How long a connection may stay open with no request in flight.
     pub idle: Duration,
-}
-
-/// What a listener has done, for tests and metrics.
-#[derive(Debug, Default)]
-pub struct ListenStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections closed because they sent nothing within `first_byte`.
-    pub silent_closed: AtomicU64,
-    /// Connections closed after `idle` with no request in flight.
-    pub idle_closed: AtomicU64,
-    /// Failed `accept` calls (each followed by a back-off sleep).
-    pub accept_errors: AtomicU64,
 }
 
 /// Exponential back-off for a failing `accept`: the first failure waits `MIN`, each
@@ -93,7 +81,7 @@ pub async fn serve<F, S, B>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     limits: ConnLimits,
-    stats: Arc<ListenStats>,
+    stats: ListenerMetrics,
     mut service: F,
     shutdown: CancellationToken,
     grace: Duration,
@@ -130,7 +118,7 @@ pub async fn serve<F, S, B>(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    stats.accept_errors.inc();
                     let (pause, first) = backoff.failed();
                     if first {
                         tracing::warn!(listener = what, error = %e, "accept failed (out of file descriptors?); backing off until it works again");
@@ -147,12 +135,11 @@ pub async fn serve<F, S, B>(
         if backoff.succeeded() {
             tracing::info!(listener = what, "accepting connections again");
         }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
+                let _ = stream.set_nodelay(true);
         let svc = Tracked::new(service(peer));
         let (builder, stats, shutdown) = (builder.clone(), stats.clone(), shutdown.clone());
         conns.spawn(async move {
-            let _permit = permit;
+            let _open = Open::new(permit, stats.open.clone());
             let mut first = [0u8; 1];
             let spoke = tokio::select! {
                 r = tokio::time::timeout(limits.first_byte, stream.peek(&mut first)) => r,
@@ -162,7 +149,7 @@ pub async fn serve<F, S, B>(
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return,
                 Err(_) => {
-                    stats.silent_closed.fetch_add(1, Ordering::Relaxed);
+                    stats.silent_closed.inc();
                     tracing::debug!(listener = what, %peer, "closed a connection that sent nothing");
                     return;
                 }
@@ -185,7 +172,7 @@ pub async fn serve<F, S, B>(
                     }
                     _ = activity.idle_for(limits.idle), if !closing => {
                         closing = true;
-                        stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        stats.idle_closed.inc();
                         conn.as_mut().graceful_shutdown();
                     }
                 }
@@ -203,6 +190,28 @@ pub async fn serve<F, S, B>(
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+}
+
+/// One open connection: its slot under `max_connections`, counted in the gauge.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Open {
+        gauge.inc();
+        Open {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Requests in flight on one connection, and since when none has been.

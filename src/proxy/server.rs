@@ -35,7 +35,7 @@ pub async fn run(
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(100);
-    let stats = airlock.proxy_listener.clone();
+    let stats = airlock.metrics.for_listener("proxy");
     let service = move |addr| {
         let airlock = airlock.clone();
         service_fn(move |mut req| {
