@@ -149,6 +149,9 @@ pub async fn serve<F, S, B>(
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return,
                 Err(_) => {
+                    // Closed before its slot is given back (a waiting client is
+                    // accepted only once this one is gone).
+                    drop(stream);
                     stats.silent_closed.inc();
                     tracing::debug!(listener = what, %peer, "closed a connection that sent nothing");
                     return;
