@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const RULES: &str = "rules:\n  - name: hold-deletes\n    when: {method: DELETE}\n    then: approve\n    approval: {approvers: [group:sre], timeout: 1m}\n  - name: inspect-sql\n    when: {method: POST, path: /api/sql, json: {/sql: \"re:(?i)drop\"}}\n    then: deny\n";
+const RULES: &str = "rules:\n  - name: hold-deletes\n    when: {method: DELETE}\n    then: approve\n    approval: {approvers: [group:sre], timeout: 1m}\n  - name: inspect-sql\n    when: {method: POST, path: /sql, json: {/sql: \"re:(?i)drop\"}}\n    then: deny\n";
 
 /// The value of the metric line starting with `name` (labels included), 0 when absent.
 async fn metric(a: &impl Listeners, name: &str) -> i64 {
@@ -229,4 +229,107 @@ async fn silent_admin_connections_over_the_cap_do_not_lock_reviewers_out() {
     )
     .await;
     assert_eq!(closed, 30);
+}
+
+#[tokio::test]
+async fn a_body_to_inspect_is_refused_503_busy_while_held_bodies_fill_the_budget() {
+    let (up, _ws, a) = setup_with_rules(
+        RULES,
+        "limits: {max_body: 1KiB, inspect_body: 1KiB, max_held_bytes: 2KiB}\n",
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let path = format!("/api/things/{i}");
+        held.push(spawn_request(
+            agent_request(&a, AGENT_KEY, "DELETE", &path).body(vec![b'x'; 1000]),
+        ));
+        wait_pending(&a, i + 1).await;
+    }
+    let sql = |q: &str| {
+        agent_request(&a, OTHER_AGENT_KEY, "POST", "/api/sql")
+            .header("content-type", "application/json")
+            .body(format!("{{\"sql\":\"{q}\"}}"))
+            .send()
+    };
+    // Inspecting would reserve inspect_body more than is left: refused before reading.
+    let r = sql("select 1").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "busy", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("limits.max_held_bytes"),
+        "{v}"
+    );
+    assert_eq!(up.count(), 0, "nothing was forwarded");
+    // A request whose body is not read still flows.
+    let ok = agent_request(&a, AGENT_KEY, "GET", "/api/ok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    deny_each(&a, &pending(&a, BOB).await).await;
+    for h in held {
+        assert_eq!(h.await.unwrap().status(), 403);
+    }
+    eventually(DEADLINE.as_secs(), || async {
+        (metric(&a, "airlock_held_bytes").await == 0).then_some(())
+    })
+    .await;
+    // With the budget free again, bodies are inspected as usual.
+    assert_eq!(sql("select 1").await.unwrap().status(), 200);
+    assert_eq!(sql("DROP TABLE t").await.unwrap().status(), 403);
+    assert_eq!(up.count(), 2);
+    assert_eq!(metric(&a, "airlock_held_bytes").await, 0);
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_admin_listener_backs_off_and_recovers() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let cfg = with_admin(&ws, &up, "  max_connections: 256\n", "limits: {header_timeout: 1s}\n");
+    let a = tokio::task::spawn_blocking(move || Airlock::start(&cfg))
+        .await
+        .unwrap();
+    let admin = a.admin.unwrap();
+    // Leave the process 8 free descriptors.
+    let pid = a.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = open + 8;
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux) is needed to lower airlock's descriptor limit");
+    assert!(st.success());
+    // Far more silent connections than descriptors: accept fails until they time out.
+    let mut quiet = silent(admin, 24).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(25),
+        client()
+            .get(a.admin_url("/api/v1/approvals"))
+            .bearer_auth(BOB)
+            .send(),
+    )
+    .await
+    .expect("the reviewer was never served")
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    for s in &mut quiet {
+        closed_by_airlock(s).await;
+    }
+    let errors = metric(&a, "airlock_accept_errors_total{listener=\"admin\"}").await;
+    assert!(errors >= 1, "accept never failed: descriptors were not exhausted");
+    // Backing off (5 ms doubling to 1 s) makes a few failed accepts per second of
+    // exhaustion; a spinning loop makes thousands.
+    assert!(errors <= 100, "{errors} failed accepts: the accept loop spins");
+    let log = a.stderr.lock().unwrap().clone();
+    let logged = log.matches("accept failed").count();
+    eprintln!("{errors} failed accepts, logged {logged} times");
+    assert!(logged >= 1, "the exhaustion was not logged:\n{log}");
+    assert!(
+        logged <= 10 && logged < errors.max(2) as usize,
+        "logged {logged} times for {errors} failures (once per episode expected):\n{log}"
+    );
 }
