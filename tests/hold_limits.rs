@@ -43,7 +43,8 @@ async fn a_held_body_over_max_body_is_refused_with_413() {
 
 #[tokio::test]
 async fn more_than_max_held_gets_429_and_a_slot_frees_when_one_is_decided() {
-    let (up, _ws, a) = setup_with_rules(RULES, "limits: {max_held: 3, max_held_per_agent: 3}\n").await;
+    let (up, _ws, a) =
+        setup_with_rules(RULES, "limits: {max_held: 3, max_held_per_agent: 3}\n").await;
     let mut held = Vec::new();
     for i in 0..3 {
         let path = format!("/api/things/{i}");
@@ -149,7 +150,10 @@ async fn by_default_one_agent_may_hold_a_tenth_of_max_held() {
     wait_pending(&a, 2).await;
     let v = refused_as_too_many_held(&a, "/api/mine/3").await;
     assert!(
-        v["message"].as_str().unwrap().contains("max_held_per_agent"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_held_per_agent"),
         "{v}"
     );
     let other = spawn_request(agent_request(&a, OTHER_AGENT_KEY, "DELETE", "/api/theirs"));
@@ -175,11 +179,18 @@ async fn approvals_left_pending_by_clients_that_went_away_count_against_the_agen
         let _ = gone.await;
     }
     wait_held_gauge(&a, 0).await;
-    assert_eq!(pending(&a, BOB).await.len(), 2, "the approvals outlive their clients");
+    assert_eq!(
+        pending(&a, BOB).await.len(),
+        2,
+        "the approvals outlive their clients"
+    );
     // A new request of that agent is refused: it would open a third approval.
     let v = refused_as_too_many_held(&a, "/api/gone/new").await;
     let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains("approvals pending") && msg.contains("deploy-bot"), "{v}");
+    assert!(
+        msg.contains("approvals pending") && msg.contains("deploy-bot"),
+        "{v}"
+    );
     // An identical retry still joins its pending approval.
     let retry = spawn_request(agent_request(&a, AGENT_KEY, "DELETE", "/api/gone/0"));
     wait_held_gauge(&a, 1).await;
@@ -229,12 +240,18 @@ async fn held_bodies_share_one_byte_budget() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "too_many_held");
     assert!(
-        v["message"].as_str().unwrap().contains("limits.max_held_bytes"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_held_bytes"),
         "{v}"
     );
     assert_eq!(pending(&a, BOB).await.len(), 2);
     // Requests whose bodies are not kept still flow.
-    let ok = agent_request(&a, AGENT_KEY, "GET", "/api/ok").send().await.unwrap();
+    let ok = agent_request(&a, AGENT_KEY, "GET", "/api/ok")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     let list = pending(&a, BOB).await;
     bob_decides(&a, &list[0], "approve").await;

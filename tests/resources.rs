@@ -84,11 +84,8 @@ async fn thousands_of_silent_connections_do_not_starve_an_agent_and_are_closed()
 
 #[tokio::test]
 async fn at_the_connection_cap_an_agent_is_served_once_the_silent_ones_time_out() {
-    let (up, _ws, a) = setup_with_rules(
-        RULES,
-        "limits: {header_timeout: 1s, max_connections: 20}\n",
-    )
-    .await;
+    let (up, _ws, a) =
+        setup_with_rules(RULES, "limits: {header_timeout: 1s, max_connections: 20}\n").await;
     let quiet = silent(a.proxy, 20).await;
     // The agent's connection waits for a slot; it gets one when a silent one is closed.
     let r = tokio::time::timeout(
@@ -107,21 +104,20 @@ async fn at_the_connection_cap_an_agent_is_served_once_the_silent_ones_time_out(
         "airlock_connections_closed_total{listener=\"proxy\",reason=\"silent\"}",
     )
     .await;
-    assert!(closed >= 1, "the agent was served before any silent connection closed");
+    assert!(
+        closed >= 1,
+        "the agent was served before any silent connection closed"
+    );
     drop(quiet);
 }
 
 #[tokio::test]
 async fn an_idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
-    let (_up, _ws, a) = setup_with_rules(
-        RULES,
-        "limits: {header_timeout: 20s, idle_timeout: 1s}\n",
-    )
-    .await;
+    let (_up, _ws, a) =
+        setup_with_rules(RULES, "limits: {header_timeout: 20s, idle_timeout: 1s}\n").await;
     let mut s = TcpStream::connect(a.proxy).await.unwrap();
-    let req = format!(
-        "GET /api/ok HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_KEY}\r\n\r\n"
-    );
+    let req =
+        format!("GET /api/ok HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {AGENT_KEY}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     // Read the whole answer, then nothing more is sent: airlock closes the connection.
     let mut got = Vec::new();
@@ -144,18 +140,18 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
         "airlock_connections_closed_total{listener=\"proxy\",reason=\"idle\"}",
     )
     .await;
-    assert_eq!(idle, 1, "closed for idleness, not by the 20 s header timeout");
+    assert_eq!(
+        idle, 1,
+        "closed for idleness, not by the 20 s header timeout"
+    );
 }
 
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_but_not_while_a_request_is_held() {
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let (_up, _ws, a) = setup_with_rules(
-        RULES,
-        "limits: {header_timeout: 20s, idle_timeout: 1s}\n",
-    )
-    .await;
+    let (_up, _ws, a) =
+        setup_with_rules(RULES, "limits: {header_timeout: 20s, idle_timeout: 1s}\n").await;
     let stream = TcpStream::connect(a.proxy).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -178,7 +174,10 @@ async fn an_idle_http2_connection_is_closed_but_not_while_a_request_is_held() {
     // approval is decided only now, and its answer arrives on that connection.
     tokio::time::sleep(Duration::from_secs(3)).await; // three idle periods pass: the wait is the point
     bob_decides(&a, &list[0], "deny").await;
-    let resp = held.await.unwrap().expect("the held request's stream was cut");
+    let resp = held
+        .await
+        .unwrap()
+        .expect("the held request's stream was cut");
     assert_eq!(resp.status(), 403);
     let _ = resp.into_body().collect().await;
     // Now nothing is in flight: the connection is closed (GOAWAY, then EOF).
@@ -258,7 +257,10 @@ async fn a_body_to_inspect_is_refused_503_busy_while_held_bodies_fill_the_budget
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "busy", "{v}");
     assert!(
-        v["message"].as_str().unwrap().contains("limits.max_held_bytes"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_held_bytes"),
         "{v}"
     );
     assert_eq!(up.count(), 0, "nothing was forwarded");
@@ -288,14 +290,21 @@ async fn out_of_file_descriptors_the_admin_listener_backs_off_and_recovers() {
     let up = Upstream::start().await;
     let ws = Workspace::new();
     ws.write("rules/r.yaml", RULES);
-    let cfg = with_admin(&ws, &up, "  max_connections: 256\n", "limits: {header_timeout: 1s}\n");
+    let cfg = with_admin(
+        &ws,
+        &up,
+        "  max_connections: 256\n",
+        "limits: {header_timeout: 1s}\n",
+    );
     let a = tokio::task::spawn_blocking(move || Airlock::start(&cfg))
         .await
         .unwrap();
     let admin = a.admin.unwrap();
     // Leave the process 8 free descriptors.
     let pid = a.child.id();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let limit = open + 8;
     let st = std::process::Command::new("prlimit")
         .arg(format!("--pid={pid}"))
@@ -320,10 +329,16 @@ async fn out_of_file_descriptors_the_admin_listener_backs_off_and_recovers() {
         closed_by_airlock(s).await;
     }
     let errors = metric(&a, "airlock_accept_errors_total{listener=\"admin\"}").await;
-    assert!(errors >= 1, "accept never failed: descriptors were not exhausted");
+    assert!(
+        errors >= 1,
+        "accept never failed: descriptors were not exhausted"
+    );
     // Backing off (5 ms doubling to 1 s) makes a few failed accepts per second of
     // exhaustion; a spinning loop makes thousands.
-    assert!(errors <= 100, "{errors} failed accepts: the accept loop spins");
+    assert!(
+        errors <= 100,
+        "{errors} failed accepts: the accept loop spins"
+    );
     let log = a.stderr.lock().unwrap().clone();
     let logged = log.matches("accept failed").count();
     eprintln!("{errors} failed accepts, logged {logged} times");

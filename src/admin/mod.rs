@@ -21,6 +21,7 @@ pub mod extract;
 pub mod health;
 pub mod reload;
 
+use crate::http::listen::{serve, ConnLimits};
 use crate::http::{AirlockError, Code};
 use crate::state::Airlock;
 use answer::ApiError;
@@ -28,7 +29,6 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{HeaderMap, Method, Uri};
-use crate::http::listen::{serve, ConnLimits};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;

@@ -675,3 +675,51 @@ impl Build<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod limits_tests {
+    use crate::config::{Config, Source};
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let src = Source {
+            file: "airlock.yaml".into(),
+            text: text.into(),
+        };
+        Config::parse(&src).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn resource_limits_have_safe_defaults() {
+        let cfg = parse("admin: {listen: 127.0.0.1:0}\n").unwrap();
+        let l = &cfg.limits;
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.max_held_bytes, 256 << 20);
+        assert_eq!(l.max_held_per_agent, 1000, "a tenth of max_held");
+        assert_eq!(cfg.admin.unwrap().max_connections, 256);
+        let cfg = parse("limits: {max_held: 5}\n").unwrap();
+        assert_eq!(cfg.limits.max_held_per_agent, 1, "at least one");
+        let cfg = parse("limits: {max_held: 5, max_held_per_agent: 5}\n").unwrap();
+        assert_eq!(cfg.limits.max_held_per_agent, 5, "an explicit value wins");
+    }
+
+    #[test]
+    fn resource_limits_are_read_and_checked() {
+        let cfg = parse(
+            "admin: {listen: 127.0.0.1:0, max_connections: 7}\nlimits: {idle_timeout: 5s, max_held_bytes: 64MiB}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.limits.max_held_bytes, 64 << 20);
+        assert_eq!(cfg.admin.unwrap().max_connections, 7);
+        let err = parse("limits: {max_body: 2MiB, max_held_bytes: 1MiB}\n").unwrap_err();
+        assert!(
+            err.contains("limits.max_held_bytes must be at least limits.max_body"),
+            "{err}"
+        );
+        let err = parse("limits: {idle_timeout: soon}\n").unwrap_err();
+        assert!(err.contains("limits.idle_timeout"), "{err}");
+        let err = parse("admin: {max_conns: 3}\n").unwrap_err();
+        assert!(err.contains("max_conns"), "{err}");
+    }
+}

@@ -215,7 +215,10 @@ mod tests {
         );
         drop(r1);
         assert_eq!(b.used(), 40);
-        assert!(b.reserve(60, 100).is_ok(), "freed bytes can be reserved again");
+        assert!(
+            b.reserve(60, 100).is_ok(),
+            "freed bytes can be reserved again"
+        );
         assert_eq!(b.used(), 40, "the granted reservation was dropped at once");
         drop(r2);
         assert_eq!(b.used(), 0);
@@ -238,7 +241,10 @@ mod tests {
         let b = ByteBudget::new();
         assert!(b.reserve(101, 100).is_err());
         let all = b.reserve(usize::MAX, usize::MAX).unwrap();
-        assert!(b.reserve(1, usize::MAX).is_err(), "no overflow wraps around");
+        assert!(
+            b.reserve(1, usize::MAX).is_err(),
+            "no overflow wraps around"
+        );
         drop(all);
         assert_eq!(b.used(), 0);
     }

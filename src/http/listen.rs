@@ -13,6 +13,7 @@
 //!   instead of spinning, and says so once per episode ([`Backoff`]);
 //! - on shutdown every connection is closed gracefully and given `grace` to finish.
 
+use crate::metrics::ListenerMetrics;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,8 +29,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use crate::metrics::ListenerMetrics;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +135,7 @@ pub async fn serve<F, S, B>(
         if backoff.succeeded() {
             tracing::info!(listener = what, "accepting connections again");
         }
-                let _ = stream.set_nodelay(true);
+        let _ = stream.set_nodelay(true);
         let svc = Tracked::new(service(peer));
         let (builder, stats, shutdown) = (builder.clone(), stats.clone(), shutdown.clone());
         conns.spawn(async move {

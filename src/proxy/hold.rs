@@ -5,7 +5,9 @@
 //! request that was approved comes out, once.
 
 use super::ProxyError;
-use crate::approvals::{new_approval_id, Claim, HoldError, HoldRequest, LimitReached, Opened, Waited};
+use crate::approvals::{
+    new_approval_id, Claim, HoldError, HoldRequest, LimitReached, Opened, Waited,
+};
 use crate::http::body::BoxError;
 use crate::request::record::with_query;
 use crate::request::{Inspected, Prepared, RequestRecord};

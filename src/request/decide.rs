@@ -107,7 +107,15 @@ where
     } else {
         // Counted against limits.max_held_bytes until the bytes read are dropped.
         let (ext, max) = (&parts.extensions, limits.max_held_bytes);
-        match crate::http::budget::read_budgeted(ext, body, limits.inspect_body, limits.body_timeout, max).await? {
+        match crate::http::budget::read_budgeted(
+            ext,
+            body,
+            limits.inspect_body,
+            limits.body_timeout,
+            max,
+        )
+        .await?
+        {
             Read::Complete(b) => (
                 rules.finish(head, Body::Bytes(&b), encoding),
                 Inspected::Bytes(b),
