@@ -106,13 +106,12 @@ where
         )
     } else {
         // Counted against limits.max_held_bytes until the bytes read are dropped.
-        let (ext, max) = (&parts.extensions, limits.max_held_bytes);
         match crate::http::budget::read_budgeted(
-            ext,
+            &parts.extensions,
             body,
             limits.inspect_body,
             limits.body_timeout,
-            max,
+            limits.max_held_bytes,
         )
         .await?
         {
