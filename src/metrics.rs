@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by verdict and upstream, holds, votes, decisions,
-//! upstream latency and audit append latency. Rendered by the admin listener.
+//! upstream latency, audit append latency, connections and bytes of bodies in memory.
+//! Rendered by the admin listener.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,17 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigLabels {
     pub mode: String,
     pub rules_version: String,
@@ -44,6 +56,23 @@ pub struct Metrics {
     pub decisions: Family<OutcomeLabels, Counter>,
     pub upstream_latency: Family<UpstreamLabels, Histogram>,
     pub audit_append: Histogram,
+    /// Open connections per listener (`proxy`, `admin`).
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// Connections airlock closed, by listener and reason (`silent`, `idle`).
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    /// Failed `accept` calls per listener (each one followed by a back-off pause).
+    pub accept_errors: Family<ListenerLabels, Counter>,
+    /// Bytes of request bodies kept in memory (`limits.max_held_bytes`).
+    pub held_bytes: Gauge,
+}
+
+/// One listener's metric handles (see [`Metrics::for_listener`]).
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub open: Gauge,
+    pub silent_closed: Counter,
+    pub idle_closed: Counter,
+    pub accept_errors: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -111,6 +140,30 @@ impl Metrics {
             "Audit append latency (durable)",
             audit_append.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open connections, by listener",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections airlock closed: silent (no first byte within limits.header_timeout) or idle (limits.idle_timeout)",
+            connections_closed.clone(),
+        );
+        let accept_errors = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accept calls (out of file descriptors), by listener",
+            accept_errors.clone(),
+        );
+        let held_bytes = Gauge::default();
+        registry.register(
+            "held_bytes",
+            "Bytes of request bodies kept in memory for inspection or holds",
+            held_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -122,6 +175,31 @@ impl Metrics {
             decisions,
             upstream_latency,
             audit_append,
+            connections,
+            connections_closed,
+            accept_errors,
+            held_bytes,
+        }
+    }
+
+    /// Handles for one listener's connection metrics.
+    pub fn for_listener(&self, listener: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        let closed = |reason: &str| {
+            self.connections_closed
+                .get_or_create(&ClosedLabels {
+                    listener: listener.to_string(),
+                    reason: reason.to_string(),
+                })
+                .clone()
+        };
+        ListenerMetrics {
+            open: self.connections.get_or_create(&labels).clone(),
+            silent_closed: closed("silent"),
+            idle_closed: closed("idle"),
+            accept_errors: self.accept_errors.get_or_create(&labels).clone(),
         }
     }
 

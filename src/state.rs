@@ -8,6 +8,7 @@
 use crate::approvals::{Approvals, HoldLimits};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AuditLevel, Config, Diagnostics};
+use crate::http::budget::ByteBudget;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::request::Policy;
 use crate::rules::RuleSet;
@@ -191,6 +192,8 @@ pub struct Airlock {
     /// Forwards of approved requests, which run in tasks of their own: a shutdown
     /// waits for them (up to `limits.shutdown_grace`).
     pub forwards: tokio_util::task::TaskTracker,
+    /// Bytes of request bodies kept in memory (`limits.max_held_bytes`).
+    pub budget: ByteBudget,
     /// One reload at a time (file watch, SIGHUP and the API may race).
     reloading: tokio::sync::Mutex<()>,
     request_prefix: u32,
@@ -208,6 +211,7 @@ impl Airlock {
         shutdown: CancellationToken,
     ) -> Arc<Airlock> {
         metrics.set_config(snapshot.cfg().mode.as_str(), &snapshot.policy.rules.version);
+        let budget = ByteBudget::counted(metrics.held_bytes.clone());
         Arc::new(Airlock {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -216,6 +220,7 @@ impl Airlock {
             store,
             shutdown,
             forwards: tokio_util::task::TaskTracker::new(),
+            budget,
             reloading: tokio::sync::Mutex::new(()),
             request_prefix: rand::random(),
             request_seq: AtomicU64::new(1),

@@ -1,5 +1,6 @@
 //! The admin listener: the reviewers' REST API, `/metrics`, `/healthz`, `/readyz`,
-//! served by an `axum` [`Router`] on the same hyper 1 connection builder as the proxy.
+//! served by an `axum` [`Router`] on the same accept loop as the proxy
+//! ([`crate::http::listen`]).
 //!
 //! Every `/api/` call needs a reviewer token ([`auth::Reviewer`]); an agent's key is
 //! refused. Every answer is JSON, and every error is airlock's JSON error shape
@@ -20,6 +21,7 @@ pub mod extract;
 pub mod health;
 pub mod reload;
 
+use crate::http::listen::{serve, ConnLimits};
 use crate::http::{AirlockError, Code};
 use crate::state::Airlock;
 use answer::ApiError;
@@ -27,17 +29,14 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{HeaderMap, Method, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight admin requests may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -57,44 +56,32 @@ pub fn router(airlock: Arc<Airlock>) -> Router {
 }
 
 /// Serves the admin listener until `shutdown` is cancelled, then stops accepting and
-/// lets in-flight requests finish (up to a few seconds).
+/// lets in-flight requests finish (up to a few seconds). Connections are limited as
+/// the agents' are (`limits.header_timeout`, `limits.idle_timeout`), at most
+/// `admin.max_connections` at once, with back-off when `accept` fails.
 pub async fn run(listener: TcpListener, airlock: Arc<Airlock>, shutdown: CancellationToken) {
+    let limits = {
+        let snap = airlock.snapshot();
+        let cfg = snap.cfg();
+        ConnLimits {
+            max_connections: cfg.admin.as_ref().map_or(256, |a| a.max_connections),
+            first_byte: cfg.limits.header_timeout,
+            idle: cfg.limits.idle_timeout,
+        }
+    };
+    let stats = airlock.metrics.for_listener("admin");
     let service = TowerToHyperService::new(router(airlock));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "admin connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin shutdown grace period over; closing remaining connections");
-    }
+    serve(
+        "admin",
+        listener,
+        auto::Builder::new(TokioExecutor::new()),
+        limits,
+        stats,
+        move |_| service.clone(),
+        shutdown,
+        SHUTDOWN_GRACE,
+    )
+    .await;
 }
 
 /// Any path no route serves: `404 not_found`. Under `/api/` the caller must be a

@@ -4,7 +4,8 @@
 use crate::audit::AuditError;
 use crate::store::{Status, StoreError};
 
-/// A held-request limit was reached (`limits.max_held`, `limits.max_held_per_agent`).
+/// A held-request limit was reached (`limits.max_held`, `limits.max_held_per_agent`,
+/// `limits.max_held_bytes`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitReached {
     /// Every held slot is taken.
@@ -13,6 +14,13 @@ pub enum LimitReached {
     /// This agent has all the slots it may have.
     #[error("{agent} already has {held} requests held (limits.max_held_per_agent)")]
     PerAgent { agent: String, held: usize },
+    /// This agent has as many pending approvals as it may (counting those whose client
+    /// went away).
+    #[error("{agent} already has {pending} approvals pending (limits.max_held_per_agent); a retry of an identical request joins its pending approval")]
+    Pending { agent: String, pending: usize },
+    /// Bodies in memory would exceed `limits.max_held_bytes`.
+    #[error("{0}")]
+    Bytes(#[from] crate::http::budget::OverBudget),
 }
 
 /// Why a request could not be held (it is then refused, never forwarded).
@@ -24,6 +32,9 @@ pub enum HoldError {
     /// The `held` event could not be made durable, so the approval was cancelled.
     #[error("the audit log cannot record the hold: {0}")]
     Audit(#[from] AuditError),
+    /// A new approval would exceed the agent's pending approvals.
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
 }
 
 /// Why a vote was refused.

@@ -3,7 +3,7 @@
 //! approval; then park until it is decided, expires, or airlock shuts down. An approved
 //! request is claimed for forwarding (`forwarding`, durable) before it may leave.
 
-use super::{event_for, Approvals, HoldError, Outcome};
+use super::{event_for, Approvals, HoldError, LimitReached, Outcome};
 use crate::rules::ApprovalPolicy;
 use crate::store::{Approval, Status, StoreError};
 use std::time::Duration;
@@ -151,6 +151,20 @@ impl Approvals {
     /// `held` audit event is durable before this returns; if it cannot be written
     /// the approval is cancelled and the request refused.
     pub async fn open(&self, req: HoldRequest) -> Result<Opened, HoldError> {
+        self.open_within(req, usize::MAX).await
+    }
+
+    /// [`Approvals::open`], refusing to create a new approval ([`LimitReached::Pending`])
+    /// when the agent already has `max_pending` approvals pending, whether or not their
+    /// clients still wait (a client that went away leaves its approval pending, for an
+    /// identical retry to join). Joining or reusing an existing approval is never
+    /// refused. The count is read from the store, so it covers every replica; holds
+    /// racing each other may overshoot it by the agent's concurrent holds.
+    pub async fn open_within(
+        &self,
+        req: HoldRequest,
+        max_pending: usize,
+    ) -> Result<Opened, HoldError> {
         // Fail closed: without a running audit writer the request's later events (its
         // outcome, refused votes) could not be recorded.
         if !self.audit.alive() {
@@ -180,6 +194,15 @@ impl Approvals {
                     return Ok(Opened::OutcomeUnknown(existing));
                 }
                 _ => {}
+            }
+        }
+        if max_pending < usize::MAX {
+            let pending = self.store.pending_of(&req.agent, now).await?;
+            if pending >= max_pending {
+                return Err(HoldError::Limit(LimitReached::Pending {
+                    agent: req.agent,
+                    pending,
+                }));
             }
         }
         let timeout =
@@ -229,22 +252,25 @@ impl Approvals {
                 // An identical request opened one a moment ago (here or on another
                 // replica): join it.
                 self.waiters.remove(&approval.id);
-                return Box::pin(self.open(HoldRequest {
-                    id: approval.id,
-                    request_id: approval.request_id,
-                    agent: approval.agent,
-                    owner: approval.owner,
-                    digest: approval.digest,
-                    body_sha256: approval.body_sha256,
-                    rules: approval.rules,
-                    policy: approval.policy,
-                    method: approval.method,
-                    upstream: approval.upstream,
-                    host: approval.host,
-                    url: approval.url,
-                    justification: approval.justification,
-                    show: approval.show,
-                }))
+                return Box::pin(self.open_within(
+                    HoldRequest {
+                        id: approval.id,
+                        request_id: approval.request_id,
+                        agent: approval.agent,
+                        owner: approval.owner,
+                        digest: approval.digest,
+                        body_sha256: approval.body_sha256,
+                        rules: approval.rules,
+                        policy: approval.policy,
+                        method: approval.method,
+                        upstream: approval.upstream,
+                        host: approval.host,
+                        url: approval.url,
+                        justification: approval.justification,
+                        show: approval.show,
+                    },
+                    max_pending,
+                ))
                 .await;
             }
             Err(e) => {

@@ -108,6 +108,7 @@ impl Build<'_> {
             Ok(listen) => Some(AdminConfig {
                 listen,
                 public_url: a.public_url,
+                max_connections: a.max_connections.unwrap_or(256).max(1),
             }),
             Err(e) => {
                 self.err(
@@ -636,17 +637,33 @@ impl Build<'_> {
             "30s",
             Duration::from_secs(30),
         );
+        let idle_timeout = self.duration(
+            "idle_timeout:",
+            "limits.idle_timeout",
+            rl.and_then(|l| l.idle_timeout.as_deref()),
+            "60s",
+            Duration::from_secs(60),
+        );
+        let max_held_bytes = self.size(
+            "max_held_bytes",
+            rl.and_then(|l| l.max_held_bytes.as_ref()),
+            256 << 20,
+        );
+        let max_held = rl.and_then(|l| l.max_held).unwrap_or(10_000);
         let limits = Limits {
             max_body,
             inspect_body,
             header_timeout,
             body_timeout,
             shutdown_grace,
-            max_held: rl.and_then(|l| l.max_held).unwrap_or(10_000),
+            max_held,
+            // One agent cannot take every held slot unless told it may.
             max_held_per_agent: rl
-                .and_then(|l| l.max_held_per_agent.or(l.max_held))
-                .unwrap_or(10_000),
+                .and_then(|l| l.max_held_per_agent)
+                .unwrap_or((max_held / 10).max(1)),
             max_connections: rl.and_then(|l| l.max_connections).unwrap_or(10_000),
+            idle_timeout,
+            max_held_bytes,
         };
         // Only comparable when both sizes parsed (and nothing else in limits failed).
         if limits.inspect_body > limits.max_body && self.errs.len() == errs_before {
@@ -654,6 +671,14 @@ impl Build<'_> {
                 Some("limits:"),
                 "inspect_body",
                 "limits.inspect_body must not exceed limits.max_body".into(),
+            );
+        }
+        // A hold reserves max_body before reading: a smaller budget could never hold one.
+        if limits.max_held_bytes < limits.max_body && self.errs.len() == errs_before {
+            self.err(
+                Some("limits:"),
+                "max_held_bytes",
+                "limits.max_held_bytes must be at least limits.max_body".into(),
             );
         }
         limits
@@ -746,5 +771,53 @@ impl Build<'_> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use crate::config::{Config, Source};
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let src = Source {
+            file: "airlock.yaml".into(),
+            text: text.into(),
+        };
+        Config::parse(&src).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn resource_limits_have_safe_defaults() {
+        let cfg = parse("admin: {listen: 127.0.0.1:0}\n").unwrap();
+        let l = &cfg.limits;
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.max_held_bytes, 256 << 20);
+        assert_eq!(l.max_held_per_agent, 1000, "a tenth of max_held");
+        assert_eq!(cfg.admin.unwrap().max_connections, 256);
+        let cfg = parse("limits: {max_held: 5}\n").unwrap();
+        assert_eq!(cfg.limits.max_held_per_agent, 1, "at least one");
+        let cfg = parse("limits: {max_held: 5, max_held_per_agent: 5}\n").unwrap();
+        assert_eq!(cfg.limits.max_held_per_agent, 5, "an explicit value wins");
+    }
+
+    #[test]
+    fn resource_limits_are_read_and_checked() {
+        let cfg = parse(
+            "admin: {listen: 127.0.0.1:0, max_connections: 7}\nlimits: {idle_timeout: 5s, max_held_bytes: 64MiB}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.limits.max_held_bytes, 64 << 20);
+        assert_eq!(cfg.admin.unwrap().max_connections, 7);
+        let err = parse("limits: {max_body: 2MiB, max_held_bytes: 1MiB}\n").unwrap_err();
+        assert!(
+            err.contains("limits.max_held_bytes must be at least limits.max_body"),
+            "{err}"
+        );
+        let err = parse("limits: {idle_timeout: soon}\n").unwrap_err();
+        assert!(err.contains("limits.idle_timeout"), "{err}");
+        let err = parse("admin: {max_conns: 3}\n").unwrap_err();
+        assert!(err.contains("max_conns"), "{err}");
     }
 }

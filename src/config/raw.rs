@@ -45,6 +45,7 @@ pub struct RawTls {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +122,8 @@ pub struct RawLimits {
     pub max_held: Option<usize>,
     pub max_held_per_agent: Option<usize>,
     pub max_connections: Option<usize>,
+    pub idle_timeout: Option<String>,
+    pub max_held_bytes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

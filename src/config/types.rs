@@ -149,6 +149,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The URL reviewers reach the admin listener at, for links.
     pub public_url: Option<String>,
+    /// Open admin connections at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// The audit log (`audit:`).
@@ -189,10 +191,16 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Held requests at once, over all agents.
     pub max_held: usize,
-    /// Held requests one agent may have at once (default: `max_held`).
+    /// Held requests one agent may have at once, and pending approvals it may have
+    /// (default: a tenth of `max_held`, at least 1).
     pub max_held_per_agent: usize,
-    /// Open agent connections at once.
+    /// Open agent connections at once; more wait to be accepted.
     pub max_connections: usize,
+    /// How long a connection may stay open with no request in flight (and no first
+    /// byte: a new connection gets `header_timeout` for that).
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies kept in memory at once, for inspection and for holds.
+    pub max_held_bytes: usize,
 }
 
 /// Defaults for rules' `approval:` blocks (`approval:`).

@@ -124,6 +124,9 @@ pub enum BodyError {
     /// The client's stream failed (reset, malformed chunking).
     #[error("could not read the request body: {0}")]
     Read(BoxError),
+    /// Reading it would take the bodies held in memory over `limits.max_held_bytes`.
+    #[error("{0}; try again later")]
+    Busy(#[from] super::budget::OverBudget),
 }
 
 /// Reads a body up to `limit` bytes within `timeout`.

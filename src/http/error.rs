@@ -27,6 +27,9 @@ pub enum Code {
     /// An identical request went out on its approval, and whether the upstream received
     /// it is unknown: it is not sent again.
     OutcomeUnknown,
+    /// Bodies held or being inspected fill `limits.max_held_bytes`: nothing was read or
+    /// forwarded; retry later.
+    Busy,
     // Admin API.
     NotFound,
     Forbidden,
@@ -55,7 +58,7 @@ impl Code {
             TooManyHeld => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            StoreUnavailable | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            StoreUnavailable | ShuttingDown | Busy => StatusCode::SERVICE_UNAVAILABLE,
             AlreadyDecided | AlreadyVoted | OutcomeUnknown => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -81,6 +84,7 @@ impl Code {
             StoreUnavailable => "store_unavailable",
             ShuttingDown => "shutting_down",
             OutcomeUnknown => "outcome_unknown",
+            Busy => "busy",
             NotFound => "not_found",
             Forbidden => "forbidden",
             NotEligible => "not_eligible",

@@ -1,12 +1,16 @@
 //! HTTP details below the proxy, shared by the proxy, the admin listener and the rule
-//! tests: bodies ([`body`]), case folding ([`fold`]), routing ([`route`]), path normalization ([`normalize`]),
-//! method overrides ([`method`]), hop-by-hop headers and redaction ([`headers`]), and
+//! tests: the accept loop and its connection limits ([`listen`]), bodies ([`body`])
+//! and the byte budget of those kept in memory ([`budget`]), case folding
+//! ([`fold`]), routing ([`route`]), path normalization ([`normalize`]), method
+//! overrides ([`method`]), hop-by-hop headers and redaction ([`headers`]), and
 //! airlock's own JSON answers ([`error`]). Nothing here knows about rules, approvals
 //! or the proxy.
 
 pub mod body;
+pub mod budget;
 pub mod error;
 pub mod headers;
+pub mod listen;
 pub mod method;
 pub mod normalize;
 pub mod route;

@@ -84,9 +84,11 @@ impl ProxyError {
             },
             ProxyError::Body(BodyError::Timeout(_)) => Code::BodyTimeout,
             ProxyError::Body(BodyError::Read(_)) => Code::BadRequest,
+            ProxyError::Body(BodyError::Busy(_)) => Code::Busy,
             ProxyError::DeniedByRule { .. } | ProxyError::NoPolicy { .. } => Code::DeniedByRule,
             ProxyError::TooManyHeld(_) => Code::TooManyHeld,
             ProxyError::BodyTooLarge { .. } => Code::BodyTooLarge,
+            ProxyError::Hold(HoldError::Limit(_)) => Code::TooManyHeld,
             ProxyError::Hold(_) => Code::StoreUnavailable,
             ProxyError::Denied(_)
             | ProxyError::AlreadyUsed(_)

@@ -1,9 +1,13 @@
 //! Holding a request for approval: take a held slot, buffer the body (up to
-//! `limits.max_body`), bind the request to a digest, open or join the approval, and
-//! wait for the decision. Only the exact request that was approved comes out, once.
+//! `limits.max_body`, counted against `limits.max_held_bytes`), bind the request to a
+//! digest, open or join the approval (a new one only while the agent has fewer than
+//! `limits.max_held_per_agent` pending), and wait for the decision. Only the exact
+//! request that was approved comes out, once.
 
 use super::ProxyError;
-use crate::approvals::{new_approval_id, Claim, HoldRequest, Opened, Waited};
+use crate::approvals::{
+    new_approval_id, Claim, HoldError, HoldRequest, LimitReached, Opened, Waited,
+};
 use crate::http::body::BoxError;
 use crate::request::record::with_query;
 use crate::request::{Inspected, Prepared, RequestRecord};
@@ -92,12 +96,27 @@ where
         .approvals
         .slots
         .reserve(&prepared.caller.id, snap.hold_limits())?;
+    // Bytes not read yet are reserved before reading (limits.max_held_bytes); a body
+    // read for inspection already carries its reservation.
+    let reservation = match &body {
+        Inspected::Bytes(_) => None,
+        _ => Some(
+            airlock
+                .budget
+                .reserve(limits.max_body, limits.max_held_bytes)
+                .map_err(LimitReached::from)?,
+        ),
+    };
     let body = body
         .read_all(limits.max_body, limits.body_timeout)
         .await?
         .ok_or(ProxyError::BodyTooLarge {
             limit: limits.max_body,
         })?;
+    let body = match reservation {
+        Some(r) => r.attach(body),
+        None => body,
+    };
     strip_agent_credential(snap, &mut parts.headers);
     let justification = parts
         .headers
@@ -145,7 +164,16 @@ where
     // Named before it exists: a request that ends while its hold is being opened is
     // recorded with the approval it was opening (or joining, set below).
     record.approval_id = Some(request.id.clone());
-    let (approval, claim) = match airlock.approvals.open(request).await? {
+    // Pending approvals count against the agent's limit even once their client is gone.
+    let opened = airlock
+        .approvals
+        .open_within(request, limits.max_held_per_agent)
+        .await
+        .map_err(|e| match e {
+            HoldError::Limit(l) => ProxyError::TooManyHeld(l),
+            e => ProxyError::Hold(e),
+        })?;
+    let (approval, claim) = match opened {
         Opened::Reused(a, claim) => (a, claim),
         Opened::OutcomeUnknown(a) => return Err(ProxyError::OutcomeUnknown(Box::new(a))),
         Opened::Waiting(ticket) => {

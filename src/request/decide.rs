@@ -206,7 +206,16 @@ where
             Inspected::Stream(body),
         )
     } else {
-        match read_within(body, limits.inspect_body, limits.body_timeout).await? {
+        // Counted against limits.max_held_bytes until the bytes read are dropped.
+        match crate::http::budget::read_budgeted(
+            &parts.extensions,
+            body,
+            limits.inspect_body,
+            limits.body_timeout,
+            limits.max_held_bytes,
+        )
+        .await?
+        {
             Read::Complete(b) => {
                 let named = if may_override {
                     body_method(policy, prepared, parts, &b)?

@@ -380,6 +380,15 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Pending approvals whose expiry has passed.
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+    /// How many approvals of `agent` are pending and not yet expired at `now`, whether
+    /// or not a client still waits on them (`limits.max_held_per_agent` bounds them).
+    async fn pending_of(&self, agent: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let all = self.approvals(Some(Status::Pending), usize::MAX).await?;
+        Ok(all
+            .iter()
+            .filter(|a| a.agent == agent && a.expires > now)
+            .count())
+    }
 
     /// Appends already sealed audit events (and a checkpoint) atomically; refuses with
     /// [`StoreError::ChainConflict`] a batch that does not continue the stored chain.

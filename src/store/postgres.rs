@@ -642,6 +642,18 @@ impl Store for PostgresStore {
         rows.iter().map(event_of_row).collect()
     }
 
+    async fn pending_of(&self, agent: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        client!(self, c);
+        let row = c
+            .query_one(
+                "SELECT COUNT(*) FROM approvals WHERE agent = $1 AND status = 'pending' AND expires > $2",
+                &[&agent, &now],
+            )
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         client!(self, c);
         let rows = c

@@ -702,6 +702,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_of(&self, agent: &str, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let agent = agent.to_string();
+        self.with(move |c| {
+            let n: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM approvals WHERE agent = ?1 AND status = 'pending' AND expires > ?2")?
+                .query_row(params![agent, ts(&now)], |r| r.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         self.with(move |c| {
             // Times are fixed-width RFC 3339 UTC strings, so text order is time order.
