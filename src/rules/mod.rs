@@ -10,9 +10,11 @@
 //!   that differ only in case).
 //! - [`rule`] and [`matcher`]: the compiled data ([`Verdict`], [`ApprovalPolicy`],
 //!   [`StrMatcher`]).
-//! - [`decide`], [`body`] and [`json`]: the pure decision, [`RuleSet::head`] then
-//!   [`RuleSet::finish`]. No I/O, no clock, no globals; nothing here runs at request
-//!   time except these three.
+//! - [`decide`], [`params`], [`body`] and [`json`]: the pure decision,
+//!   [`RuleSet::head`] then [`RuleSet::finish`], reading every field, header, method
+//!   and body the way the laxest upstream could (a deny or approve rule matches any
+//!   reading, an allow rule must match all). No I/O, no clock, no globals; nothing
+//!   here runs at request time except these four.
 //! - [`testing`]: runs the `tests:` blocks.
 
 pub mod body;
