@@ -1672,11 +1672,15 @@ async fn start_with_dba(rules: &str) -> (Upstream, Workspace, InProcess) {
     let up = Upstream::start().await;
     let ws = Workspace::new();
     ws.write("rules/r.yaml", rules);
-    let identities = identities_yaml().replace(
-        "  - id: dave@example.com\n",
-        "  - id: dave@example.com\n    groups: [dba]\n",
-    );
+    // The owner is spelled in another case than her reviewer id: the same person.
+    let identities = identities_yaml()
+        .replace(
+            "  - id: dave@example.com\n",
+            "  - id: dave@example.com\n    groups: [dba]\n",
+        )
+        .replace("owner: alice@example.com", "owner: Alice@Example.COM");
     assert!(identities.contains("groups: [dba]"));
+    assert!(identities.contains("Alice@Example.COM"));
     let text = format!(
         r#"listen: 127.0.0.1:0
 admin:
@@ -1724,6 +1728,20 @@ async fn both_groups_needed(
         first.0
     );
     assert_eq!(up.count(), before, "nothing forwarded on one group's vote");
+    // Reviewers see each requirement's progress: one met (by the first voter), one not.
+    let reqs = ap["requirements"].as_array().expect("requirements").clone();
+    assert_eq!(reqs.len(), 2, "{ap}");
+    let met: Vec<&serde_json::Value> = reqs.iter().filter(|r| r["met"] == true).collect();
+    assert_eq!(met.len(), 1, "{ap}");
+    assert_eq!(
+        met[0]["approved_by"].as_array().map(Vec::len),
+        Some(1),
+        "{ap}"
+    );
+    // The agent's owner may never vote, whatever the spelling of her id in the config.
+    let (status, v) = vote(a, ALICE, &id, "approve", None).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"], "self_approval", "{v}");
 
     let (status, v) = vote(a, second.1, &id, "approve", None).await;
     assert_eq!(status, 200, "{} may vote: {v}", second.0);

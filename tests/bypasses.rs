@@ -293,3 +293,60 @@ async fn credentials_in_the_query_never_reach_reviewers_or_the_audit_log() {
     let jsonl = std::fs::read_to_string(ws.path().join("audit.jsonl")).unwrap();
     assert!(!jsonl.contains("supersecret"));
 }
+
+#[tokio::test]
+async fn every_spelling_of_a_credential_in_the_query_is_redacted_in_the_log() {
+    let (up, ws, a) = setup(
+        "audit: {level: all, file: audit.jsonl, redact_query: [tenant_cookie_x]}\n",
+        false,
+    )
+    .await;
+    // The list, and the spellings around it.
+    let names = [
+        "api-key",
+        "private_token",
+        "accessToken",
+        "auth",
+        "jwt",
+        "X-Goog-Signature",
+        "pwd",
+        "session",
+        "passphrase",
+        "client_assertion",
+        "token[]",
+        "AWSAccessKeyId",
+        "X-Amz-Credential",
+        "refresh_token",
+        "Signature",
+        "sessionId",
+        "tenant_cookie_x",
+        "%74oken",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("/api/plain/{i}?{name}=hunter2-{i}&page=2;sid=hunter2-semi-{i}");
+        let r = agent_request(&a, AGENT_KEY, "GET", &path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+    }
+    // A JWT is redacted whatever its parameter is called.
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJl";
+    let r = agent_request(&a, AGENT_KEY, "GET", &format!("/api/plain/jwt?state={jwt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), names.len() + 1);
+    // The upstream got every real value.
+    assert!(up.requests().iter().any(|s| s.uri.contains("hunter2-0")));
+    a.stop().await;
+    let jsonl = std::fs::read_to_string(ws.path().join("audit.jsonl")).unwrap();
+    assert!(!jsonl.contains("hunter2"), "{jsonl}");
+    assert!(!jsonl.contains("eyJzdWIi"), "{jsonl}");
+    assert!(jsonl.contains("page=2"), "{jsonl}");
+    let cfg = ws.config();
+    let (code, export, _) = run_cli(&["audit", "export", "-c", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(!export.contains("hunter2"), "{export}");
+}

@@ -52,7 +52,7 @@ pub(crate) fn is_form(media: Option<&str>) -> bool {
     media.is_none_or(|m| m == "application/x-www-form-urlencoded")
 }
 
-/// [`is_form`] for a whole `Content-Type` value.
+/// Whether a whole `Content-Type` value names a form (or is absent).
 pub fn media_type_is_form(content_type: Option<&str>) -> bool {
     let media = content_type.map(|ct| {
         ct.split(';')

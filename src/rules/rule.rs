@@ -194,6 +194,38 @@ impl Rule {
 mod tests {
     use super::*;
 
+    fn policy(rule: &str, approvers: &[&str], quorum: u32, timeout: u64) -> ApprovalPolicy {
+        ApprovalPolicy {
+            approvers: approvers.iter().map(|s| s.to_string()).collect(),
+            quorum,
+            requirements: Vec::new(),
+            timeout: Duration::from_secs(timeout),
+            reuse: Duration::from_secs(600),
+            channels: vec![format!("ch-{rule}")],
+            show: vec![format!("/{rule}")],
+            require_reason: rule == "b",
+        }
+    }
+
+    #[test]
+    fn several_policies_combine_into_every_requirement() {
+        let a = policy("a", &["group:sre"], 1, 900);
+        let b = policy("b", &["group:dba", "carol"], 2, 300);
+        let c = ApprovalPolicy::combine([&a, &b]).unwrap();
+        assert_eq!(c.requirements().len(), 2);
+        assert_eq!(c.requirements()[0].approvers, ["group:sre"]);
+        assert_eq!(c.requirements()[1].quorum, 2);
+        assert_eq!(c.timeout, Duration::from_secs(300), "the shortest timeout");
+        assert_eq!(c.channels, ["ch-a", "ch-b"]);
+        assert_eq!(c.show, ["/a", "/b"]);
+        assert!(c.require_reason);
+        assert_eq!(c.approvers, ["group:sre", "group:dba", "carol"]);
+        assert!(ApprovalPolicy::combine([]).is_none());
+        // One policy alone is itself (with its one requirement spelled out).
+        let one = ApprovalPolicy::combine([&a]).unwrap();
+        assert_eq!(one.requirements(), a.requirements());
+    }
+
     #[test]
     fn policies_stored_before_require_reason_still_load() {
         let old = r#"{"approvers":["group:sre"],"quorum":1,"timeout":900,"reuse":600,"channels":["api"],"show":[]}"#;

@@ -91,6 +91,33 @@ pub struct Need {
     pub eligible: Vec<String>,
 }
 
+#[cfg(test)]
+mod quorum_tests {
+    use super::*;
+
+    #[test]
+    fn every_need_must_be_met_and_one_approver_counts_for_each() {
+        let q = Quorum {
+            needs: vec![
+                Need {
+                    quorum: 1,
+                    eligible: vec!["bob".into(), "dave".into()],
+                },
+                Need {
+                    quorum: 1,
+                    eligible: vec!["carol".into(), "dave".into()],
+                },
+            ],
+        };
+        assert!(!q.met(&["bob".into()]));
+        assert!(q.met(&["bob".into(), "carol".into()]));
+        assert!(q.met(&["dave".into()]), "dave is in both");
+        assert!(!q.met(&["eve".into()]));
+        assert!(Quorum::any(2).met(&["x".into(), "y".into()]));
+        assert!(!Quorum::any(2).met(&["x".into()]));
+    }
+}
+
 impl Quorum {
     /// `n` approvals from anyone.
     pub fn any(n: u32) -> Quorum {
