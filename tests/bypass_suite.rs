@@ -462,6 +462,7 @@ fn cases() -> Vec<Case> {
     v.extend(multipart_cases());
     v.extend(query_cases());
     v.extend(header_cases());
+    v.extend(rewrite_header_cases());
     v
 }
 
@@ -788,6 +789,36 @@ fn path_case_cases() -> Vec<Case> {
         get("/api/v1/Public")
             .want(Want::Forwarded("GET", "/v1/Public".into()))
             .named("control: case is kept on the way"),
+    ]
+}
+
+/// Headers IIS and Symfony read as the real path: refused, whatever path they name.
+fn rewrite_header_cases() -> Vec<Case> {
+    const C: &str = "rewrite-headers";
+    let get = |name: &str, header: &'static str, value: &'static str| {
+        case(C, name, "GET", "/api/v1/public")
+            .h(header, value)
+            .refused(400)
+    };
+    vec![
+        get(
+            "X-Original-URL to the admin area",
+            "X-Original-URL",
+            "/v1/admin/users",
+        ),
+        get(
+            "x-original-url lowercase",
+            "x-original-url",
+            "/v1/admin/users",
+        ),
+        get("X-Rewrite-URL", "X-Rewrite-URL", "/v1/admin/users"),
+        get(
+            "X-Original-URL to a harmless path",
+            "X-Original-URL",
+            "/v1/public",
+        ),
+        case(C, "control: no rewrite header", "GET", "/api/v1/public")
+            .want(Want::Forwarded("GET", "/v1/public".into())),
     ]
 }
 

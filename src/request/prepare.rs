@@ -56,7 +56,15 @@ pub enum Refusal {
     Unauthenticated(#[from] AuthError),
     #[error("{0}")]
     BadMethod(#[from] MethodError),
+    /// A header some upstreams read as the request's real path.
+    #[error("the {0} header is refused: IIS and Symfony read it as the request's path, which the rules did not see")]
+    RewriteHeader(&'static str),
 }
+
+/// Headers that IIS (URL Rewrite) and Symfony (`Request::getPathInfo` with trusted
+/// proxies) take as the path actually requested: the rules would judge one path and
+/// the upstream act on another.
+const REWRITE_HEADERS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-http-destinationurl"];
 
 /// Prepares a request for the rules, recording what it learns in `record`. Removes
 /// hop-by-hop headers from `parts` (keeping `Upgrade` when `keep_upgrade`), so the
@@ -96,6 +104,12 @@ pub fn prepare(
     }
     let path_readings = readings(&upath)?;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
+    if let Some(h) = REWRITE_HEADERS
+        .iter()
+        .find(|h| parts.headers.contains_key(**h))
+    {
+        return Err(Refusal::RewriteHeader(h));
+    }
     let caller = match who {
         Identify::Credentials { peer } => policy.agents.identify(&parts.headers, peer)?,
         Identify::Named(id) => policy.agents.named(id)?,
