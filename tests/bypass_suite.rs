@@ -75,6 +75,11 @@ const RULES: &str = r#"rules:
       path: /v1/release
       headers: {x-environment: prod}
     then: deny
+  - name: scale-to-zero
+    when:
+      path: /v1/scale
+      json: {/replicas: "0"}
+    then: deny
 "#;
 
 /// Appended to the standard config: nothing is held, bodies over 16 KiB are not read.
@@ -463,6 +468,7 @@ fn cases() -> Vec<Case> {
     v.extend(query_cases());
     v.extend(header_cases());
     v.extend(rewrite_header_cases());
+    v.extend(json_number_cases());
     v
 }
 
@@ -789,6 +795,24 @@ fn path_case_cases() -> Vec<Case> {
         get("/api/v1/Public")
             .want(Want::Forwarded("GET", "/v1/Public".into()))
             .named("control: case is kept on the way"),
+    ]
+}
+
+/// JSON numbers: `0`, `0.0`, `-0`, `0e5` are one value to Go's and JavaScript's decoders.
+fn json_number_cases() -> Vec<Case> {
+    const C: &str = "json-numbers";
+    let scale = |name: &str, body: &str| case(C, name, "POST", "/api/v1/scale").json(body);
+    vec![
+        scale("zero", r#"{"replicas":0}"#).denied(),
+        scale("zero as a string", r#"{"replicas":"0"}"#).denied(),
+        scale("0.0", r#"{"replicas":0.0}"#).denied(),
+        scale("-0", r#"{"replicas":-0}"#).denied(),
+        scale("-0.0", r#"{"replicas":-0.0}"#).denied(),
+        scale("0e5", r#"{"replicas":0e5}"#).denied(),
+        scale("0E-3", r#"{"replicas":0E-3}"#).denied(),
+        scale("REPLICAS 0.00", r#"{"REPLICAS":0.00}"#).denied(),
+        scale("control: three", r#"{"replicas":3}"#).forwarded("POST", "/v1/scale"),
+        scale("control: 0.5", r#"{"replicas":0.5}"#).forwarded("POST", "/v1/scale"),
     ]
 }
 

@@ -257,7 +257,7 @@ fn check_strict(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), 
             let values = docs
                 .iter()
                 .flat_map(|d| json::select(&d.root, pointer, true))
-                .map(json::as_text);
+                .flat_map(json::as_texts);
             if !m.is_match_values(true, values) {
                 return Err(Miss::No(format!("JSON {pointer} does not match")));
             }

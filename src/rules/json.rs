@@ -236,6 +236,28 @@ pub fn to_value(v: &J) -> Value {
     }
 }
 
+/// Every text a strict rule sees for a JSON value: [`as_text`], and for a number also
+/// the integer it equals (`1e2`, `100.0` and `100` are one value to Go's and
+/// JavaScript's decoders: a rule written `"100"` matches all three).
+pub fn as_texts(v: &J) -> Vec<String> {
+    let text = as_text(v);
+    match v {
+        J::Num(n) => {
+            let mut out = vec![text];
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    let int = format!("{}", f as i64);
+                    if !out.contains(&int) {
+                        out.push(int);
+                    }
+                }
+            }
+            out
+        }
+        _ => vec![text],
+    }
+}
+
 /// The text a matcher sees for a JSON value: strings as they are, everything else as
 /// compact JSON (`true`, `42`, `null`, `{"a":1}`).
 pub fn as_text(v: &J) -> String {
@@ -281,6 +303,24 @@ mod tests {
         assert_eq!(texts(&d, "/SQL", true), ["drop"]);
         let d = parse("{\"s\":1,\"\u{17f}\":2}".as_bytes()).unwrap();
         assert!(d.ambiguous);
+    }
+
+    #[test]
+    fn numbers_are_read_as_the_integer_they_equal() {
+        let d = parse(br#"{"a":1e2,"b":100.0,"c":-0.0,"d":2.5,"e":100}"#).unwrap();
+        for p in ["/a", "/b", "/e"] {
+            let all: Vec<String> = select(&d.root, p, true)
+                .into_iter()
+                .flat_map(as_texts)
+                .collect();
+            assert!(all.contains(&"100".to_string()), "{p}: {all:?}");
+        }
+        let c: Vec<String> = select(&d.root, "/c", true)
+            .into_iter()
+            .flat_map(as_texts)
+            .collect();
+        assert!(c.contains(&"0".to_string()), "{c:?}");
+        assert_eq!(as_texts(select(&d.root, "/d", true)[0]), ["2.5"]);
     }
 
     #[test]
