@@ -843,6 +843,16 @@ fn rewrite_header_cases() -> Vec<Case> {
         ),
         case(C, "control: no rewrite header", "GET", "/api/v1/public")
             .want(Want::Forwarded("GET", "/v1/public".into())),
+        // Two content types: one upstream parses the body by the first, another by
+        // the last (here: a multipart form terminating instances).
+        chunked_case(
+            C,
+            "two Content-Type headers, text then multipart",
+            "/api/ec2",
+            "text/plain\r\nContent-Type: multipart/form-data; boundary=b",
+            &["--b\r\nContent-Disposition: form-data; name=\"Action\"\r\n\r\nTerminateInstances\r\n--b--\r\n"],
+            Want::Refused(400),
+        ),
     ]
 }
 
@@ -1146,7 +1156,7 @@ fn body_type_cases() -> Vec<Case> {
             .h("Content-Type", "text/plain")
             .h("Content-Type", "application/json")
             .body(None, drop)
-            .denied(),
+            .refused(400),
         sql(
             "content encoding gzip that is not",
             Some("application/json"),

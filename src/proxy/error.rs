@@ -77,9 +77,10 @@ impl ProxyError {
         match self {
             ProxyError::Refused(r) => match r {
                 Refusal::BadMethod(MethodError::NotAllowed(_)) => Code::MethodNotAllowed,
-                Refusal::BadHost(_) | Refusal::BadMethod(_) | Refusal::RewriteHeader(_) => {
-                    Code::BadRequest
-                }
+                Refusal::BadHost(_)
+                | Refusal::BadMethod(_)
+                | Refusal::RewriteHeader(_)
+                | Refusal::RepeatedHeader(_) => Code::BadRequest,
                 Refusal::BadPath(_) => Code::BadPath,
                 Refusal::NoRoute(_) => Code::NoRoute,
                 Refusal::Unauthenticated(_) => Code::Unauthenticated,

@@ -59,7 +59,13 @@ pub enum Refusal {
     /// A header some upstreams read as the request's real path.
     #[error("the {0} header is refused: IIS and Symfony read it as the request's path, which the rules did not see")]
     RewriteHeader(&'static str),
+    /// A header given twice where one upstream reads the first and another the last.
+    #[error("the {0} header is given more than once: upstreams disagree on which one counts")]
+    RepeatedHeader(&'static str),
 }
+
+/// Headers that must appear at most once: the body's type decides how it is parsed.
+const SINGLE_HEADERS: [&str; 1] = ["content-type"];
 
 /// Headers that IIS (URL Rewrite) and Symfony (`Request::getPathInfo` with trusted
 /// proxies) take as the path actually requested: the rules would judge one path and
@@ -109,6 +115,12 @@ pub fn prepare(
         .find(|h| parts.headers.contains_key(**h))
     {
         return Err(Refusal::RewriteHeader(h));
+    }
+    if let Some(h) = SINGLE_HEADERS
+        .iter()
+        .find(|h| parts.headers.get_all(**h).iter().nth(1).is_some())
+    {
+        return Err(Refusal::RepeatedHeader(h));
     }
     let caller = match who {
         Identify::Credentials { peer } => policy.agents.identify(&parts.headers, peer)?,
