@@ -339,11 +339,16 @@ async fn every_matcher_kind_denies_its_match_and_passes_its_near_miss() {
         "/q/1?forced=true",
     )
     .await;
+    // Every spelling of the boolean true is true to a lax upstream (Go's ParseBool,
+    // Spring, PHP): a deny rule for "true" catches them; a word that is no boolean
+    // passes.
+    assert_denied(&a, &up, req("GET", "/api/q/1?force=TRUE"), "query-force").await;
+    assert_denied(&a, &up, req("GET", "/api/q/1?force=1"), "query-force").await;
     assert_passes(
         &a,
         &up,
-        req("GET", "/api/q/1?force=TRUE"),
-        "/q/1?force=TRUE",
+        req("GET", "/api/q/1?force=truthy"),
+        "/q/1?force=truthy",
     )
     .await;
     // json: nested pointer

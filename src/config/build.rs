@@ -398,7 +398,7 @@ impl Build<'_> {
         for a in raw {
             let anchor = format!("id: {}", a.id);
             // Ids that differ only in case name the same identity (as an IdP reads them).
-            if !ids.insert(crate::http::fold(a.id.trim())) {
+            if !ids.insert(crate::http::canonical_identity(&a.id)) {
                 self.err(
                     None,
                     &anchor,
@@ -468,7 +468,7 @@ impl Build<'_> {
         let mut reviewers = Vec::with_capacity(raw.len());
         for r in raw {
             let anchor = format!("id: {}", r.id);
-            if !ids.insert(crate::http::fold(r.id.trim())) {
+            if !ids.insert(crate::http::canonical_identity(&r.id)) {
                 self.err(
                     None,
                     &anchor,

@@ -60,6 +60,25 @@ const SECRET_WORDS: [&str; 33] = [
     "saml",
 ];
 
+/// Parts that make a name credential-like wherever they appear in it, even inside
+/// one lowercase word (`authtoken`, `clientsecret`, `jsessionid`, `PHPSESSID`,
+/// `csrfmiddlewaretoken`, `oauth_verifier`).
+const SECRET_PARTS: [&str; 13] = [
+    "token",
+    "secret",
+    "passw",
+    "passphrase",
+    "pwd",
+    "sess",
+    "auth",
+    "cred",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "verifier",
+    "csrf",
+];
+
 /// The words of a parameter name, lowercased (see [`SECRET_WORDS`]).
 fn name_words(name: &str) -> Vec<String> {
     let name = match name.find('[') {
@@ -107,6 +126,7 @@ pub fn is_secret_param(name: &str, extra: &[String]) -> bool {
         .iter()
         .chain(std::iter::once(&joined))
         .any(|w| SECRET_WORDS.contains(&w.as_str()))
+        || SECRET_PARTS.iter().any(|p| joined.contains(p))
 }
 
 /// Whether a value is a JSON Web Token (`eyJ…`, three base64url parts): one is
@@ -200,19 +220,28 @@ mod redaction_tests {
             "sessid",
             "authToken",
             "Authorization",
+            "authtoken",
+            "apitoken",
+            "accesskey",
+            "secretkey",
+            "clientsecret",
+            "refreshtoken",
+            "sessiontoken",
+            "privatetoken",
+            "jsessionid",
+            "csrfmiddlewaretoken",
+            "oauth_verifier",
         ] {
             let q = format!("{n}=s3cr3t&page=2");
             let r = redact_query(Some(&q), &[]).unwrap();
-            if n == "PHPSESSID" || n == "sessid" {
-                // Named by audit.redact_query instead.
-                let extra = vec![n.to_string()];
-                let r = redact_query(Some(&q), &extra).unwrap();
-                assert!(!r.contains("s3cr3t"), "{n}: {r}");
-                continue;
-            }
             assert!(!r.contains("s3cr3t"), "{n}: {r}");
             assert!(r.contains("page=2"), "{n}: {r}");
         }
+        // A name only audit.redact_query makes secret.
+        let q = "tenant_x=s3cr3t";
+        assert_eq!(redact_query(Some(q), &[]).unwrap(), q);
+        let extra = vec!["TENANT_X".to_string()];
+        assert_eq!(redact_query(Some(q), &extra).unwrap(), "tenant_x=REDACTED");
         for n in ["page", "limit", "sort", "q", "name", "region"] {
             let q = format!("{n}=visible");
             assert_eq!(redact_query(Some(&q), &[]).unwrap(), q.as_str(), "{n}");

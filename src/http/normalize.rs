@@ -186,7 +186,9 @@ pub fn has_encoded_slash(path: &str) -> bool {
 /// above the root is refused.
 pub fn readings(path: &str) -> Result<Vec<String>, PathError> {
     let mut out: Vec<String> = Vec::new();
-    if !path.contains('%') && !path.contains(';') {
+    let last = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+    if !path.contains('%') && !path.contains(';') && !last.contains('.') && !path.contains(".php/")
+    {
         return Ok(out);
     }
     let push = |s: String, out: &mut Vec<String>| {
@@ -213,7 +215,62 @@ pub fn readings(path: &str) -> Result<Vec<String>, PathError> {
     for s in stripped {
         push(s, &mut out);
     }
+    // What routers strip: a format suffix on the last segment (Rails' `(.:format)`,
+    // Spring's suffix match: `/users.json` is `/users`), trailing dots (`/users.`), and
+    // a front controller (`/index.php/users` is `/users` to PHP behind nginx).
+    let mut more = Vec::new();
+    for r in std::iter::once(path).chain(out.iter().map(String::as_str)) {
+        if let Some(s) = strip_suffix(r) {
+            more.push(s);
+        }
+        if let Some(s) = strip_front_controller(r) {
+            if let Some(t) = strip_suffix(&s) {
+                more.push(t);
+            }
+            more.push(s);
+        }
+    }
+    for s in more {
+        push(s, &mut out);
+    }
     Ok(out)
+}
+
+/// `path` without a `.ext` (letters and digits, up to 8) or trailing dots on its last
+/// segment; a trailing `/` is kept.
+fn strip_suffix(path: &str) -> Option<String> {
+    let trailing = path.ends_with('/') && path.len() > 1;
+    let body = if trailing {
+        &path[..path.len() - 1]
+    } else {
+        path
+    };
+    let cut = body.rfind('/')?;
+    let seg = &body[cut + 1..];
+    let dot = seg.rfind('.')?;
+    let ext = &seg[dot + 1..];
+    let stem = if ext.is_empty() {
+        seg.trim_end_matches('.')
+    } else if ext.len() <= 8 && ext.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        &seg[..dot]
+    } else {
+        return None;
+    };
+    if stem.is_empty() || stem == "." {
+        return None;
+    }
+    let mut s = format!("{}{stem}", &body[..=cut]);
+    if trailing {
+        s.push('/');
+    }
+    Some(s)
+}
+
+/// `path` without a leading `/NAME.php` segment.
+fn strip_front_controller(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let (first, tail) = rest.split_once('/')?;
+    (first.len() > 4 && first.to_ascii_lowercase().ends_with(".php")).then(|| format!("/{tail}"))
 }
 
 fn percent_decode(bytes: &[u8]) -> Vec<u8> {
@@ -505,6 +562,25 @@ mod tests {
         ] {
             assert_eq!(normalize_path(p), Err(want), "input {p:?}");
         }
+    }
+
+    #[test]
+    fn readings_routers_take() {
+        let r = readings("/v1/admin/users.json").unwrap();
+        assert!(r.contains(&"/v1/admin/users".to_string()), "{r:?}");
+        let r = readings("/v1/admin/users.").unwrap();
+        assert!(r.contains(&"/v1/admin/users".to_string()), "{r:?}");
+        let r = readings("/index.php/v1/admin/users").unwrap();
+        assert!(r.contains(&"/v1/admin/users".to_string()), "{r:?}");
+        let r = readings("/v1/query.json/").unwrap();
+        assert!(r.contains(&"/v1/query/".to_string()), "{r:?}");
+        let r = readings("/v1/caf%C3%A9/x").unwrap();
+        assert!(r.contains(&"/v1/café/x".to_string()), "{r:?}");
+        let r = readings("/v1/a;x=1/b").unwrap();
+        assert!(r.contains(&"/v1/a/b".to_string()), "{r:?}");
+        assert!(readings("/v1/plain/path").unwrap().is_empty());
+        assert!(readings("/.well-known/x").unwrap().is_empty());
+        assert!(readings("/v1/.hidden").unwrap().is_empty());
     }
 
     #[test]

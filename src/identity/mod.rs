@@ -210,11 +210,13 @@ impl Reviewers {
 }
 
 /// Whether two identities (reviewer ids, agent owners, emails) name the same person:
-/// compared without surrounding space and under Unicode case folding, as an IdP
-/// compares logins (`Alice@Example.com` is `alice@example.com`).
+/// compared as [`crate::http::canonical_identity`] writes them (NFKC, invisible
+/// characters removed, trimmed, case-folded), as an IdP compares logins
+/// (`Alice@Example.com` is `alice@example.com`).
 pub fn same_identity(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim(), b.trim());
-    a == b || a.eq_ignore_ascii_case(b) || crate::http::fold(a) == crate::http::fold(b)
+    a == b
+        || (a.is_ascii() && b.is_ascii() && a.trim().eq_ignore_ascii_case(b.trim()))
+        || crate::http::canonical_identity(a) == crate::http::canonical_identity(b)
 }
 
 /// A fresh random key: 32 bytes, URL-safe base64 with a prefix naming its kind.

@@ -38,17 +38,20 @@ const VOLATILE: [&str; 13] = [
 ];
 
 /// SHA-256 binding a held request: method, upstream, URL, the forwarded headers that
-/// matter (sorted), and the body.
+/// matter (sorted), the body, and what it is held under (`held_under`: the matched
+/// rules' requirements). An identical request the rules now judge differently (after
+/// a reload added a rule) never joins or reuses an approval given under weaker ones.
 pub fn request_digest(
     method: &str,
     upstream: &str,
+    held_under: &str,
     url: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> String {
     let mut h = Sha256::new();
-    h.update(b"airlock-request-v1\n");
-    for part in [method, upstream, url] {
+    h.update(b"airlock-request-v2\n");
+    for part in [method, upstream, held_under, url] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
@@ -127,7 +130,6 @@ where
     let url = with_query(&prepared.path, parts.uri.query());
     // With a method override both methods are bound and shown: "POST as DELETE".
     let method = record.method_label().into_owned();
-    let digest = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
     let body_sha256 = hex::encode(Sha256::digest(&body));
     record.body_sha256 = Some(body_sha256.clone());
     // Every matched approve rule's approval must be satisfied.
@@ -140,6 +142,15 @@ where
     .ok_or_else(|| ProxyError::NoPolicy {
         rules: record.rules.clone(),
     })?;
+    let held_under = serde_json::to_string(&approval_policy.requirements()).unwrap_or_default();
+    let digest = request_digest(
+        &method,
+        &upstream.name,
+        &held_under,
+        &url,
+        &parts.headers,
+        &body,
+    );
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -190,7 +201,14 @@ where
     record.approval_id = Some(approval.id.clone());
     drop(slot);
     // Digest checked again: only the exact request that was approved goes out.
-    let again = request_digest(&method, &upstream.name, &url, &parts.headers, &body);
+    let again = request_digest(
+        &method,
+        &upstream.name,
+        &held_under,
+        &url,
+        &parts.headers,
+        &body,
+    );
     if again != approval.digest {
         tracing::error!(approval = %approval.id, "digest mismatch after approval; refusing to forward");
         return Err(ProxyError::DigestMismatch {

@@ -118,19 +118,24 @@ fn body_may_override(parts: &Parts, has_body: bool) -> bool {
 }
 
 /// The one method the body names, checked as an override header is: a plain token,
-/// agreeing with every other override, and a method the upstream accepts.
+/// agreeing with every other override, and a method the upstream accepts. `Ok(Err)`
+/// when the body cannot be read for one (another charset, an ambiguous multipart).
 fn body_method(
     policy: &Policy,
     prepared: &Prepared,
     parts: &Parts,
     bytes: &[u8],
-) -> Result<Option<String>, MethodError> {
+) -> Result<Result<Option<String>, &'static str>, MethodError> {
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let mut named: Option<String> = None;
-    for v in crate::rules::body::body_methods(bytes, content_type) {
+    let found = match crate::rules::body::body_methods(bytes, content_type) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    for v in found {
         let v = v.trim().to_ascii_uppercase();
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(MethodError::NotAMethod("_method"));
@@ -146,7 +151,7 @@ fn body_method(
         }
         refuse_method(m, &policy.cfg.upstreams[prepared.upstream].reading)?;
     }
-    Ok(named)
+    Ok(Ok(named))
 }
 
 /// Decides a prepared request, recording the verdict and the matched rules.
@@ -220,22 +225,29 @@ where
                 let named = if may_override {
                     body_method(policy, prepared, parts, &b)?
                 } else {
-                    None
+                    Ok(None)
                 };
-                let head = match &named {
-                    Some(m) => {
+                let decision = match &named {
+                    Ok(Some(m)) => {
                         record.acting_as = Some(m.clone());
-                        rules.head(&RequestView {
+                        let head = rules.head(&RequestView {
                             body_method: Some(m),
                             ..view
-                        })
+                        });
+                        rules.finish(head, Body::Bytes(&b), encoding)
                     }
-                    None => head,
+                    Ok(None) => rules.finish(head, Body::Bytes(&b), encoding),
+                    // The body may name a method airlock cannot read: fail closed.
+                    Err(why) => {
+                        let head = if override_matters {
+                            any.unwrap_or(head)
+                        } else {
+                            head
+                        };
+                        rules.finish(head, Body::Uninspectable(why), None)
+                    }
                 };
-                (
-                    rules.finish(head, Body::Bytes(&b), encoding),
-                    Inspected::Bytes(b),
-                )
+                (decision, Inspected::Bytes(b))
             }
             Read::Over(pre, rest) => {
                 let head = if override_matters {

@@ -70,7 +70,10 @@ fn declared_json(media: Option<&str>) -> bool {
 
 /// Why a body that claims a structure could not be read in it.
 const NOT_JSON: &str = "the body is not valid JSON";
-const BAD_MULTIPART: &str = "the multipart body cannot be parsed";
+const BAD_MULTIPART: &str = "the multipart body cannot be parsed unambiguously";
+const NOT_UTF8: &str = "the body is not UTF-8 (another charset, UTF-16 or UTF-32)";
+const OTHER_FORMAT: &str =
+    "the body is XML, YAML or another format (or a multipart part is), which upstreams bind like JSON";
 /// Why a strict rule matched a body two parsers would read differently.
 pub const AMBIGUOUS: &str = "the JSON body has keys that are equal but for case, or repeated";
 
@@ -118,6 +121,7 @@ impl<'a> ParsedBody<'a> {
     /// The body's fields for strict rules: urlencoded, multipart, JSON members.
     fn fields(&self, bytes: &[u8]) -> &Result<Vec<(String, String)>, &'static str> {
         self.fields.get_or_init(|| {
+            self.readable(bytes)?;
             let mut out: Vec<(String, String)> = pairs(bytes, true)
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -136,9 +140,50 @@ impl<'a> ParsedBody<'a> {
         })
     }
 
+    /// Refuses to read a body in another encoding than UTF-8: a UTF-16 or UTF-32 body
+    /// (a byte-order mark, or NULs in its first bytes, as RFC 4627 detects them and
+    /// Python's `json.loads` decodes them), or a declared `charset` that is not UTF-8
+    /// (ASP.NET's form reader decodes by it).
+    fn readable(&self, bytes: &[u8]) -> Result<(), &'static str> {
+        let head = &bytes[..bytes.len().min(4)];
+        if bytes.starts_with(b"\xFE\xFF") || bytes.starts_with(b"\xFF\xFE") || head.contains(&0) {
+            return Err(NOT_UTF8);
+        }
+        let charset = self.content_type.and_then(|ct| {
+            ct.split(';').skip(1).find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("charset")
+                    .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+            })
+        });
+        match charset.as_deref() {
+            None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => Ok(()),
+            Some(_) => Err(NOT_UTF8),
+        }
+    }
+
     /// The readings of the body as JSON for strict rules.
     fn json_readings(&self, bytes: &[u8]) -> Result<Vec<&Doc>, &'static str> {
+        self.readable(bytes)?;
         let media = self.media();
+        if let Some(m) = media.as_deref() {
+            // Jackson's XML and YAML modules and ASP.NET's XML formatter bind these into
+            // the same objects as JSON.
+            if m.ends_with("xml")
+                || m.ends_with("yaml")
+                || m.ends_with("yml")
+                || m.ends_with("cbor")
+                || m.ends_with("msgpack")
+            {
+                return Err(OTHER_FORMAT);
+            }
+            if m == "multipart/form-data"
+                && multipart_has_structured_part(self.content_type.unwrap_or(""), bytes)
+            {
+                return Err(OTHER_FORMAT);
+            }
+        }
         let mut out = Vec::new();
         match self.json(bytes) {
             Ok(doc) => out.push(doc),
@@ -178,6 +223,23 @@ fn multipart_fields(
     let read = async move {
         let mut out = Vec::new();
         while let Some(field) = mp.next_field().await.map_err(|_| BAD_MULTIPART)? {
+            // Names that parsers read differently: RFC 5987 `name*=`, two `name`
+            // parameters, backslash escapes (busboy decodes and takes the last).
+            let disposition = field
+                .headers()
+                .get_all(http::header::CONTENT_DISPOSITION)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+                .collect::<Vec<_>>();
+            if disposition.len() != 1
+                || disposition[0].contains("name*")
+                || disposition[0].matches("name=").count()
+                    - disposition[0].matches("filename=").count()
+                    > 1
+                || disposition[0].contains('\\')
+            {
+                return Err(BAD_MULTIPART);
+            }
             let name = field.name().map(str::to_string);
             let text = field.text().await.map_err(|_| BAD_MULTIPART)?;
             if let Some(name) = name {
@@ -189,20 +251,43 @@ fn multipart_fields(
     read.now_or_never().unwrap_or(Err(BAD_MULTIPART))
 }
 
+/// Whether a multipart body has a part that is itself structured (JSON, XML, YAML),
+/// which Spring's `@RequestPart` binds into an object; an unparsable one counts.
+fn multipart_has_structured_part(content_type: &str, bytes: &[u8]) -> bool {
+    use futures_util::FutureExt;
+    let Ok(boundary) = multer::parse_boundary(content_type) else {
+        return true;
+    };
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+    let mut mp = multer::Multipart::new(stream, boundary);
+    let scan = async move {
+        while let Some(field) = mp.next_field().await.map_err(|_| ())? {
+            if let Some(ct) = field.content_type() {
+                let s = ct.essence_str().to_ascii_lowercase();
+                if s.contains("json") || s.ends_with("xml") || s.contains("yaml") {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok::<bool, ()>(false)
+    };
+    scan.now_or_never().is_none_or(|r| r.unwrap_or(true))
+}
+
 /// The `_method` a body names (a form or multipart field, or a JSON object's
 /// top-level member, any case), as Express's method-override, Rails and Laravel read
-/// it. Every value found is returned; an unreadable body names none.
-pub fn body_methods(bytes: &[u8], content_type: Option<&str>) -> Vec<String> {
+/// it. Every value found is returned; a body that cannot be read unambiguously is an
+/// error (the caller fails closed).
+pub fn body_methods(bytes: &[u8], content_type: Option<&str>) -> Result<Vec<String>, &'static str> {
     let parsed = ParsedBody::new(Body::Bytes(bytes), None, content_type);
     let want = canonical_param("_method");
-    match parsed.fields(bytes) {
-        Ok(fields) => fields
-            .iter()
-            .filter(|(k, _)| canonical_param(k) == want)
-            .map(|(_, v)| v.clone())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let fields = parsed.fields(bytes).as_ref().map_err(|e| *e)?;
+    Ok(fields
+        .iter()
+        .filter(|(k, _)| canonical_param(k) == want)
+        .map(|(_, v)| v.clone())
+        .collect())
 }
 
 /// Whether a rule's body conditions hold (a rule without any matches).
@@ -328,21 +413,23 @@ mod tests {
         let f = multipart_fields(ct, body).unwrap();
         assert_eq!(f[0], ("_method".into(), "DELETE".into()));
         assert_eq!(f[1], ("Action".into(), "TerminateInstances".into()));
-        assert_eq!(body_methods(body, Some(ct)), ["DELETE"]);
+        assert_eq!(body_methods(body, Some(ct)).unwrap(), ["DELETE"]);
         assert!(multipart_fields(ct, b"--nope\r\n").is_err());
     }
 
     #[test]
     fn body_methods_in_every_spelling() {
-        assert_eq!(body_methods(b"_method=delete", None), ["delete"]);
+        let found = |b: &[u8], ct: Option<&str>| body_methods(b, ct).unwrap();
+        assert_eq!(found(b"_method=delete", None), ["delete"]);
         assert_eq!(
-            body_methods(br#"{"_METHOD":"DELETE"}"#, Some("application/json")),
+            found(br#"{"_METHOD":"DELETE"}"#, Some("application/json")),
             ["DELETE"]
         );
-        assert_eq!(
-            body_methods(b"a=1&_method=PUT", Some("text/plain")),
-            ["PUT"]
-        );
-        assert!(body_methods(b"{}", Some("application/json")).is_empty());
+        assert_eq!(found(b"a=1&_method=PUT", Some("text/plain")), ["PUT"]);
+        assert!(found(b"{}", Some("application/json")).is_empty());
+        // Another charset cannot be read for one: the caller fails closed.
+        let utf16 = Some("application/x-www-form-urlencoded; charset=utf-16");
+        assert!(body_methods(b"_method=PUT", utf16).is_err());
+        assert!(body_methods(b"\xFF\xFE_\0m\0", None).is_err());
     }
 }

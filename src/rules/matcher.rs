@@ -31,10 +31,21 @@ impl StrMatcher {
         })
     }
 
+    /// Whether one value matches any alternative as a lax upstream reads values: an
+    /// exact `true`/`false` also matches every spelling of that boolean (`TRUE`, `1`,
+    /// `t`, `on`, `yes`: Go's `ParseBool`, Spring, PHP's `FILTER_VALIDATE_BOOLEAN`),
+    /// and an exact number every spelling of that number (`0.0`, `-0`, `0e5`).
+    pub fn is_match_lax(&self, v: &str) -> bool {
+        self.alts.iter().any(|a| match a {
+            Alt::Exact(e) => e == v || same_value(e, v),
+            Alt::Re(r) => r.is_match(v),
+        })
+    }
+
     /// Matches a multi-valued input. A strict rule (deny, approve) matches when any
-    /// value matches; an allow rule only when every value matches, so a repeated
-    /// parameter can never smuggle a request past a stricter reading. No value at all
-    /// never matches.
+    /// value matches (read laxly, [`StrMatcher::is_match_lax`]); an allow rule only
+    /// when every value matches exactly, so a repeated parameter can never smuggle a
+    /// request past a stricter reading. No value at all never matches.
     pub fn is_match_values<S: AsRef<str>>(
         &self,
         strict: bool,
@@ -43,7 +54,11 @@ impl StrMatcher {
         let mut seen = false;
         for v in values {
             seen = true;
-            let m = self.is_match(v.as_ref());
+            let m = if strict {
+                self.is_match_lax(v.as_ref())
+            } else {
+                self.is_match(v.as_ref())
+            };
             if strict && m {
                 return true;
             }
@@ -53,6 +68,28 @@ impl StrMatcher {
         }
         seen && !strict
     }
+}
+
+/// Whether a rule's exact value and a request's value are the same boolean or the same
+/// number to a lax upstream.
+fn same_value(rule: &str, v: &str) -> bool {
+    let boolean = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "t" | "on" | "yes" | "y" => Some(true),
+        "false" | "0" | "f" | "off" | "no" | "n" | "" => Some(false),
+        _ => None,
+    };
+    if rule.eq_ignore_ascii_case("true") || rule.eq_ignore_ascii_case("false") {
+        return boolean(v).is_some_and(|b| Some(b) == boolean(rule));
+    }
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)))
+        .then(|| s.parse::<f64>().ok())
+        .flatten()
+    };
+    matches!((number(rule), number(v)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
@@ -73,6 +110,18 @@ mod tests {
         // An allow rule needs every value to match.
         assert!(!m.is_match_values(false, ["prod", "dev"].into_iter()));
         assert!(m.is_match_values(false, ["prod", "prod"].into_iter()));
+        // Strict rules read booleans and numbers as lax upstreams do.
+        let t = exact("true");
+        for v in ["TRUE", "True", "1", "t", "on", "yes"] {
+            assert!(t.is_match_values(true, [v].into_iter()), "{v}");
+            assert!(!t.is_match_values(false, [v].into_iter()), "{v}");
+        }
+        assert!(!t.is_match_values(true, ["false", "0", "off", "maybe"].into_iter()));
+        let zero = exact("0");
+        for v in ["0.0", "-0", "0e5", "0E-3", "00"] {
+            assert!(zero.is_match_values(true, [v].into_iter()), "{v}");
+        }
+        assert!(!zero.is_match_values(true, ["0.5", "false", "x0"].into_iter()));
         // No value never matches.
         assert!(!m.is_match_values(true, std::iter::empty::<&str>()));
         assert!(!m.is_match_values(false, std::iter::empty::<&str>()));

@@ -14,6 +14,8 @@ use std::borrow::Cow;
 
 /// A parameter name as a lax binder keys it.
 pub fn canonical_param(name: &str) -> String {
+    // PHP registers names as C strings: `force%00junk` is `force`.
+    let name = name.split('\0').next().unwrap_or("");
     let mut n = name.trim_start();
     // `force[]`, `force[0]`: the same parameter, as an array.
     if let Some(open) = n.find('[') {
@@ -25,6 +27,16 @@ pub fn canonical_param(name: &str) -> String {
         }
     }
     fold(&n.replace(['.', ' '], "_"))
+}
+
+/// Whether a request's parameter name is the one whose canonical name is `want`:
+/// itself, or (ASP.NET binds `request.force` to a parameter `request`'s `force`) its
+/// last `.`-separated part.
+fn same_param(name: &str, want: &str) -> bool {
+    canonical_param(name) == want
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, last)| canonical_param(last) == want)
 }
 
 /// Every `(name, value)` pair of a query string or form body. With `strict`, the text
@@ -54,7 +66,7 @@ pub fn values_of<'p>(
     pairs
         .iter()
         .filter(move |(k, _)| match &want {
-            Some(w) => k == key || canonical_param(k) == *w,
+            Some(w) => k == key || same_param(k, w),
             None => k == key,
         })
         .map(|(_, v)| v.as_ref())
@@ -115,7 +127,7 @@ pub fn query_values<'q>(
     form_urlencoded::parse(query)
         .chain(extra)
         .filter(move |(k, _)| match &want {
-            Some(w) => k == key || canonical_param(k) == *w,
+            Some(w) => k == key || same_param(k, w),
             None => k == key,
         })
         .map(|(_, v)| v)
@@ -132,6 +144,7 @@ mod tests {
         }
         assert_eq!(canonical_param("user.id"), canonical_param("user_id"));
         assert_eq!(canonical_param("ſort"), canonical_param("sort"));
+        assert_eq!(canonical_param("force\0junk"), canonical_param("force"));
         assert_ne!(canonical_param("force[x]"), canonical_param("force"));
     }
 
