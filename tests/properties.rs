@@ -5,7 +5,9 @@
 //!   another way (`//`, `/./`, `/../`, `%2F`, `%5C`, `%00`);
 //! - the matcher agrees with a slow reference matcher written here from the rule
 //!   language's description (SPEC "Rule language") on random rules and requests: the
-//!   same rules match, and the verdict is the strictest of them or the default.
+//!   same rules match, and the verdict is the strictest of them or the default. The
+//!   requests take the proxy's own path to the decision (`proxy::simulate`: route,
+//!   normalize, prepare, decide), as `airlock rules test` does.
 //!
 //! The random requests stay inside what every reading agrees on (lowercase paths and
 //! query keys, one header value without commas, no `;`, no method override), so the
@@ -13,10 +15,12 @@
 
 use airlock::config::{Config, Source};
 use airlock::http::normalize::normalize_path;
-use airlock::rules::{Body, RequestView, RuleSet, Verdict};
-use http::{HeaderMap, HeaderValue};
+use airlock::proxy::simulate::{simulate, Simulated, Simulation};
+use airlock::request::Policy;
+use airlock::rules::Verdict;
 use proptest::prelude::*;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------
 // Normalization.
@@ -317,7 +321,7 @@ impl Rules {
         }
     }
 
-    fn load(&self, rules: &[RRule], default_deny: bool) -> RuleSet {
+    fn load(&self, rules: &[RRule], default_deny: bool) -> Policy {
         std::fs::write(&self.file, rules_yaml(rules)).unwrap();
         let cfg = if default_deny {
             &self.deny
@@ -325,7 +329,7 @@ impl Rules {
             &self.allow
         };
         match airlock::rules::load(cfg) {
-            Ok(l) => l.set,
+            Ok(l) => Policy::new(Arc::new(cfg.clone()), Arc::new(l.set)),
             Err(e) => panic!("{e}\n{}", rules_yaml(rules)),
         }
     }
@@ -341,24 +345,29 @@ proptest! {
         default_deny in any::<bool>(),
     ) {
         thread_local!(static RULES: Rules = Rules::new());
-        let set = RULES.with(|r| r.load(&rules, default_deny));
+        thread_local!(static RT: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+        let policy = RULES.with(|r| r.load(&rules, default_deny));
         let default = if default_deny { V::Deny } else { V::Allow };
         for req in &requests {
-            let mut headers = HeaderMap::new();
-            if let Some(v) = req.header {
-                headers.insert(HEADER, HeaderValue::from_static(v));
-            }
+            let headers: Vec<(String, String)> =
+                req.header.iter().map(|v| (HEADER.to_string(), v.to_string())).collect();
             let query: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let query = query.join("&");
-            let view = RequestView {
-                upstream: req.upstream,
+            let mut url = format!("/{}{}", req.upstream, req.path);
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let sim = Simulation {
                 method: req.method,
-                path: &req.path,
-                query: (!req.query.is_empty()).then_some(query.as_str()),
+                url: &url,
                 headers: &headers,
-                agent: "",
+                body: b"",
+                agent: None,
             };
-            let decision = set.evaluate(&view, Body::NotRead);
+            let decision = match RT.with(|rt| rt.block_on(simulate(&policy, sim))) {
+                Ok(Simulated::Decided { decision, .. }) => decision,
+                other => panic!("{url}: {other:?}"),
+            };
             let expected: Vec<usize> = (0..rules.len())
                 .filter(|&i| reference_matches(&rules[i], req))
                 .collect();
