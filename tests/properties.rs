@@ -385,3 +385,107 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Cases the `matcher` fuzzer found (fuzz/README.md): what `airlock rules explain`
+// prints rule by rule must agree with what the proxy decided. Ignored until the
+// lead decides; each names what it waits for.
+
+/// `rules explain`'s checks for one request, next to the decision: (decided matched
+/// rules, rules explain shows as matched, verdict).
+fn decided_and_explained(
+    rules: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (Vec<usize>, Vec<usize>, Verdict) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    let text = format!(
+        "listen: 127.0.0.1:0\nstore: sqlite://airlock.db\nrules: {}\nupstreams:\n  - name: api\n    prefix: /api\n    url: http://127.0.0.1:9\nreviewers:\n  - id: bob@example.com\n    groups: [sre]\n",
+        file.display()
+    );
+    let cfg = Config::parse(&Source {
+        file: dir.path().join("airlock.yaml"),
+        text,
+    })
+    .unwrap();
+    let set = airlock::rules::load(&cfg).unwrap().set;
+    let policy = Policy::new(Arc::new(cfg), Arc::new(set));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sim = Simulation {
+        method,
+        url,
+        headers: &headers,
+        body,
+        agent: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match rt.block_on(simulate(&policy, sim)).unwrap() {
+        Simulated::Decided {
+            decision, checks, ..
+        } => {
+            let explained = checks
+                .iter()
+                .filter(|(_, c)| {
+                    matches!(
+                        c,
+                        airlock::rules::Check::Matched
+                            | airlock::rules::Check::MatchedFailClosed(_)
+                    )
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            (decision.matched, explained, decision.verdict)
+        }
+        Simulated::Refused(e) => panic!("refused: {e:?}"),
+    }
+}
+
+#[test]
+#[ignore = "fuzz finding for the lead: with a body that cannot be read, decide matches strict rules on any method (the body may name _method) but explain's checks do not"]
+fn explain_weighs_an_unreadable_body_method_as_decide_does() {
+    let rules = "rules:\n  - name: drop-table\n    when: {method: POST, path: /v1/sql, json: {/query: \"re:(?i)drop\"}}\n    then: deny\n";
+    let (decided, explained, verdict) = decided_and_explained(
+        rules,
+        "DELETE",
+        "/api/v1/sql",
+        &[("content-encoding", "gzip")],
+        b"\0",
+    );
+    assert_eq!(decided, explained, "verdict {verdict:?}");
+}
+
+#[test]
+#[ignore = "fuzz finding for the lead: once a deny matched, a query rule on a request with a body is counted as matched although neither query nor body holds the field"]
+fn a_query_rule_is_not_named_when_nothing_matches_it() {
+    let rules = "rules:\n  - name: forced\n    when: {query: {force: \"true\"}}\n    then: approve\n    approval: {approvers: [group:sre]}\n  - name: puts\n    when: {method: PUT}\n    then: deny\n";
+    let (decided, explained, verdict) =
+        decided_and_explained(rules, "PUT", "/api/v1/x", &[], b"a=b");
+    assert_eq!(verdict, Verdict::Deny);
+    assert_eq!(explained, [1]);
+    assert_eq!(
+        decided,
+        [1],
+        "the audit log names only the rule that matched"
+    );
+}
+
+#[test]
+#[ignore = "fuzz finding for the lead: once a deny matched, the body is not read, so a body rule that matches is not named (SPEC: every matching rule is found and goes to the audit log)"]
+fn every_matching_body_rule_is_named_even_after_a_deny() {
+    let rules = "rules:\n  - name: no-deletes\n    when: {method: DELETE}\n    then: deny\n  - name: form-admin\n    when: {form: {role: admin}}\n    then: approve\n    approval: {approvers: [group:sre]}\n";
+    let (decided, explained, verdict) =
+        decided_and_explained(rules, "DELETE", "/api/v1/x", &[], b"role=admin");
+    assert_eq!(verdict, Verdict::Deny);
+    assert_eq!(explained, [0, 1]);
+    assert_eq!(decided, [0, 1]);
+}
