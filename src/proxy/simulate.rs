@@ -128,7 +128,21 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
             .filter(|m| *m != prepared.method),
         ..view
     };
-    let checks = policy.rules.explain(&view, inspect);
+    let mut checks = policy.rules.explain(&view, inspect);
+    // A body decide could not read may name any method: it matched strict rules for
+    // every method (fail closed); explain those as decide weighed them.
+    if matches!(inspect, Body::Uninspectable(_)) {
+        let any = RequestView {
+            body_method: Some(crate::rules::ANY_METHOD),
+            ..view
+        };
+        for ((i, check), (_, by_any)) in checks.iter_mut().zip(policy.rules.explain(&any, inspect))
+        {
+            if decision.matched.contains(i) && matches!(check, Check::Missed(_)) {
+                *check = by_any;
+            }
+        }
+    }
     let answer =
         (decision.verdict == Verdict::Deny && policy.cfg.mode == Mode::Enforce).then(|| {
             ProxyError::DeniedByRule {

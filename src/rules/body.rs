@@ -297,7 +297,7 @@ pub(crate) fn check_body(rule: &Rule, body: &ParsedBody<'_>) -> Check {
         return Check::Matched;
     }
     let bytes = match body.raw {
-        Body::NotRead if !rule.inspects_body() => return Check::Matched,
+        // A strict query rule waiting for the body's fields: unread, they hold nothing.
         Body::NotRead => return Check::Missed("body was not read".into()),
         Body::Uninspectable(why) => {
             // Fail closed: a strict rule that cannot look at the body matches; an allow
