@@ -108,7 +108,7 @@ pub fn parse(bytes: &[u8]) -> Result<Doc, String> {
 
 /// A document built from form fields, so a `json` rule reads a form body as Rails,
 /// Laravel and PHP bind it: `sql=…` is `/sql`, `spec[tier]=prod` is `/spec/tier`,
-/// `ids[]=1` is `/ids/0`.
+/// `ids[]=1` is `/ids/0`; `spec.tier=prod` is `/spec/tier` too, as Spring binds it.
 pub fn from_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Doc {
     let mut root = J::Obj(Vec::new());
     for (key, value) in fields {
@@ -122,6 +122,11 @@ pub fn from_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Doc 
             _ => path.push(key),
         }
         insert(&mut root, &path, J::Str(value.to_string()));
+        // Spring binds `spec.tier=prod` into the nested object too.
+        if path.len() == 1 && key.contains('.') && !key.starts_with('.') {
+            let dotted: Vec<&str> = key.split('.').collect();
+            insert(&mut root, &dotted, J::Str(value.to_string()));
+        }
     }
     let ambiguous = has_collision(&root);
     Doc { root, ambiguous }
@@ -347,5 +352,8 @@ mod tests {
         assert_eq!(texts(&d, "/spec/tier", true), ["prod"]);
         assert_eq!(texts(&d, "/ids/*", true), ["1", "2"]);
         assert_eq!(texts(&d, "/ids/1", true), ["2"]);
+        let d = from_fields([("spec.tier", "prod")].into_iter());
+        assert_eq!(texts(&d, "/spec/tier", true), ["prod"]);
+        assert!(!d.ambiguous);
     }
 }
