@@ -37,9 +37,10 @@ const VOLATILE: [&str; 13] = [
     "date",
 ];
 
-/// SHA-256 binding a held request: method, upstream, URL, the forwarded headers that
-/// matter (sorted), the body, and what it is held under (`held_under`: the matched
-/// rules' requirements). An identical request the rules now judge differently (after
+/// SHA-256 binding a held request: method, `upstream` (its name and the host the agent
+/// named, forwarded as `X-Forwarded-Host`, which multi-tenant upstreams route by),
+/// URL, the forwarded headers that matter (sorted), the body, and what it is held
+/// under (`held_under`: the matched rules' requirements). An identical request the rules now judge differently (after
 /// a reload added a rule) never joins or reuses an approval given under weaker ones.
 pub fn request_digest(
     method: &str,
@@ -143,14 +144,12 @@ where
         rules: record.rules.clone(),
     })?;
     let held_under = serde_json::to_string(&approval_policy.requirements()).unwrap_or_default();
-    let digest = request_digest(
-        &method,
-        &upstream.name,
-        &held_under,
-        &url,
-        &parts.headers,
-        &body,
+    let target = format!(
+        "{} {}",
+        upstream.name,
+        prepared.host.as_deref().unwrap_or("-")
     );
+    let digest = request_digest(&method, &target, &held_under, &url, &parts.headers, &body);
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -201,14 +200,7 @@ where
     record.approval_id = Some(approval.id.clone());
     drop(slot);
     // Digest checked again: only the exact request that was approved goes out.
-    let again = request_digest(
-        &method,
-        &upstream.name,
-        &held_under,
-        &url,
-        &parts.headers,
-        &body,
-    );
+    let again = request_digest(&method, &target, &held_under, &url, &parts.headers, &body);
     if again != approval.digest {
         tracing::error!(approval = %approval.id, "digest mismatch after approval; refusing to forward");
         return Err(ProxyError::DigestMismatch {

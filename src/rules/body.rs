@@ -81,6 +81,8 @@ pub const AMBIGUOUS: &str = "the JSON body has keys that are equal but for case,
 pub(crate) struct ParsedBody<'a> {
     raw: Body<'a>,
     query: &'a str,
+    /// The `Cookie` headers' pairs, `;`-separated.
+    cookies: &'a str,
     content_type: Option<&'a str>,
     json: OnceCell<Result<Doc, String>>,
     fields: OnceCell<Result<Vec<(String, String)>, &'static str>>,
@@ -97,11 +99,18 @@ impl<'a> ParsedBody<'a> {
         ParsedBody {
             raw,
             query: query.unwrap_or(""),
+            cookies: "",
             content_type,
             json: OnceCell::new(),
             fields: OnceCell::new(),
             field_doc: OnceCell::new(),
         }
+    }
+
+    /// The request's cookies (`Cookie` header values joined with `;`).
+    pub(crate) fn with_cookies(mut self, cookies: &'a str) -> ParsedBody<'a> {
+        self.cookies = cookies;
+        self
     }
 
     fn media(&self) -> Option<String> {
@@ -126,7 +135,8 @@ impl<'a> ParsedBody<'a> {
                 .into_iter()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
-            if self.media().as_deref() == Some("multipart/form-data") {
+            // Tomcat and Spring parse any `multipart/*` as form data.
+            if self.media().is_some_and(|m| m.starts_with("multipart/")) {
                 out.extend(multipart_fields(self.content_type.unwrap_or(""), bytes)?);
             }
             if let Ok(doc) = self.json(bytes) {
@@ -171,6 +181,7 @@ impl<'a> ParsedBody<'a> {
             // Jackson's XML and YAML modules and ASP.NET's XML formatter bind these into
             // the same objects as JSON.
             if m.ends_with("xml")
+                || m.ends_with("json-patch+json")
                 || m.ends_with("yaml")
                 || m.ends_with("yml")
                 || m.ends_with("cbor")
@@ -178,15 +189,17 @@ impl<'a> ParsedBody<'a> {
             {
                 return Err(OTHER_FORMAT);
             }
-            if m == "multipart/form-data"
+            if m.starts_with("multipart/")
                 && multipart_has_structured_part(self.content_type.unwrap_or(""), bytes)
             {
                 return Err(OTHER_FORMAT);
             }
         }
         let mut out = Vec::new();
+        let blank = bytes.iter().all(|b| b.is_ascii_whitespace());
         match self.json(bytes) {
             Ok(doc) => out.push(doc),
+            Err(_) if blank => {}
             Err(_) => {
                 // A byte-order mark is skipped, as body-parser and ASP.NET skip it.
                 let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -196,15 +209,24 @@ impl<'a> ParsedBody<'a> {
                 }
             }
         }
-        if out.is_empty()
-            || is_form(media.as_deref())
-            || media.as_deref() == Some("multipart/form-data")
+        // Every parameter, bound into objects as Rails, Laravel and Spring bind them:
+        // query, form and multipart fields (`spec[tier]`, `spec.tier`) and a JSON
+        // body's members all land in one set of parameters.
+        // (A JSON body's own members are the JSON reading already.)
+        let mut params: Vec<(String, String)> = pairs(bytes, true)
+            .into_iter()
+            .chain(pairs(self.query.as_bytes(), true))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if media
+            .as_deref()
+            .is_some_and(|m| m.starts_with("multipart/"))
         {
-            let fields = self.fields(bytes).as_ref().map_err(|e| *e)?;
-            out.push(self.field_doc.get_or_init(|| {
-                json::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            }));
+            params.extend(multipart_fields(self.content_type.unwrap_or(""), bytes)?);
         }
+        out.push(self.field_doc.get_or_init(|| {
+            json::from_fields(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        }));
         Ok(out)
     }
 }
@@ -231,7 +253,18 @@ fn multipart_fields(
                 .iter()
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
                 .collect::<Vec<_>>();
+            let encoded = field
+                .headers()
+                .get("content-transfer-encoding")
+                .is_some_and(|v| {
+                    !matches!(
+                        v.as_bytes().to_ascii_lowercase().as_slice(),
+                        b"7bit" | b"8bit" | b"binary"
+                    )
+                });
             if disposition.len() != 1
+                || encoded
+                || (disposition[0].contains("name=") && field.name().is_none())
                 || disposition[0].contains("name*")
                 || disposition[0].matches("name=").count()
                     - disposition[0].matches("filename=").count()
@@ -329,19 +362,24 @@ enum Miss {
 
 fn check_strict(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), Miss> {
     if !rule.json.is_empty() {
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(Miss::No("no JSON body".into()));
-        }
         let docs = body.json_readings(bytes).map_err(Miss::Unreadable)?;
-        // Two parsers would read it differently: the rule applies whatever the
-        // readings say (reviewers are shown every one).
-        if docs.iter().any(|d| d.ambiguous) {
+        // A JSON body two parsers would read differently: the rule applies whatever
+        // the readings say (reviewers are shown every one). Repeated parameters are
+        // readings of their own, weighed one by one.
+        if body.json(bytes).as_ref().is_ok_and(|d| d.ambiguous) {
             return Err(Miss::Unreadable(AMBIGUOUS));
         }
         for (pointer, m) in &rule.json {
-            let values = docs
-                .iter()
-                .flat_map(|d| json::select(&d.root, pointer, true))
+            // A top-level array is a batch: batch endpoints run every element.
+            let roots = docs.iter().flat_map(|d| {
+                let elements = match &d.root {
+                    json::J::Arr(items) => items.iter().collect(),
+                    _ => Vec::new(),
+                };
+                std::iter::once(&d.root).chain(elements)
+            });
+            let values = roots
+                .flat_map(|r| json::select(r, pointer, true))
                 .flat_map(json::as_texts);
             if !m.is_match_values(true, values) {
                 return Err(Miss::No(format!("JSON {pointer} does not match")));
@@ -349,7 +387,7 @@ fn check_strict(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), 
         }
     }
     if !rule.form.is_empty() || !rule.query.is_empty() {
-        let all = field_pairs(body, bytes).map_err(Miss::Unreadable)?;
+        let all = field_pairs(body, bytes, true).map_err(Miss::Unreadable)?;
         for (key, m) in rule.form.iter().chain(&rule.query) {
             if !m.is_match_values(true, values_of(&all, key, true)) {
                 return Err(Miss::No(format!("field {key:?} does not match")));
@@ -379,7 +417,7 @@ fn check_allow(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), M
     }
     if !rule.form.is_empty() || !rule.query.is_empty() {
         // Every field of that name, in every reading, must match.
-        let all = field_pairs(body, bytes).map_err(|e| Miss::No(e.into()))?;
+        let all = field_pairs(body, bytes, false).map_err(|e| Miss::No(e.into()))?;
         for (key, m) in rule.form.iter().chain(&rule.query) {
             if !m.is_match_values(false, values_of(&all, key, true)) {
                 return Err(Miss::No(format!("field {key:?} does not match")));
@@ -393,12 +431,24 @@ fn check_allow(rule: &Rule, body: &ParsedBody<'_>, bytes: &[u8]) -> Result<(), M
 type Pair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 /// The body's fields (every reading) and the query's parameters, as one list.
-fn field_pairs<'b>(body: &'b ParsedBody<'_>, bytes: &[u8]) -> Result<Vec<Pair<'b>>, &'static str> {
+/// For strict rules the cookies too (PHP's `$_REQUEST` with variables_order EGPCS).
+fn field_pairs<'b>(
+    body: &'b ParsedBody<'_>,
+    bytes: &[u8],
+    strict: bool,
+) -> Result<Vec<Pair<'b>>, &'static str> {
     let fields = body.fields(bytes).as_ref().map_err(|e| *e)?;
+    let cookies = body
+        .cookies
+        .split(';')
+        .filter(|_| strict)
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (Cow::Borrowed(k.trim()), Cow::Borrowed(v.trim())));
     Ok(fields
         .iter()
         .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
         .chain(pairs(body.query.as_bytes(), true))
+        .chain(cookies)
         .collect())
 }
 

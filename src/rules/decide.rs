@@ -9,7 +9,7 @@
 //! pattern and that no path-less rule matches is decided without allocating.
 
 use super::body::{check_body, Body, ParsedBody};
-use super::params::{header_values, query_values};
+use super::params::{cookie_values, header_values, query_values};
 use super::rule::{Rule, Verdict};
 use http::HeaderMap;
 use regex::RegexSet;
@@ -100,6 +100,8 @@ pub struct Head {
     query: Option<String>,
     /// The `Content-Type` header, when a body candidate exists.
     content_type: Option<String>,
+    /// The `Cookie` headers joined with `;`, when a body candidate exists.
+    cookies: String,
 }
 
 impl Head {
@@ -268,14 +270,15 @@ impl RuleSet {
             Ok(Needs::Body) => body_candidates.push(i),
             Err(_) => {}
         });
-        let (query, content_type) = if body_candidates.is_empty() {
-            (None, None)
+        let (query, content_type, cookies) = if body_candidates.is_empty() {
+            (None, None, String::new())
         } else {
             (
                 req.query.map(str::to_string),
                 req.headers
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string()),
+                cookie_text(req.headers),
             )
         };
         Head {
@@ -283,6 +286,7 @@ impl RuleSet {
             body_candidates,
             query,
             content_type,
+            cookies,
         }
     }
 
@@ -319,7 +323,8 @@ impl RuleSet {
                 }
                 (b, _) => b,
             };
-            let parsed = ParsedBody::new(body, head.query.as_deref(), head.content_type.as_deref());
+            let parsed = ParsedBody::new(body, head.query.as_deref(), head.content_type.as_deref())
+                .with_cookies(&head.cookies);
             for i in head.body_candidates {
                 match check_body(&self.rules[i], &parsed) {
                     Check::Matched => matched.push(i),
@@ -372,7 +377,8 @@ impl RuleSet {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let parsed = ParsedBody::new(body, req.query, content_type);
+        let cookies = cookie_text(req.headers);
+        let parsed = ParsedBody::new(body, req.query, content_type).with_cookies(&cookies);
         self.rules
             .iter()
             .enumerate()
@@ -399,6 +405,16 @@ impl RuleSet {
     pub fn names(&self, idx: &[usize]) -> Vec<String> {
         idx.iter().map(|&i| self.rules[i].name.clone()).collect()
     }
+}
+
+/// Every `Cookie` header's text, joined with `;`.
+fn cookie_text(headers: &HeaderMap) -> String {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// What a rule that passed its head conditions still needs.
@@ -433,7 +449,8 @@ impl Miss<'_> {
 
 /// Whether a rule's method condition admits the request. A strict rule matches any
 /// method an upstream may act on (the override, the request line's, the body's, and
-/// `GET` for `HEAD`, as Go, Rails and Express route it); an allow rule must match all
+/// `GET` for `HEAD`, as Go, Rails and Express route it, `PUT` for `PATCH`, as Rails
+/// routes both to `update`); an allow rule must match all
 /// of them.
 fn method_matches(m: &super::matcher::StrMatcher, strict: bool, req: &RequestView<'_>) -> bool {
     // Rules name methods in uppercase; a `delete` on the wire is matched as DELETE,
@@ -448,9 +465,13 @@ fn method_matches(m: &super::matcher::StrMatcher, strict: bool, req: &RequestVie
     let methods = [Some(req.method), Some(req.line_method), req.body_method];
     let methods = methods.iter().flatten();
     if strict {
-        methods
-            .clone()
-            .any(|&x| x == ANY_METHOD || is(x) || (x.eq_ignore_ascii_case("HEAD") && is("GET")))
+        // Rails routes PATCH and PUT to one `update` action.
+        methods.clone().any(|&x| {
+            x == ANY_METHOD
+                || is(x)
+                || (x.eq_ignore_ascii_case("HEAD") && is("GET"))
+                || (x.eq_ignore_ascii_case("PATCH") && is("PUT"))
+        })
     } else {
         methods.clone().all(|&x| x != ANY_METHOD && is(x))
     }
@@ -487,7 +508,14 @@ fn check_head<'r>(rule: &'r Rule, req: &RequestView<'_>) -> Result<Needs, Miss<'
     if !rule.query.is_empty() {
         let q = req.query.unwrap_or("").as_bytes();
         for (key, m) in &rule.query {
-            if !m.is_match_values(strict, query_values(q, key, true)) {
+            // PHP's `$_REQUEST` (no php.ini: variables_order EGPCS) and ASP.NET
+            // Framework's `Request[...]` read cookies as parameters too.
+            let cookies = strict
+                .then(|| cookie_values(req.headers, key))
+                .into_iter()
+                .flatten()
+                .map(std::borrow::Cow::Borrowed);
+            if !m.is_match_values(strict, query_values(q, key, true).chain(cookies)) {
                 // A strict rule's parameter may come in a form body (Spring, PHP and
                 // Laravel merge the two).
                 if strict && req.has_body {

@@ -112,24 +112,53 @@ pub fn parse(bytes: &[u8]) -> Result<Doc, String> {
 pub fn from_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Doc {
     let mut root = J::Obj(Vec::new());
     for (key, value) in fields {
-        let mut path: Vec<&str> = Vec::new();
-        match key.find('[') {
-            Some(open) if key.ends_with(']') && open > 0 => {
-                path.push(&key[..open]);
-                let inner = &key[open + 1..key.len() - 1];
-                path.extend(inner.split("]["));
-            }
-            _ => path.push(key),
-        }
+        let path = segments(key);
         insert(&mut root, &path, J::Str(value.to_string()));
-        // Spring binds `spec.tier=prod` into the nested object too.
-        if path.len() == 1 && key.contains('.') && !key.starts_with('.') {
-            let dotted: Vec<&str> = key.split('.').collect();
-            insert(&mut root, &dotted, J::Str(value.to_string()));
+        // Rails keeps `spec.tier` as one name where Spring nests it: both readings.
+        if path.len() > 1 && key.contains('.') && !key.contains('[') {
+            insert(&mut root, &[key], J::Str(value.to_string()));
         }
     }
     let ambiguous = has_collision(&root);
     Doc { root, ambiguous }
+}
+
+/// The path a parameter name binds to: `spec[tier]`, `spec['tier']`, `spec.tier` and
+/// `ops[0].sql` are `spec/tier` and `ops/0/sql`; `ids[]` is an array element. A name
+/// that does not parse as such is one segment.
+fn segments(key: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let first_end = key.find(['[', '.']).unwrap_or(key.len());
+    if first_end == 0 {
+        return vec![key];
+    }
+    out.push(&key[..first_end]);
+    let mut rest = &key[first_end..];
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let Some(close) = r.find(']') else {
+                return vec![key];
+            };
+            let inner = &r[..close];
+            let inner = inner
+                .strip_prefix('\'')
+                .and_then(|i| i.strip_suffix('\''))
+                .or_else(|| inner.strip_prefix('"').and_then(|i| i.strip_suffix('"')))
+                .unwrap_or(inner);
+            out.push(inner);
+            rest = &r[close + 1..];
+        } else if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['[', '.']).unwrap_or(r.len());
+            if end == 0 {
+                return vec![key];
+            }
+            out.push(&r[..end]);
+            rest = &r[end..];
+        } else {
+            return vec![key];
+        }
+    }
+    out
 }
 
 fn insert(node: &mut J, path: &[&str], value: J) {
@@ -247,6 +276,16 @@ pub fn to_value(v: &J) -> Value {
 pub fn as_texts(v: &J) -> Vec<String> {
     let text = as_text(v);
     match v {
+        // `spec[tier][]=prod` binds `["prod"]`, which JavaScript compares equal to
+        // `"prod"`: each scalar element is a reading too.
+        J::Arr(items) => std::iter::once(text)
+            .chain(
+                items
+                    .iter()
+                    .filter(|i| !matches!(i, J::Arr(_) | J::Obj(_)))
+                    .flat_map(as_texts),
+            )
+            .collect(),
         J::Num(n) => {
             let mut out = vec![text];
             if let Some(f) = n.as_f64() {
@@ -355,5 +394,14 @@ mod tests {
         let d = from_fields([("spec.tier", "prod")].into_iter());
         assert_eq!(texts(&d, "/spec/tier", true), ["prod"]);
         assert!(!d.ambiguous);
+        let d = from_fields([("spec['tier']", "prod"), ("ops[0].sql", "drop")].into_iter());
+        assert_eq!(texts(&d, "/spec/tier", true), ["prod"]);
+        assert_eq!(texts(&d, "/ops/0/sql", true), ["drop"]);
+        let d = from_fields([("spec[tier][]", "prod")].into_iter());
+        let all: Vec<String> = select(&d.root, "/spec/tier", true)
+            .into_iter()
+            .flat_map(as_texts)
+            .collect();
+        assert!(all.contains(&"prod".to_string()), "{all:?}");
     }
 }

@@ -32,13 +32,15 @@ impl StrMatcher {
     }
 
     /// Whether one value matches any alternative as a lax upstream reads values: an
-    /// exact `true`/`false` also matches every spelling of that boolean (`TRUE`, `1`,
+    /// exact value also matches the value trimmed; an exact `true`/`false` also
+    /// matches every spelling of that boolean (`TRUE`, `1`,
     /// `t`, `on`, `yes`: Go's `ParseBool`, Spring, PHP's `FILTER_VALIDATE_BOOLEAN`),
     /// and an exact number every spelling of that number (`0.0`, `-0`, `0e5`).
     pub fn is_match_lax(&self, v: &str) -> bool {
         self.alts.iter().any(|a| match a {
-            Alt::Exact(e) => e == v || same_value(e, v),
-            Alt::Re(r) => r.is_match(v),
+            // Laravel's TrimStrings middleware trims every value.
+            Alt::Exact(e) => e == v || e == v.trim() || same_value(e, v),
+            Alt::Re(r) => r.is_match(v) || r.is_match(v.trim()),
         })
     }
 

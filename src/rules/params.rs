@@ -105,6 +105,22 @@ pub fn header_values<'h>(
         })
 }
 
+/// The values of cookie `key` (its name compared as a parameter's).
+pub fn cookie_values<'h>(
+    headers: &'h HeaderMap,
+    key: &'h str,
+) -> impl Iterator<Item = &'h str> + 'h {
+    let want = canonical_param(key);
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(move |(k, _)| same_param(k.trim(), &want))
+        .map(|(_, v)| v.trim())
+}
+
 /// The values of parameter `key` in a query string (see [`pairs`] and
 /// [`values_of`]), without collecting the pairs first.
 pub fn query_values<'q>(
