@@ -350,3 +350,29 @@ async fn every_spelling_of_a_credential_in_the_query_is_redacted_in_the_log() {
     assert_eq!(code, 0);
     assert!(!export.contains("hunter2"), "{export}");
 }
+
+#[tokio::test]
+async fn reviewers_see_every_reading_of_an_ambiguous_body_and_why_it_was_held() {
+    const AMBIGUOUS_RULES: &str = r#"rules:
+  - name: sql-drop
+    when: {method: POST, path: /v1/query, json: {/sql: "re:(?i)\\bdrop\\b"}}
+    then: approve
+    approval: {approvers: [group:sre], show: [/sql]}
+"#;
+    let (up, _ws, a) = setup_with_rules(AMBIGUOUS_RULES, "").await;
+    // Go takes the last `sql`, other parsers the first; case-insensitive binders fold SQL.
+    let body = r#"{"sql":"select 1","SQL":"drop table t"}"#;
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/query", body).await;
+    let (_, ap) = approval_get(&a, BOB, &id).await;
+    assert_eq!(
+        ap["show"]["/sql"]["ambiguous"],
+        serde_json::json!(["select 1", "drop table t"]),
+        "{ap}"
+    );
+    let note = ap["show"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("equal but for case"), "{ap}");
+    let (status, _) = vote(&a, BOB, &id, "deny", Some("which one?")).await;
+    assert_eq!(status, 200);
+    assert_eq!(held.await.unwrap().status, 403);
+    assert_eq!(up.count(), 0);
+}

@@ -154,7 +154,15 @@ where
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let show = show_fields(&approval_policy.show, &body, content_type);
+    let mut show = show_fields(&approval_policy.show, &body, content_type);
+    // Reviewers are told when a rule matched without reading the body, or on a body
+    // two parsers read differently: what they see is not the only reading.
+    if let Some(why) = record.fail_closed {
+        let note = format!("held because {why}; every reading of a field is shown");
+        if let serde_json::Value::Object(m) = show.get_or_insert_with(|| serde_json::json!({})) {
+            m.insert("note".into(), serde_json::Value::String(note));
+        }
+    }
     let request = HoldRequest {
         id: new_approval_id(),
         request_id: record.request_id.clone(),
