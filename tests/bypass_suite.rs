@@ -812,7 +812,7 @@ fn json_number_cases() -> Vec<Case> {
         scale("0E-3", r#"{"replicas":0E-3}"#).denied(),
         scale("REPLICAS 0.00", r#"{"REPLICAS":0.00}"#).denied(),
         scale("control: three", r#"{"replicas":3}"#).forwarded("POST", "/v1/scale"),
-        scale("control: 0.5", r#"{"replicas":0.5}"#).forwarded("POST", "/v1/scale"),
+        scale("control: 1.5", r#"{"replicas":1.5}"#).forwarded("POST", "/v1/scale"),
     ]
 }
 

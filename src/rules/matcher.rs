@@ -83,15 +83,69 @@ fn same_value(rule: &str, v: &str) -> bool {
     if rule.eq_ignore_ascii_case("true") || rule.eq_ignore_ascii_case("false") {
         return boolean(v).is_some_and(|b| Some(b) == boolean(rule));
     }
-    let number = |s: &str| {
-        let s = s.trim();
-        (!s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)))
-        .then(|| s.parse::<f64>().ok())
-        .flatten()
+    // Enum names: System.Text.Json and ASP.NET's model binder parse them without
+    // regard to case (`PROD` is `prod`).
+    let t = v.trim();
+    let same_name = if rule.is_ascii() && t.is_ascii() {
+        rule.eq_ignore_ascii_case(t)
+    } else {
+        crate::http::fold(rule) == crate::http::fold(t)
     };
-    matches!((number(rule), number(v)), (Some(x), Some(y)) if x == y)
+    if same_name {
+        return true;
+    }
+    let Some(want) = number(rule) else {
+        return false;
+    };
+    // Jackson (Spring's default) turns `null` and `""` into 0 for an `int`.
+    if want == 0.0 && matches!(v.trim(), "" | "null") {
+        return true;
+    }
+    match number(v) {
+        Some(got) if got == want => true,
+        // Jackson truncates a decimal into an `int` field: 0.5 is 0, 3.9 is 3.
+        Some(got) => want.fract() == 0.0 && got.is_finite() && got.trunc() == want,
+        None => false,
+    }
+}
+
+/// A number as lax parsers read one: decimal with exponent, or an integer in hex,
+/// binary or octal (`0x0`: JavaScript's `Number()`), with `_` separators (Python's
+/// `int()`).
+fn number(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if !s
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    if s.bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    {
+        return s.parse::<f64>().ok();
+    }
+    let t = s.replace('_', "");
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, t.trim_start_matches('+').to_string()),
+    };
+    let lower = t.to_ascii_lowercase();
+    let parsed = if let Some(h) = lower.strip_prefix("0x") {
+        i64::from_str_radix(h, 16).ok()
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        i64::from_str_radix(b, 2).ok()
+    } else if let Some(o) = lower.strip_prefix("0o") {
+        i64::from_str_radix(o, 8).ok()
+    } else if lower.bytes().all(|b| b.is_ascii_digit()) {
+        lower.parse::<i64>().ok()
+    } else {
+        None
+    }?;
+    #[allow(clippy::cast_precision_loss)]
+    let f = parsed as f64;
+    Some(if neg { -f } else { f })
 }
 
 #[cfg(test)]
@@ -123,7 +177,14 @@ mod tests {
         for v in ["0.0", "-0", "0e5", "0E-3", "00"] {
             assert!(zero.is_match_values(true, [v].into_iter()), "{v}");
         }
-        assert!(!zero.is_match_values(true, ["0.5", "false", "x0"].into_iter()));
+        assert!(!zero.is_match_values(true, ["1.5", "false", "x0", "-1"].into_iter()));
+        // Jackson truncates decimals and reads null and "" as 0; JavaScript reads hex.
+        for v in ["0.5", "-0.5", "null", "", "0x0", "0b0", "0_0"] {
+            assert!(zero.is_match_values(true, [v].into_iter()), "{v}");
+        }
+        // Enum names, any case.
+        assert!(exact("prod").is_match_values(true, ["PROD"].into_iter()));
+        assert!(!exact("prod").is_match_values(false, ["PROD"].into_iter()));
         // No value never matches.
         assert!(!m.is_match_values(true, std::iter::empty::<&str>()));
         assert!(!m.is_match_values(false, std::iter::empty::<&str>()));
