@@ -33,17 +33,24 @@ pub enum Body<'a> {
     Uninspectable(&'static str),
 }
 
-/// The media type of a `Content-Type` header, lowercased, without parameters.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
-    headers.get(http::header::CONTENT_TYPE).map(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .split(';')
+/// The media type of a `Content-Type` value, lowercased, without parameters.
+fn media_of(content_type: Option<&str>) -> Option<String> {
+    content_type.map(|ct| {
+        ct.split(';')
             .next()
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase()
     })
+}
+
+/// The media type of a `Content-Type` header, lowercased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    media_of(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("")),
+    )
 }
 
 /// Whether a body of this media type is `application/x-www-form-urlencoded` (or
@@ -54,14 +61,7 @@ pub(crate) fn is_form(media: Option<&str>) -> bool {
 
 /// Whether a whole `Content-Type` value names a form (or is absent).
 pub fn media_type_is_form(content_type: Option<&str>) -> bool {
-    let media = content_type.map(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    is_form(media.as_deref())
+    is_form(media_of(content_type).as_deref())
 }
 
 fn declared_json(media: Option<&str>) -> bool {
@@ -86,6 +86,7 @@ pub(crate) struct ParsedBody<'a> {
     content_type: Option<&'a str>,
     json: OnceCell<Result<Doc, String>>,
     fields: OnceCell<Result<Vec<(String, String)>, &'static str>>,
+    multipart: OnceCell<Result<Multipart, &'static str>>,
     field_doc: OnceCell<Doc>,
 }
 
@@ -103,6 +104,7 @@ impl<'a> ParsedBody<'a> {
             content_type,
             json: OnceCell::new(),
             fields: OnceCell::new(),
+            multipart: OnceCell::new(),
             field_doc: OnceCell::new(),
         }
     }
@@ -114,13 +116,17 @@ impl<'a> ParsedBody<'a> {
     }
 
     fn media(&self) -> Option<String> {
-        self.content_type.map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        media_of(self.content_type)
+    }
+
+    /// A `multipart/*` body's parts, parsed once (`None` for any other body).
+    fn multipart(&self, bytes: &[u8]) -> Option<&Result<Multipart, &'static str>> {
+        self.media()
+            .is_some_and(|m| m.starts_with("multipart/"))
+            .then(|| {
+                self.multipart
+                    .get_or_init(|| parse_multipart(self.content_type.unwrap_or(""), bytes))
+            })
     }
 
     fn json(&self, bytes: &[u8]) -> &Result<Doc, String> {
@@ -136,8 +142,8 @@ impl<'a> ParsedBody<'a> {
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
             // Tomcat and Spring parse any `multipart/*` as form data.
-            if self.media().is_some_and(|m| m.starts_with("multipart/")) {
-                out.extend(multipart_fields(self.content_type.unwrap_or(""), bytes)?);
+            if let Some(parts) = self.multipart(bytes) {
+                out.extend(parts.as_ref().map_err(|e| *e)?.fields.iter().cloned());
             }
             if let Ok(doc) = self.json(bytes) {
                 out.extend(
@@ -189,10 +195,10 @@ impl<'a> ParsedBody<'a> {
             {
                 return Err(OTHER_FORMAT);
             }
-            if m.starts_with("multipart/")
-                && multipart_has_structured_part(self.content_type.unwrap_or(""), bytes)
-            {
-                return Err(OTHER_FORMAT);
+            if let Some(parts) = self.multipart(bytes) {
+                if parts.as_ref().map_err(|e| *e)?.structured {
+                    return Err(OTHER_FORMAT);
+                }
             }
         }
         let mut out = Vec::new();
@@ -218,11 +224,8 @@ impl<'a> ParsedBody<'a> {
             .chain(pairs(self.query.as_bytes(), true))
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        if media
-            .as_deref()
-            .is_some_and(|m| m.starts_with("multipart/"))
-        {
-            params.extend(multipart_fields(self.content_type.unwrap_or(""), bytes)?);
+        if let Some(parts) = self.multipart(bytes) {
+            params.extend(parts.as_ref().map_err(|e| *e)?.fields.iter().cloned());
         }
         out.push(self.field_doc.get_or_init(|| {
             json::from_fields(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -231,11 +234,21 @@ impl<'a> ParsedBody<'a> {
     }
 }
 
-/// The named, non-file parts of a `multipart/form-data` body.
-fn multipart_fields(
-    content_type: &str,
-    bytes: &[u8],
-) -> Result<Vec<(String, String)>, &'static str> {
+/// A multipart body as lax parsers read it.
+#[derive(Debug)]
+struct Multipart {
+    /// Every named part's name and text.
+    fields: Vec<(String, String)>,
+    /// Some part is itself structured (JSON, XML, YAML), which Spring's
+    /// `@RequestPart` binds into an object.
+    structured: bool,
+}
+
+/// Parses a `multipart/*` body. Names that parsers read differently (RFC 5987
+/// `name*=`, two `name` parameters, an upper-case `NAME=`, backslash escapes: busboy
+/// decodes them, takes the last and removes escapes) and encoded parts make it
+/// unreadable.
+fn parse_multipart(content_type: &str, bytes: &[u8]) -> Result<Multipart, &'static str> {
     use futures_util::FutureExt;
     let boundary = multer::parse_boundary(content_type).map_err(|_| BAD_MULTIPART)?;
     let data = bytes::Bytes::copy_from_slice(bytes);
@@ -243,10 +256,11 @@ fn multipart_fields(
     let mut mp = multer::Multipart::new(stream, boundary);
     // The whole body is in memory: every step completes on its first poll.
     let read = async move {
-        let mut out = Vec::new();
+        let mut out = Multipart {
+            fields: Vec::new(),
+            structured: false,
+        };
         while let Some(field) = mp.next_field().await.map_err(|_| BAD_MULTIPART)? {
-            // Names that parsers read differently: RFC 5987 `name*=`, two `name`
-            // parameters, backslash escapes (busboy decodes and takes the last).
             let disposition = field
                 .headers()
                 .get_all(http::header::CONTENT_DISPOSITION)
@@ -273,39 +287,19 @@ fn multipart_fields(
             {
                 return Err(BAD_MULTIPART);
             }
+            if let Some(ct) = field.content_type() {
+                let s = ct.essence_str().to_ascii_lowercase();
+                out.structured |= s.contains("json") || s.ends_with("xml") || s.contains("yaml");
+            }
             let name = field.name().map(str::to_string);
             let text = field.text().await.map_err(|_| BAD_MULTIPART)?;
             if let Some(name) = name {
-                out.push((name, text));
+                out.fields.push((name, text));
             }
         }
         Ok(out)
     };
     read.now_or_never().unwrap_or(Err(BAD_MULTIPART))
-}
-
-/// Whether a multipart body has a part that is itself structured (JSON, XML, YAML),
-/// which Spring's `@RequestPart` binds into an object; an unparsable one counts.
-fn multipart_has_structured_part(content_type: &str, bytes: &[u8]) -> bool {
-    use futures_util::FutureExt;
-    let Ok(boundary) = multer::parse_boundary(content_type) else {
-        return true;
-    };
-    let data = bytes::Bytes::copy_from_slice(bytes);
-    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
-    let mut mp = multer::Multipart::new(stream, boundary);
-    let scan = async move {
-        while let Some(field) = mp.next_field().await.map_err(|_| ())? {
-            if let Some(ct) = field.content_type() {
-                let s = ct.essence_str().to_ascii_lowercase();
-                if s.contains("json") || s.ends_with("xml") || s.contains("yaml") {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok::<bool, ()>(false)
-    };
-    scan.now_or_never().is_none_or(|r| r.unwrap_or(true))
 }
 
 /// The `_method` a body names (a form or multipart field, or a JSON object's
@@ -460,11 +454,11 @@ mod tests {
     fn multipart_fields_are_read() {
         let ct = "multipart/form-data; boundary=XyZ";
         let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ\r\nContent-Disposition: form-data; name=\"Action\"\r\n\r\nTerminateInstances\r\n--XyZ--\r\n";
-        let f = multipart_fields(ct, body).unwrap();
+        let f = parse_multipart(ct, body).unwrap().fields;
         assert_eq!(f[0], ("_method".into(), "DELETE".into()));
         assert_eq!(f[1], ("Action".into(), "TerminateInstances".into()));
         assert_eq!(body_methods(body, Some(ct)).unwrap(), ["DELETE"]);
-        assert!(multipart_fields(ct, b"--nope\r\n").is_err());
+        assert!(parse_multipart(ct, b"--nope\r\n").is_err());
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub fn canonical_param(name: &str) -> String {
     fold(&n.replace(['.', ' '], "_"))
 }
 
+/// Whether a request's parameter `name` is `key`: exactly, or (`want`, its canonical
+/// name, given for strict rules) as [`same_param`] reads it.
+fn is_key(name: &str, key: &str, want: Option<&str>) -> bool {
+    name == key || want.is_some_and(|w| same_param(name, w))
+}
+
 /// Whether a request's parameter name is the one whose canonical name is `want`:
 /// itself, or (ASP.NET binds `request.force` to a parameter `request`'s `force`) its
 /// last `.`-separated part.
@@ -65,10 +71,7 @@ pub fn values_of<'p>(
     let want = strict.then(|| canonical_param(key));
     pairs
         .iter()
-        .filter(move |(k, _)| match &want {
-            Some(w) => k == key || same_param(k, w),
-            None => k == key,
-        })
+        .filter(move |(k, _)| is_key(k, key, want.as_deref()))
         .map(|(_, v)| v.as_ref())
 }
 
@@ -142,10 +145,7 @@ pub fn query_values<'q>(
         .flatten();
     form_urlencoded::parse(query)
         .chain(extra)
-        .filter(move |(k, _)| match &want {
-            Some(w) => k == key || same_param(k, w),
-            None => k == key,
-        })
+        .filter(move |(k, _)| is_key(k, key, want.as_deref()))
         .map(|(_, v)| v)
 }
 
