@@ -26,6 +26,7 @@ use common::*;
 #[path = "attack/mod.rs"]
 mod attack;
 use attack::*;
+use std::time::Duration;
 
 /// The rules every case runs against (paths are the upstream's, after the `/api` prefix).
 const RULES: &str = r#"rules:
@@ -1084,7 +1085,22 @@ async fn a_request_for_another_host_does_not_join_an_approval() {
     let id = id_of(&wait_pending(&a, 1).await[0]);
     let prod = send("prod.example.com");
     wait_held_gauge(&a, 2).await;
-    let listed = pending(&a, BOB).await;
+    // Held counts the request before its approval is stored: wait (bounded) for the
+    // second approval; a prod request that joined staging's never makes one.
+    let listed = match tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let listed = pending(&a, BOB).await;
+            if listed.len() >= 2 {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    {
+        Ok(listed) => listed,
+        Err(_) => pending(&a, BOB).await,
+    };
     assert_eq!(vote(&a, BOB, &id, "approve", None).await.0, 200);
     for other in listed.iter().filter(|p| id_of(p) != id) {
         let _ = vote(&a, BOB, &id_of(other), "deny", Some("cleanup")).await;
