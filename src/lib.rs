@@ -17,8 +17,11 @@
 //!   [`approvals`]) or forward ([`proxy::forward`] over [`upstream`]) — and ends in
 //!   the one exit hook [`proxy::exit`] (audit event, metrics, access log line);
 //!   [`proxy::simulate`] runs the same phases for `rules test` and `rules explain`;
-//! - [`admin`] serves reviewers (REST API, votes into [`approvals`]), `/metrics` and
-//!   health checks;
+//! - [`admin`] serves reviewers (REST API, votes into [`approvals`]), the Slack and
+//!   Teams callbacks, `/metrics` and health checks;
+//! - [`channels`] tells reviewers where they work (Slack, Teams, a signed webhook):
+//!   its dispatcher delivers the store's outbox, which [`approvals`]' lifecycle events
+//!   fill; a vote from chat is verified there and cast through [`approvals`];
 //! - [`state`] holds the shared [`state::Airlock`] and the [`state::Snapshot`] in
 //!   force (policy, upstream clients), swapped whole on reload;
 //! - [`request`] (the phases and the [`request::Policy`] they decide against),
@@ -36,6 +39,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod http;
@@ -63,6 +67,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub airlock: Arc<Airlock>,
+    /// Delivers the notification outbox to the chat and webhook channels.
+    pub dispatcher: Arc<channels::Dispatcher>,
     /// The rules loaded at start (for the startup report).
     pub warnings: Vec<config::Diagnostic>,
     pub shutdown: CancellationToken,
@@ -206,6 +212,13 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
         }
         None => None,
     };
+    // Before any request: the store learns which channels to write outbox rows for.
+    let dispatcher = channels::Dispatcher::new(airlock.clone());
+    tasks.push(dispatcher.spawn(shutdown.clone()));
+    tasks.push(channels::slack::socket::spawn(
+        airlock.clone(),
+        shutdown.clone(),
+    ));
     tasks.push(tokio::spawn(proxy::server::run(
         listener,
         airlock.clone(),
@@ -221,6 +234,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
         proxy_addr,
         admin_addr,
         airlock,
+        dispatcher,
         warnings: loaded.warnings,
         shutdown,
         tasks,

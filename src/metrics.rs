@@ -64,6 +64,14 @@ pub struct Metrics {
     pub accept_errors: Family<ListenerLabels, Counter>,
     /// Bytes of request bodies kept in memory (`limits.max_held_bytes`).
     pub held_bytes: Gauge,
+    /// Notification deliveries by channel and result (`delivered`, `retried`, `failed`).
+    pub notifications: Family<NotificationLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub channel: String,
+    pub result: String,
 }
 
 /// One listener's metric handles (see [`Metrics::for_listener`]).
@@ -164,7 +172,14 @@ impl Metrics {
             "Bytes of request bodies kept in memory for inspection or holds",
             held_bytes.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification deliveries to chat and webhook channels, by channel and result (delivered, retried, failed)",
+            notifications.clone(),
+        );
         Metrics {
+            notifications,
             registry,
             requests,
             outcomes,
@@ -252,6 +267,15 @@ impl Metrics {
         self.votes
             .get_or_create(&OutcomeLabels {
                 outcome: decision.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn notification(&self, channel: &str, result: &str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                channel: channel.to_string(),
+                result: result.to_string(),
             })
             .inc();
     }

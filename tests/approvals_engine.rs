@@ -426,6 +426,51 @@ impl Store for FaultyStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    fn set_outbox_channels(&self, channels: Vec<String>) {
+        self.inner.set_outbox_channels(channels)
+    }
+    async fn outbox_claim(
+        &self,
+        instance: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        lease_until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<airlock::store::OutboxItem>, StoreError> {
+        self.inner
+            .outbox_claim(instance, now, lease_until, limit)
+            .await
+    }
+    async fn outbox_settle(
+        &self,
+        id: i64,
+        instance: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        how: &airlock::store::Settle,
+    ) -> Result<(), StoreError> {
+        self.inner.outbox_settle(id, instance, now, how).await
+    }
+    async fn outbox_counts(&self) -> Result<airlock::store::OutboxCounts, StoreError> {
+        self.inner.outbox_counts().await
+    }
+    async fn message_ref(&self, a: &str, ch: &str) -> Result<Option<String>, StoreError> {
+        self.inner.message_ref(a, ch).await
+    }
+    async fn set_message_ref(&self, a: &str, ch: &str, r: &str) -> Result<(), StoreError> {
+        self.inner.set_message_ref(a, ch, r).await
+    }
+    async fn mark_once(
+        &self,
+        a: &str,
+        mark: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        event: airlock::audit::AuditEvent,
+        signer: Option<&airlock::audit::CheckpointSigner>,
+    ) -> Result<bool, StoreError> {
+        self.inner.mark_once(a, mark, now, event, signer).await
+    }
+    async fn marks_of(&self, a: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.marks_of(a).await
+    }
     async fn open_approval(
         &self,
         a: &airlock::store::Approval,

@@ -52,6 +52,8 @@ fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
             channels: vec!["api".into()],
             show: vec![],
             require_reason: false,
+            remind: None,
+            escalate: None,
         },
         method: "DELETE".into(),
         upstream: "cloud".into(),

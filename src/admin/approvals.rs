@@ -6,7 +6,7 @@
 use super::answer::{json, ApiError};
 use super::auth::Reviewer;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Expected};
-use crate::approvals::{may_vote, seconds_left, VoteError};
+use crate::approvals::{may_vote, progress, seconds_left, Progress, VoteError};
 use crate::audit::format_time;
 use crate::config;
 use crate::http::{AirlockError, Code};
@@ -189,7 +189,7 @@ struct ApprovalView<'a> {
     quorum: u32,
     /// Every requirement the approval must meet (one per matched approve rule, or per
     /// group a rule names), with who has met it so far.
-    requirements: Vec<RequirementView>,
+    requirements: Vec<Progress>,
     justification: Option<&'a str>,
     show: Option<&'a serde_json::Value>,
     /// Whether this reviewer may still vote on it.
@@ -212,17 +212,6 @@ struct ApprovalDetail<'a> {
     reason: Option<&'a str>,
 }
 
-/// One requirement and its progress.
-#[derive(Serialize)]
-struct RequirementView {
-    rule: String,
-    approvers: Vec<String>,
-    quorum: u32,
-    /// The reviewers whose approvals count for it.
-    approved_by: Vec<String>,
-    met: bool,
-}
-
 /// One vote as the API shows it.
 #[derive(Serialize)]
 struct VoteView<'a> {
@@ -240,31 +229,7 @@ impl<'a> ApprovalView<'a> {
         now: DateTime<Utc>,
         full: bool,
     ) -> ApprovalView<'a> {
-        let requirements = a
-            .policy
-            .requirements()
-            .iter()
-            .map(|r| {
-                let approved_by: Vec<String> =
-                    a.votes
-                        .iter()
-                        .filter(|v| v.decision == Decision::Approve)
-                        .filter(|v| {
-                            reviewers.all().iter().any(|rv| {
-                                rv.id == v.reviewer && Reviewers::eligible(rv, &r.approvers)
-                            })
-                        })
-                        .map(|v| v.reviewer.clone())
-                        .collect();
-                RequirementView {
-                    rule: r.rule.clone(),
-                    approvers: r.approvers.clone(),
-                    quorum: r.quorum,
-                    met: approved_by.len() >= r.quorum as usize,
-                    approved_by,
-                }
-            })
-            .collect();
+        let requirements = progress(a, reviewers);
         ApprovalView {
             id: &a.id,
             status: a.status.as_str(),

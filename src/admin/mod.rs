@@ -12,7 +12,9 @@
 //! - [`extract`]: path, query and JSON body extractors with JSON rejections;
 //! - [`approvals`]: list, show and vote;
 //! - [`reload`]: `POST /api/v1/reload`;
-//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`slack`], [`teams`]: the chat callbacks (`POST /slack/actions`,
+//!   `POST /teams/actions`), verified by their channels' own proofs, not tokens.
 
 pub mod answer;
 pub mod approvals;
@@ -20,6 +22,8 @@ pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod reload;
+pub mod slack;
+pub mod teams;
 
 use crate::http::listen::{serve, ConnLimits};
 use crate::http::{AirlockError, Code};
@@ -50,6 +54,8 @@ pub fn router(airlock: Arc<Airlock>) -> Router {
         .route("/api/v1/approvals/{id}", get(approvals::show))
         .route("/api/v1/approvals/{id}/votes", post(approvals::vote))
         .route("/api/v1/reload", post(reload::reload))
+        .route("/slack/actions", post(slack::actions))
+        .route("/teams/actions", post(teams::actions))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(airlock)

@@ -22,6 +22,7 @@ impl Approvals {
                 return false;
             }
         };
+        let ev = event_for("expired", &a);
         let r = self
             .store
             .transition_audited(
@@ -30,15 +31,14 @@ impl Approvals {
                 Status::Expired,
                 self.now(),
                 None,
-                Some(event_for("expired", &a)),
+                Some(ev.clone()),
                 self.signer.as_ref(),
             )
             .await;
         match r {
             Ok(true) => {
                 self.audit.sealed_elsewhere();
-                self.metrics.decision("expired");
-                self.notify(id, Outcome::Expired);
+                self.emit(&[ev]);
                 true
             }
             Ok(false) => {

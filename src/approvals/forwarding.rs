@@ -71,6 +71,7 @@ impl Approvals {
             match r {
                 Ok(true) => {
                     self.audit.sealed_elsewhere();
+                    self.emit(std::slice::from_ref(&event));
                     return;
                 }
                 Ok(false) => break,
@@ -144,13 +145,13 @@ impl Approvals {
                             Status::OutcomeUnknown,
                             now,
                             None,
-                            Some(ev),
+                            Some(ev.clone()),
                             self.signer.as_ref(),
                         )
                         .await?;
                     if done {
                         self.audit.sealed_elsewhere();
-                        self.metrics.decision("outcome_unknown");
+                        self.emit(&[ev]);
                         tracing::warn!(approval = %a.id, forwarder = a.forwarder.as_deref().unwrap_or("-"), "{CRASHED}");
                     }
                 }

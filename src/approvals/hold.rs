@@ -241,13 +241,16 @@ impl Approvals {
         let started = std::time::Instant::now();
         let opened = self
             .store
-            .open_approval(&approval, Some(ev), self.signer.as_ref())
+            .open_approval(&approval, Some(ev.clone()), self.signer.as_ref())
             .await;
         self.metrics
             .audit_append
             .observe(started.elapsed().as_secs_f64());
         match opened {
-            Ok(None) => self.audit.sealed_elsewhere(),
+            Ok(None) => {
+                self.audit.sealed_elsewhere();
+                self.emit(&[ev]);
+            }
             Ok(Some(_identical)) => {
                 // An identical request opened one a moment ago (here or on another
                 // replica): join it.

@@ -23,6 +23,7 @@
 pub mod clock;
 pub mod elsewhere;
 pub mod error;
+pub mod events;
 pub mod expiry;
 pub mod forwarding;
 pub mod hold;
@@ -31,9 +32,10 @@ pub mod vote;
 
 pub use clock::Clock;
 pub use error::{HoldError, LimitReached, VoteError};
+pub use events::{Lifecycle, LifecycleEvent};
 pub use hold::{new_approval_id, Claim, HoldRequest, Opened, Ticket, Waited};
 pub use limits::{HeldSlot, HeldSlots, HoldLimits};
-pub use vote::may_vote;
+pub use vote::{may_vote, may_vote_at, progress, requirements_at, Progress, Via};
 
 use crate::audit::{AuditEvent, AuditLog, CheckpointSigner};
 use crate::metrics::Metrics;
@@ -64,6 +66,10 @@ pub struct Approvals {
     signer: Option<CheckpointSigner>,
     /// This airlock instance, as forwarding claims name it (random per process).
     instance: String,
+    /// This process's lifecycle events ([`Approvals::emit`]).
+    events: tokio::sync::broadcast::Sender<LifecycleEvent>,
+    /// Nudges the outbox dispatcher when lifecycle events were written here.
+    outbox_kick: Arc<tokio::sync::Notify>,
 }
 
 impl Approvals {
@@ -84,6 +90,8 @@ impl Approvals {
             waiters: DashMap::new(),
             signer,
             instance: format!("airlock-{}", &new_approval_id()[3..]),
+            events: tokio::sync::broadcast::channel(1024).0,
+            outbox_kick: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -102,6 +110,11 @@ impl Approvals {
             .entry(id.to_string())
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
+    }
+
+    /// The store approvals are kept in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn notify(&self, id: &str, outcome: Outcome) {

@@ -3,23 +3,94 @@
 //! transaction: nothing is ever released on a vote the log does not show, and a crash
 //! cannot leave a decision without its event.
 
-use super::{event_for, Approvals, Outcome, VoteError};
+use super::{event_for, Approvals, VoteError};
 use crate::config::Reviewer;
 use crate::identity::{same_identity, Reviewers};
+use crate::rules::Requirement;
 use crate::store::{Approval, Decision, Need, Quorum, Status, Vote, VoteAudit, VoteResult};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
+
+/// Where a vote came from, and what proves who cast it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Via {
+    /// `api`, `cli`, `slack`, `teams`, `console`.
+    pub channel: String,
+    /// For a chat callback: the SHA-256 of the signed request and its signature
+    /// headers (kept in the vote's audit event).
+    pub evidence: Option<serde_json::Value>,
+}
+
+impl Via {
+    /// The REST API (and the CLI over it).
+    pub fn api() -> Via {
+        Via {
+            channel: "api".into(),
+            evidence: None,
+        }
+    }
+}
+
+/// One requirement of an approval and its progress: the reviewers whose approvals
+/// count for it so far.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Progress {
+    pub rule: String,
+    pub approvers: Vec<String>,
+    pub quorum: u32,
+    pub approved_by: Vec<String>,
+    pub met: bool,
+}
+
+/// The requirements `a` must meet at `now` (an escalation that is due adds its
+/// reviewers to each).
+pub fn requirements_at(a: &Approval, now: DateTime<Utc>) -> Vec<Requirement> {
+    let elapsed = (now - a.created).to_std().unwrap_or_default();
+    a.policy.requirements_after(elapsed)
+}
+
+/// Every requirement of `a` with its progress.
+pub fn progress(a: &Approval, reviewers: &Reviewers) -> Vec<Progress> {
+    requirements_at(a, chrono::Utc::now())
+        .iter()
+        .map(|r| {
+            let approved_by: Vec<String> = a
+                .votes
+                .iter()
+                .filter(|v| v.decision == Decision::Approve)
+                .filter(|v| {
+                    reviewers
+                        .all()
+                        .iter()
+                        .any(|rv| rv.id == v.reviewer && Reviewers::eligible(rv, &r.approvers))
+                })
+                .map(|v| v.reviewer.clone())
+                .collect();
+            Progress {
+                rule: r.rule.clone(),
+                approvers: r.approvers.clone(),
+                quorum: r.quorum,
+                met: approved_by.len() >= r.quorum as usize,
+                approved_by,
+            }
+        })
+        .collect()
+}
 
 /// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
 /// or its owner), and only when the rule's approvers name them. Identities are compared
 /// as emails are: without regard to case.
 pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
+    may_vote_at(reviewer, a, chrono::Utc::now())
+}
+
+/// [`may_vote`] at `now`: an escalation that is due makes its reviewers eligible.
+pub fn may_vote_at(reviewer: &Reviewer, a: &Approval, now: DateTime<Utc>) -> Result<(), VoteError> {
     let same = |x: &str| same_identity(x, &reviewer.id);
     if same(&a.agent) || a.owner.as_deref().is_some_and(same) {
         return Err(VoteError::SelfApproval);
     }
-    let eligible = a
-        .policy
-        .requirements()
+    let eligible = requirements_at(a, now)
         .iter()
         .any(|r| Reviewers::eligible(reviewer, &r.approvers));
     if !eligible {
@@ -31,11 +102,9 @@ pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
 /// What approves `a`: every requirement of its policy, each met by distinct approvals
 /// of the reviewers it names. One reviewer's approval counts for every requirement
 /// that names them.
-pub fn quorum_of(a: &Approval, reviewers: &Reviewers) -> Quorum {
+pub fn quorum_of(a: &Approval, reviewers: &Reviewers, now: DateTime<Utc>) -> Quorum {
     Quorum {
-        needs: a
-            .policy
-            .requirements()
+        needs: requirements_at(a, now)
             .iter()
             .map(|r| Need {
                 quorum: r.quorum,
@@ -62,14 +131,31 @@ impl Approvals {
         decision: Decision,
         reason: Option<String>,
     ) -> Result<Approval, VoteError> {
+        self.vote_via(id, reviewer, reviewers, decision, reason, &Via::api())
+            .await
+    }
+
+    /// [`Approvals::vote`] through a channel: the channel and its evidence (what
+    /// proves who clicked) go into the vote's audit event.
+    pub async fn vote_via(
+        self: &Arc<Self>,
+        id: &str,
+        reviewer: &Reviewer,
+        reviewers: &Reviewers,
+        decision: Decision,
+        reason: Option<String>,
+        via: &Via,
+    ) -> Result<Approval, VoteError> {
         let a = self.store.approval(id).await?.ok_or(VoteError::NotFound)?;
         let refused = |why: String| {
             let mut ev = event_for("vote_refused", &a);
             ev.reviewer = Some(reviewer.id.clone());
             ev.reason = Some(why);
+            ev.channel = Some(via.channel.clone());
+            ev.detail = via.evidence.clone();
             ev
         };
-        if let Err(e) = may_vote(reviewer, &a) {
+        if let Err(e) = may_vote_at(reviewer, &a, self.now()) {
             let why = match e {
                 VoteError::SelfApproval => "self-approval",
                 _ => "not an eligible approver",
@@ -104,6 +190,8 @@ impl Approvals {
         };
         let mut vote_ev = decided("vote");
         vote_ev.decision = Some(decision.as_str().into());
+        vote_ev.channel = Some(via.channel.clone());
+        vote_ev.detail = via.evidence.clone();
         let audit = VoteAudit {
             vote: vote_ev,
             approved: decided("approved"),
@@ -123,7 +211,7 @@ impl Approvals {
             .vote(
                 id,
                 &vote,
-                &quorum_of(&a, reviewers),
+                &quorum_of(&a, reviewers, now),
                 now,
                 &audit,
                 self.signer.as_ref(),
@@ -139,37 +227,21 @@ impl Approvals {
                 return Err(e.into());
             }
         };
-        // Events sealed in the store's transaction: let the JSONL copy catch up.
+        // Events sealed in the store's transaction: let the JSONL copy catch up, and
+        // tell this process's subscribers (parked requests, metrics, the outbox).
         self.audit.sealed_elsewhere();
+        self.emit(&audit.for_result(&result));
         match result {
             VoteResult::NotFound => Err(VoteError::NotFound),
             VoteResult::AlreadyVoted => Err(VoteError::AlreadyVoted),
-            VoteResult::ExpiredNow => {
-                // This vote discovered the expiry: tell parked requests.
-                self.metrics.decision("expired");
-                self.notify(id, Outcome::Expired);
-                Err(VoteError::AlreadyDecided(Status::Expired))
-            }
+            // This vote discovered the expiry (and told parked requests).
+            VoteResult::ExpiredNow => Err(VoteError::AlreadyDecided(Status::Expired)),
             VoteResult::AlreadyDecided(s) => {
                 self.audit
                     .record(refused(format!("already {}", s.as_str())));
                 Err(VoteError::AlreadyDecided(s))
             }
-            VoteResult::Recorded(status) => {
-                self.metrics.vote(decision.as_str());
-                match status {
-                    Status::Approved => {
-                        self.metrics.decision("approved");
-                        self.notify(id, Outcome::Approved);
-                    }
-                    Status::Denied => {
-                        self.metrics.decision("denied");
-                        self.notify(id, Outcome::Denied { reason });
-                    }
-                    _ => {}
-                }
-                self.store.approval(id).await?.ok_or(VoteError::NotFound)
-            }
+            VoteResult::Recorded(_) => self.store.approval(id).await?.ok_or(VoteError::NotFound),
         }
     }
 }

@@ -57,6 +57,14 @@ pub struct AuditEvent {
     /// Body fields chosen by the matching rule's `show` (never the whole body).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub show: Option<Value>,
+    /// Where a vote came from (`api`, `slack`, `teams`, `console`); absent elsewhere,
+    /// so older events hash as before.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub channel: Option<String>,
+    /// Evidence and particulars: for a vote from chat, the SHA-256 of the signed
+    /// callback and its signature headers; for an escalation, who was added (`to`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<Value>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -77,19 +85,22 @@ impl AuditEvent {
     /// default float parser is not guaranteed to round-trip every float exactly).
     pub(crate) fn normalize(&mut self) {
         self.time = self.time.trunc_subsecs(6);
-        if let Some(show) = self.show.take() {
-            let mut v = show;
-            for _ in 0..4 {
-                let text = v.to_string();
-                match serde_json::from_str::<Value>(&text) {
-                    Ok(back) if back == v => break,
-                    Ok(back) => v = back,
-                    Err(_) => break,
-                }
-            }
-            self.show = Some(v);
+        self.show = self.show.take().map(fixpoint);
+        self.detail = self.detail.take().map(fixpoint);
+    }
+}
+
+/// A JSON value brought to the fixpoint of printing and parsing it back.
+fn fixpoint(mut v: Value) -> Value {
+    for _ in 0..4 {
+        let text = v.to_string();
+        match serde_json::from_str::<Value>(&text) {
+            Ok(back) if back == v => break,
+            Ok(back) => v = back,
+            Err(_) => break,
         }
     }
+    v
 }
 
 /// Formats a time exactly as audit events store it: `2024-05-01T12:00:00.123456Z`.

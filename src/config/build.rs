@@ -49,7 +49,8 @@ pub(super) fn build(
     let limits = b.limits(raw.limits.as_ref());
     let approval = b.approval(raw.approval.as_ref());
     let (log_format, log_level) = b.log(raw.log);
-    b.unsupported(raw.tls.is_some(), raw.channels.as_ref());
+    b.unsupported(raw.tls.is_some());
+    let channels = b.channels(raw.channels);
     let rules = raw.rules.as_deref().map(|r| resolve(&b.base, r));
 
     if !b.errs.is_empty() {
@@ -72,11 +73,12 @@ pub(super) fn build(
         approval,
         log_format,
         log_level,
+        channels,
     })
 }
 
 /// The state of one validation: where the file is and what is wrong so far.
-struct Build<'a> {
+pub(super) struct Build<'a> {
     src: &'a Source,
     /// The config file's folder: relative paths are taken from here.
     base: PathBuf,
@@ -86,7 +88,7 @@ struct Build<'a> {
 
 impl Build<'_> {
     /// Records a problem at the first `needle` after `after` (see [`Source::diag_at`]).
-    fn err(&mut self, after: Option<&str>, needle: &str, message: String) {
+    pub(super) fn err(&mut self, after: Option<&str>, needle: &str, message: String) {
         self.errs.push(self.src.diag_at(after, needle, message));
     }
 
@@ -754,22 +756,13 @@ impl Build<'_> {
     }
 
     /// Sections SPEC names that this build does not implement yet: refused, never ignored.
-    fn unsupported(&mut self, tls: bool, channels: Option<&serde_yaml::Value>) {
+    fn unsupported(&mut self, tls: bool) {
         if tls {
             self.err(
                 None,
                 "tls:",
                 "tls: TLS on the agent listener is not supported by this build yet".into(),
             );
-        }
-        if let Some(ch) = channels {
-            if ch.as_mapping().map(|m| !m.is_empty()).unwrap_or(true) {
-                self.err(
-                    None,
-                    "channels:",
-                    "channels: chat channels are not supported by this build yet (use the REST API or CLI)".into(),
-                );
-            }
         }
     }
 }

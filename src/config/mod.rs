@@ -16,11 +16,13 @@
 //! returns a config with an unchecked value, and never turns an unset `${VAR}` into "".
 
 mod build;
+pub mod channels;
 pub mod raw;
 mod source;
 mod types;
 mod values;
 
+pub use channels::{Channels, SlackConfig, TeamsBot, TeamsConfig, WebhookConfig};
 pub use source::{Diagnostic, Diagnostics, Source};
 pub use types::{
     AdminConfig, Agent, ApprovalDefaults, AuditConfig, AuditLevel, Config, Limits, LogFormat, Mode,

@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub agents: Vec<RawAgent>,
     #[serde(default)]
     pub reviewers: Vec<RawReviewer>,
-    pub channels: Option<serde_yaml::Value>,
+    pub channels: Option<super::channels::RawChannels>,
     pub audit: Option<RawAudit>,
     pub limits: Option<RawLimits>,
     pub approval: Option<RawApprovalDefaults>,

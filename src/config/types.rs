@@ -256,4 +256,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level filter for airlock's own lines.
     pub log_level: String,
+    /// Where reviewers are asked besides the API (`channels:`).
+    pub channels: super::channels::Channels,
 }

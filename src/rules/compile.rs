@@ -8,6 +8,7 @@ use super::raw;
 use super::rule::{ApprovalPolicy, Requirement, Rule, Verdict};
 use crate::config::{Config, Diagnostic, Source};
 use regex::Regex;
+use std::time::Duration;
 
 /// Compiles the rules of one file, collecting errors and warnings located in it.
 pub(super) struct Compiler<'a> {
@@ -362,17 +363,52 @@ impl Compiler<'_> {
                 );
             }
         }
+        let remind = a.remind.as_ref().map(|r| {
+            crate::config::parse_duration(r)
+                .ok()
+                .filter(|d| d.as_secs() >= 1)
+                .unwrap_or_else(|| {
+                    self.err(
+                        Some(r),
+                        format!(
+                            "rule {}: approval.remind: {r:?} is not a duration of at least 1s",
+                            self.rule
+                        ),
+                    );
+                    Duration::from_secs(600)
+                })
+                .as_secs()
+        });
+        let escalate = a.escalate.as_ref().map(|e| {
+            let after = crate::config::parse_duration(&e.after).unwrap_or_else(|err| {
+                self.err(
+                    Some(&e.after),
+                    format!("rule {}: approval.escalate.after: {err}", self.rule),
+                );
+                Duration::from_secs(1800)
+            });
+            if e.to.is_empty() {
+                self.err(
+                    Some("escalate"),
+                    format!("rule {}: approval.escalate.to names nobody", self.rule),
+                );
+            }
+            self.check_requirement(cfg, &e.to, 1);
+            crate::rules::rule::Escalation {
+                after: after.as_secs(),
+                to: e.to.clone(),
+            }
+        });
         ApprovalPolicy {
+            remind,
+            escalate,
             approvers,
             quorum,
             requirements: reqs,
             timeout,
             reuse,
-            channels: if a.channels.is_empty() {
-                vec!["api".into()]
-            } else {
-                a.channels.clone()
-            },
+            // None named: every configured channel (and the API, always).
+            channels: a.channels.clone(),
             show: a.show.clone(),
             require_reason: a.require_reason,
         }

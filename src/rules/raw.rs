@@ -92,6 +92,18 @@ pub struct RawApproval {
     /// Whether a vote must give a reason.
     #[serde(default)]
     pub require_reason: bool,
+    /// Re-notify while undecided, this often (`10m`).
+    pub remind: Option<String>,
+    /// `{after: 30m, to: [group:sre-leads]}`.
+    pub escalate: Option<RawEscalate>,
+}
+
+/// `approval.escalate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalate {
+    pub after: String,
+    pub to: Vec<String>,
 }
 
 /// One entry of `approvers:`: a reviewer id or `group:NAME` (all of them one

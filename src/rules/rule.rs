@@ -77,9 +77,44 @@ pub struct ApprovalPolicy {
     /// Whether a vote must give a reason (`approval.require_reason`).
     #[serde(default)]
     pub require_reason: bool,
+    /// Re-notify reviewers this often while undecided (`approval.remind`), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind: Option<u64>,
+    /// Add approvers once undecided for long enough (`approval.escalate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<Escalation>,
+}
+
+/// `approval.escalate: {after: 30m, to: [group:sre-leads]}`: once an approval has been
+/// undecided for `after`, the reviewers `to` names may approve it too (each of its
+/// requirements), and they are notified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// Seconds after the request was held.
+    pub after: u64,
+    /// Reviewer ids and `group:NAME` entries.
+    pub to: Vec<String>,
 }
 
 impl ApprovalPolicy {
+    /// The requirements to meet at `elapsed` after the request was held: once an
+    /// escalation is due, its reviewers count for every requirement.
+    pub fn requirements_after(&self, elapsed: Duration) -> Vec<Requirement> {
+        let mut reqs = self.requirements().into_owned();
+        if let Some(e) = &self.escalate {
+            if elapsed >= Duration::from_secs(e.after) {
+                for r in &mut reqs {
+                    for t in &e.to {
+                        if !r.approvers.contains(t) {
+                            r.approvers.push(t.clone());
+                        }
+                    }
+                }
+            }
+        }
+        reqs
+    }
+
     /// The requirements to meet (one built from `approvers` and `quorum` for a policy
     /// stored before requirements existed).
     pub fn requirements(&self) -> std::borrow::Cow<'_, [Requirement]> {
@@ -133,6 +168,22 @@ impl ApprovalPolicy {
                 }
             }
             o.require_reason |= p.require_reason;
+            o.remind = match (o.remind, p.remind) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            o.escalate = match (o.escalate.take(), &p.escalate) {
+                (Some(mut a), Some(b)) => {
+                    a.after = a.after.min(b.after);
+                    for t in &b.to {
+                        if !a.to.contains(t) {
+                            a.to.push(t.clone());
+                        }
+                    }
+                    Some(a)
+                }
+                (a, b) => a.or_else(|| b.clone()),
+            };
         }
         out
     }
@@ -204,6 +255,8 @@ mod tests {
             channels: vec![format!("ch-{rule}")],
             show: vec![format!("/{rule}")],
             require_reason: rule == "b",
+            remind: None,
+            escalate: None,
         }
     }
 

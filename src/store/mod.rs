@@ -6,8 +6,11 @@
 //! transaction, so two replicas (or two reviewers) can never both decide it.
 //! A store error is never papered over: callers fail closed.
 
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
+
+pub use outbox::{OutboxCounts, OutboxItem, Settle};
 
 use crate::audit::{format_time, AuditError, AuditEvent, Checkpoint, CheckpointSigner, StoredRow};
 use crate::rules::ApprovalPolicy;
@@ -415,6 +418,77 @@ pub trait Store: Send + Sync + 'static {
             .iter()
             .filter(|a| a.agent == agent && a.expires > now)
             .count())
+    }
+
+    /// The channels every approval lifecycle event is written to the outbox for, in
+    /// the transaction that seals it (none until set).
+    fn set_outbox_channels(&self, channels: Vec<String>);
+    /// Claims up to `limit` due outbox rows for `instance` until `lease_until`: of each
+    /// approval and channel only the oldest undelivered row, and only when it is due
+    /// and no instance holds an unexpired lease on it. Each row goes to one instance.
+    async fn outbox_claim(
+        &self,
+        instance: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Settles a delivery attempt of a row `instance` claimed.
+    async fn outbox_settle(
+        &self,
+        id: i64,
+        instance: &str,
+        now: DateTime<Utc>,
+        how: &Settle,
+    ) -> Result<(), StoreError>;
+    /// Outbox rows by state.
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+    /// What a channel stored about the message it posted for an approval.
+    async fn message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Stores (replacing) what a channel needs to update its message for an approval.
+    async fn set_message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+        reference: &str,
+    ) -> Result<(), StoreError>;
+    /// Records `mark` for an approval once, whatever the replica; when this call
+    /// recorded it, seals `event` in the same transaction (with its outbox rows).
+    /// True when this call recorded it.
+    async fn mark_once(
+        &self,
+        approval_id: &str,
+        mark: &str,
+        now: DateTime<Utc>,
+        event: AuditEvent,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<bool, StoreError>;
+    /// The marks recorded for an approval.
+    async fn marks_of(&self, approval_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Up to `limit` decided approvals of `agent` that matched `rule`, newest first,
+    /// other than `except` (what reviewers see as recent decisions).
+    async fn recent_decisions(
+        &self,
+        agent: &str,
+        rule: &str,
+        except: &str,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let all = self.approvals(None, 500).await?;
+        Ok(all
+            .into_iter()
+            .filter(|a| {
+                a.id != except
+                    && a.agent == agent
+                    && a.rules.iter().any(|r| r == rule)
+                    && !matches!(a.status, Status::Pending | Status::Cancelled)
+            })
+            .take(limit)
+            .collect())
     }
 
     /// Appends already sealed audit events (and a checkpoint) atomically; refuses with

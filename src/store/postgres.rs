@@ -7,12 +7,14 @@
 //!
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
+use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
 use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
 };
 use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, Row};
 
@@ -22,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_forwarding.sql"),
     ),
+    (3, include_str!("../../migrations/postgres/0003_outbox.sql")),
 ];
 /// Advisory lock keys (arbitrary constants): migrations and the audit chain.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
@@ -45,6 +48,7 @@ async fn seal_in(
     tx: &tokio_postgres::Transaction<'_>,
     events: &mut [AuditEvent],
     signer: Option<&CheckpointSigner>,
+    outbox: &[String],
 ) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -55,7 +59,32 @@ async fn seal_in(
         .await?;
     let (seq, hash) = audit_head_of(tx).await?;
     let checkpoints = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
-    insert_audit(tx, events, &checkpoints).await
+    insert_audit(tx, events, &checkpoints).await?;
+    insert_outbox(tx, events, outbox).await
+}
+
+/// Writes an outbox row per channel for every lifecycle event among `events` (sealed),
+/// inside the transaction that sealed them.
+async fn insert_outbox(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[AuditEvent],
+    channels: &[String],
+) -> Result<(), StoreError> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    for ev in events.iter().filter(|e| is_lifecycle(e)) {
+        let line = crate::audit::to_jsonl_line(ev);
+        for ch in channels {
+            tx.execute(
+                "INSERT INTO outbox (approval_id, channel, seq, event, line, created, next_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                &[&ev.approval_id, ch, &(ev.seq as i64), &ev.event, &line, &now],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Commits a transaction that sealed audit events. A commit whose answer was lost may
@@ -155,6 +184,8 @@ pub struct PostgresStore {
     instance: Mutex<Option<Client>>,
     /// Status changes heard on the instance session ([`Store::changes`]).
     changes: tokio::sync::broadcast::Sender<String>,
+    /// The channels lifecycle events are written to the outbox for.
+    outbox: std::sync::RwLock<Arc<Vec<String>>>,
 }
 
 /// The channel status changes are announced on (NOTIFY payload: the approval id).
@@ -209,7 +240,16 @@ impl PostgresStore {
             next: AtomicUsize::new(0),
             instance: Mutex::new(None),
             changes: tokio::sync::broadcast::channel(1024).0,
+            outbox: std::sync::RwLock::new(Arc::new(Vec::new())),
         })
+    }
+
+    /// The channels lifecycle events are written to the outbox for.
+    fn outbox(&self) -> Arc<Vec<String>> {
+        match self.outbox.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// A pooled connection, reconnecting a closed one.
@@ -402,7 +442,7 @@ impl Store for PostgresStore {
             ],
         )
         .await?;
-        seal_in(&tx, &mut Vec::from_iter(held), signer).await?;
+        seal_in(&tx, &mut Vec::from_iter(held), signer, &self.outbox()).await?;
         commit_sealed(tx).await?;
         Ok(None)
     }
@@ -516,7 +556,7 @@ impl Store for PostgresStore {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])
                 .await?;
         }
-        seal_in(&tx, &mut audit.for_result(&result), signer).await?;
+        seal_in(&tx, &mut audit.for_result(&result), signer, &self.outbox()).await?;
         commit_sealed(tx).await?;
         Ok(result)
     }
@@ -555,7 +595,7 @@ impl Store for PostgresStore {
         if n == 1 {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANGES, &id])
                 .await?;
-            seal_in(&tx, &mut Vec::from_iter(event), signer).await?;
+            seal_in(&tx, &mut Vec::from_iter(event), signer, &self.outbox()).await?;
         }
         commit_sealed(tx).await?;
         Ok(n == 1)
@@ -695,6 +735,160 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn set_outbox_channels(&self, channels: Vec<String>) {
+        match self.outbox.write() {
+            Ok(mut g) => *g = Arc::new(channels),
+            Err(p) => *p.into_inner() = Arc::new(channels),
+        }
+    }
+
+    async fn outbox_claim(
+        &self,
+        instance: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        client!(self, c);
+        // SKIP LOCKED: replicas claiming at once take different rows; a row another
+        // replica leased meanwhile fails the re-checked lease condition.
+        let rows = c
+            .query(
+                "WITH heads AS (SELECT DISTINCT ON (approval_id, channel) id FROM outbox WHERE done IS NULL ORDER BY approval_id, channel, id) \
+                 UPDATE outbox SET claimed_by = $1, claimed_until = $3 WHERE id IN ( \
+                   SELECT o.id FROM outbox o JOIN heads h ON h.id = o.id \
+                   WHERE o.done IS NULL AND o.next_at <= $2 AND (o.claimed_until IS NULL OR o.claimed_until <= $2) \
+                   ORDER BY o.id LIMIT $4 FOR UPDATE OF o SKIP LOCKED) \
+                 RETURNING id, approval_id, channel, line, attempts, created",
+                &[&instance, &now, &lease_until, &(limit as i64)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let line: String = r.try_get(3)?;
+            out.push(OutboxItem {
+                id: r.try_get(0)?,
+                approval_id: r.try_get(1)?,
+                channel: r.try_get(2)?,
+                event: serde_json::from_str(&line)
+                    .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?,
+                attempts: r.try_get::<_, i32>(4)? as u32,
+                created: r.try_get(5)?,
+            });
+        }
+        out.sort_by_key(|i| i.id);
+        Ok(out)
+    }
+
+    async fn outbox_settle(
+        &self,
+        id: i64,
+        instance: &str,
+        now: DateTime<Utc>,
+        how: &Settle,
+    ) -> Result<(), StoreError> {
+        client!(self, c);
+        match how {
+            Settle::Done { outcome } => c.execute(
+                "UPDATE outbox SET done = $3, outcome = $4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2",
+                &[&id, &instance, &now, outcome],
+            ).await?,
+            Settle::Retry { at, error } => c.execute(
+                "UPDATE outbox SET next_at = $3, last_error = $4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2",
+                &[&id, &instance, at, error],
+            ).await?,
+            Settle::Failed { error } => c.execute(
+                "UPDATE outbox SET done = $3, outcome = 'failed', last_error = $4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = $1 AND claimed_by = $2",
+                &[&id, &instance, &now, error],
+            ).await?,
+        };
+        Ok(())
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        client!(self, c);
+        let r = c
+            .query_one(
+                "SELECT COUNT(*) FILTER (WHERE done IS NULL), COUNT(*) FILTER (WHERE done IS NOT NULL AND outcome <> 'failed'), COUNT(*) FILTER (WHERE outcome = 'failed') FROM outbox",
+                &[],
+            )
+            .await?;
+        Ok(OutboxCounts {
+            pending: r.try_get::<_, i64>(0)? as u64,
+            delivered: r.try_get::<_, i64>(1)? as u64,
+            failed: r.try_get::<_, i64>(2)? as u64,
+        })
+    }
+
+    async fn message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
+        client!(self, c);
+        let row = c
+            .query_opt(
+                "SELECT ref FROM channel_messages WHERE approval_id = $1 AND channel = $2",
+                &[&approval_id, &channel],
+            )
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    async fn set_message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+        reference: &str,
+    ) -> Result<(), StoreError> {
+        client!(self, c);
+        c.execute(
+            "INSERT INTO channel_messages (approval_id, channel, ref) VALUES ($1, $2, $3) ON CONFLICT (approval_id, channel) DO UPDATE SET ref = EXCLUDED.ref",
+            &[&approval_id, &channel, &reference],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_once(
+        &self,
+        approval_id: &str,
+        mark: &str,
+        now: DateTime<Utc>,
+        event: AuditEvent,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<bool, StoreError> {
+        client!(self, c);
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "INSERT INTO approval_marks (approval_id, mark, time) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&approval_id, &mark, &now],
+            )
+            .await?;
+        if n == 1 {
+            seal_in(&tx, &mut [event], signer, &self.outbox()).await?;
+        }
+        commit_sealed(tx).await?;
+        Ok(n == 1)
+    }
+
+    async fn marks_of(&self, approval_id: &str) -> Result<Vec<String>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query(
+                "SELECT mark FROM approval_marks WHERE approval_id = $1 ORDER BY time, mark",
+                &[&approval_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
+    }
+
     async fn audit_seal_append(
         &self,
         mut events: Vec<AuditEvent>,
@@ -705,7 +899,7 @@ impl Store for PostgresStore {
         }
         client!(self, c);
         let tx = c.transaction().await?;
-        seal_in(&tx, &mut events, signer).await?;
+        seal_in(&tx, &mut events, signer, &self.outbox()).await?;
         commit_sealed(tx).await?;
         Ok(events)
     }

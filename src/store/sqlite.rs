@@ -8,6 +8,7 @@
 //! process holds shows within about half a second. Schema migrations are the numbered
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
+use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
 use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
@@ -26,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_forwarding.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_outbox.sql")),
 ];
 
 /// How long a write waits for a lock held by another process before failing.
@@ -94,13 +96,45 @@ fn seal_in(
     tx: &rusqlite::Transaction<'_>,
     events: &mut [AuditEvent],
     signer: Option<&CheckpointSigner>,
+    outbox: &[String],
 ) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
     let (seq, hash) = audit_head_of(tx)?;
     let checkpoints = Chain::new(seq, &hash).seal_batch(events, signer, Utc::now());
-    insert_audit(tx, events, &checkpoints)
+    insert_audit(tx, events, &checkpoints)?;
+    insert_outbox(tx, events, outbox)
+}
+
+/// Writes an outbox row per channel for every lifecycle event among `events` (sealed),
+/// inside the transaction that sealed them.
+fn insert_outbox(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[AuditEvent],
+    channels: &[String],
+) -> Result<(), StoreError> {
+    if channels.is_empty() {
+        return Ok(());
+    }
+    let now = ts(&Utc::now());
+    let mut st = tx.prepare_cached(
+        "INSERT INTO outbox (approval_id, channel, seq, event, line, created, next_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?;
+    for ev in events.iter().filter(|e| is_lifecycle(e)) {
+        let line = crate::audit::to_jsonl_line(ev);
+        for ch in channels {
+            st.execute(params![
+                ev.approval_id,
+                ch,
+                ev.seq as i64,
+                ev.event,
+                line,
+                now
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// A SQLite database file (or an in-memory one) holding everything airlock persists.
@@ -113,6 +147,8 @@ pub struct SqliteStore {
     path: Option<std::path::PathBuf>,
     /// This process's instance and the lock file marking it alive.
     instance: std::sync::Mutex<Option<(String, Option<std::fs::File>)>>,
+    /// The channels lifecycle events are written to the outbox for.
+    outbox: std::sync::RwLock<Arc<Vec<String>>>,
 }
 
 /// The stored checkpoints `tail` (a WHERE/ORDER BY clause) selects.
@@ -238,7 +274,16 @@ impl SqliteStore {
             probe: None,
             path: None,
             instance: std::sync::Mutex::new(None),
+            outbox: std::sync::RwLock::new(Arc::new(Vec::new())),
         })
+    }
+
+    /// The channels lifecycle events are written to the outbox for.
+    fn outbox(&self) -> Arc<Vec<String>> {
+        match self.outbox.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -410,6 +455,7 @@ impl Store for SqliteStore {
         held: Option<AuditEvent>,
         signer: Option<&CheckpointSigner>,
     ) -> Result<Option<String>, StoreError> {
+        let outbox = self.outbox();
         let (a, signer) = (a.clone(), signer.cloned());
         self.with(move |c| {
             let rules = serde_json::to_string(&a.rules).map_err(|source| StoreError::Encode { what: "rules", source })?;
@@ -431,7 +477,7 @@ impl Store for SqliteStore {
                     ts(&a.created), ts(&a.expires)
                 ],
             )?;
-            seal_in(&tx, &mut Vec::from_iter(held), signer.as_ref())?;
+            seal_in(&tx, &mut Vec::from_iter(held), signer.as_ref(), &outbox)?;
             tx.commit()?;
             Ok(None)
         })
@@ -496,6 +542,7 @@ impl Store for SqliteStore {
         audit: &VoteAudit,
         signer: Option<&CheckpointSigner>,
     ) -> Result<VoteResult, StoreError> {
+        let outbox = self.outbox();
         let (id, vote, audit, signer) =
             (id.to_string(), vote.clone(), audit.clone(), signer.cloned());
         let quorum = quorum.clone();
@@ -538,7 +585,7 @@ impl Store for SqliteStore {
                 }
                 VoteResult::Recorded(new)
             };
-            seal_in(&tx, &mut audit.for_result(&result), signer.as_ref())?;
+            seal_in(&tx, &mut audit.for_result(&result), signer.as_ref(), &outbox)?;
             tx.commit()?;
             Ok(result)
         })
@@ -555,6 +602,7 @@ impl Store for SqliteStore {
         event: Option<AuditEvent>,
         signer: Option<&CheckpointSigner>,
     ) -> Result<bool, StoreError> {
+        let outbox = self.outbox();
         let (id, reason, signer) = (id.to_string(), reason.map(str::to_string), signer.cloned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -575,7 +623,7 @@ impl Store for SqliteStore {
                 )?
             };
             if n == 1 {
-                seal_in(&tx, &mut Vec::from_iter(event), signer.as_ref())?;
+                seal_in(&tx, &mut Vec::from_iter(event), signer.as_ref(), &outbox)?;
             }
             tx.commit()?;
             Ok(n == 1)
@@ -754,6 +802,178 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn set_outbox_channels(&self, channels: Vec<String>) {
+        match self.outbox.write() {
+            Ok(mut g) => *g = Arc::new(channels),
+            Err(p) => *p.into_inner() = Arc::new(channels),
+        }
+    }
+
+    async fn outbox_claim(
+        &self,
+        instance: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let instance = instance.to_string();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = ts(&now);
+            let rows: Vec<(i64, String, String, String, i64, String)> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT id, approval_id, channel, line, attempts, created FROM outbox o \
+                     WHERE done IS NULL AND next_at <= ?1 \
+                       AND (claimed_until IS NULL OR claimed_until <= ?1) \
+                       AND id = (SELECT MIN(id) FROM outbox p WHERE p.approval_id = o.approval_id AND p.channel = o.channel AND p.done IS NULL) \
+                     ORDER BY id LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, approval_id, channel, line, attempts, created) in rows {
+                tx.execute(
+                    "UPDATE outbox SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
+                    params![id, instance, ts(&lease_until)],
+                )?;
+                out.push(OutboxItem {
+                    id,
+                    approval_id,
+                    channel,
+                    event: decode_line(&line)?,
+                    attempts: attempts as u32,
+                    created: parse_ts(&created)?,
+                });
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_settle(
+        &self,
+        id: i64,
+        instance: &str,
+        now: DateTime<Utc>,
+        how: &Settle,
+    ) -> Result<(), StoreError> {
+        let (instance, how) = (instance.to_string(), how.clone());
+        self.with(move |c| {
+            let now = ts(&now);
+            match how {
+                Settle::Done { outcome } => c.execute(
+                    "UPDATE outbox SET done = ?3, outcome = ?4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+                    params![id, instance, now, outcome],
+                )?,
+                Settle::Retry { at, error } => c.execute(
+                    "UPDATE outbox SET next_at = ?3, last_error = ?4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+                    params![id, instance, ts(&at), error],
+                )?,
+                Settle::Failed { error } => c.execute(
+                    "UPDATE outbox SET done = ?3, outcome = 'failed', last_error = ?4, attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+                    params![id, instance, now, error],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        self.with(|c| {
+            let (pending, delivered, failed): (i64, i64, i64) = c.query_row(
+                "SELECT COALESCE(SUM(done IS NULL), 0), COALESCE(SUM(done IS NOT NULL AND outcome <> 'failed'), 0), COALESCE(SUM(outcome = 'failed'), 0) FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(OutboxCounts {
+                pending: pending as u64,
+                delivered: delivered as u64,
+                failed: failed as u64,
+            })
+        })
+        .await
+    }
+
+    async fn message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (a, ch) = (approval_id.to_string(), channel.to_string());
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT ref FROM channel_messages WHERE approval_id = ?1 AND channel = ?2",
+                params![a, ch],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn set_message_ref(
+        &self,
+        approval_id: &str,
+        channel: &str,
+        reference: &str,
+    ) -> Result<(), StoreError> {
+        let (a, ch, r) = (
+            approval_id.to_string(),
+            channel.to_string(),
+            reference.to_string(),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO channel_messages (approval_id, channel, ref) VALUES (?1, ?2, ?3) ON CONFLICT (approval_id, channel) DO UPDATE SET ref = excluded.ref",
+                params![a, ch, r],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_once(
+        &self,
+        approval_id: &str,
+        mark: &str,
+        now: DateTime<Utc>,
+        event: AuditEvent,
+        signer: Option<&CheckpointSigner>,
+    ) -> Result<bool, StoreError> {
+        let outbox = self.outbox();
+        let (a, m, signer) = (approval_id.to_string(), mark.to_string(), signer.cloned());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO approval_marks (approval_id, mark, time) VALUES (?1, ?2, ?3)",
+                params![a, m, ts(&now)],
+            )?;
+            if n == 1 {
+                seal_in(&tx, &mut [event], signer.as_ref(), &outbox)?;
+            }
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn marks_of(&self, approval_id: &str) -> Result<Vec<String>, StoreError> {
+        let a = approval_id.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT mark FROM approval_marks WHERE approval_id = ?1 ORDER BY time, mark",
+            )?;
+            let rows = st.query_map([a], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn audit_seal_append(
         &self,
         events: Vec<AuditEvent>,
@@ -762,13 +982,14 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(events);
         }
+        let outbox = self.outbox();
         let signer = signer.cloned();
         self.with(move |c| {
             let mut events = events;
             // IMMEDIATE takes the write lock first: no other connection or process can
             // append between reading the head and committing.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            seal_in(&tx, &mut events, signer.as_ref())?;
+            seal_in(&tx, &mut events, signer.as_ref(), &outbox)?;
             tx.commit()?;
             Ok(events)
         })
