@@ -169,6 +169,11 @@ impl Pair {
     /// A fresh database, an echo upstream and two replicas with `rules`, at
     /// `audit.level: all`; `None` when the test is skipped for want of PostgreSQL.
     async fn start(test: &str, rules: &str) -> Option<Pair> {
+        Pair::start_with(test, rules, "").await
+    }
+
+    /// [`Pair::start`] with `extra` appended to both configs.
+    async fn start_with(test: &str, rules: &str, extra: &str) -> Option<Pair> {
         let db = Database::create(test).await?;
         let up = Upstream::start().await;
         let ws = Workspace::new();
@@ -188,6 +193,7 @@ upstreams:
 {identities}audit:
   level: all
   file: {audit}
+{extra}
 "#,
                 store = db.url,
                 upstream = up.url(),
@@ -474,6 +480,95 @@ async fn a_vote_on_one_replica_decides_a_request_held_on_the_other() {
             "denied carol@example.com",
             "not_forwarded"
         ]
+    );
+}
+
+// ---- Notifications from two replicas --------------------------------------------------
+
+/// With a webhook channel on both replicas: a vote on B releases the request parked on
+/// A at once (LISTEN/NOTIFY, not the reconciliation every 3 s), and every lifecycle
+/// event of every approval reaches the channel exactly once, though both replicas run
+/// a dispatcher over the one outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_on_b_wakes_a_at_once_and_each_notice_goes_out_once() {
+    let hook = Upstream::start().await;
+    let extra = format!(
+        "channels:\n  webhook: {{url: \"{}/hook\", secret: test-hook-secret}}\n",
+        hook.url()
+    );
+    let Some(mut pair) = Pair::start_with("two_replicas notices", RULES, &extra).await else {
+        return;
+    };
+    let c = client();
+    let [a, b] = pair.at;
+    const ROUNDS: usize = 8;
+    let mut waits = Vec::new();
+    let mut ids = Vec::new();
+    for k in 0..ROUNDS {
+        let (held_at, vote_at) = if k % 2 == 0 { (a, b) } else { (b, a) };
+        let held = post_spawn(&c, held_at, &format!("/api/deploy/{k}"), "{}");
+        let id = id_of(&wait_pending(&held_at, 1).await[0]);
+        let (s, v) = vote_with(&c, &vote_at, BOB, &id, "approve", None).await;
+        let voted = Instant::now();
+        assert_eq!(s, 200, "{v}");
+        answer(held, "held on one replica, approved on the other")
+            .await
+            .assert_forwarded_on(&id);
+        waits.push(voted.elapsed());
+        ids.push(id);
+    }
+    waits.sort();
+    let median = waits[ROUNDS / 2];
+    eprintln!("vote accepted → parked request answered on the other replica: median {median:?}, max {:?}", waits[ROUNDS - 1]);
+    assert!(
+        median < Duration::from_millis(1000),
+        "a vote on one replica must wake the other at once (LISTEN/NOTIFY), not at the \
+         next reconciliation: {waits:?}"
+    );
+
+    // Every approval: opened, vote, decided, forwarded — each delivered once.
+    let want = ["opened", "vote", "decided", "forwarded"];
+    let complete = eventually(30, || {
+        let hook = &hook;
+        let ids = &ids;
+        async move {
+            let got: Vec<Value> = hook
+                .requests()
+                .iter()
+                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .collect();
+            let complete = ids.iter().all(|id| {
+                want.iter().all(|w| {
+                    got.iter().any(|e| {
+                        e["subject"] == id.as_str()
+                            && e["type"] == format!("dev.airlock.approval.{w}")
+                    })
+                })
+            });
+            complete.then_some(got)
+        }
+    })
+    .await;
+    // Both replicas stopped: no dispatcher can deliver anything more.
+    pair.stop_and_check_log().await;
+    let deliveries: Vec<Value> = hook
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect();
+    assert!(deliveries.len() >= complete.len());
+    let mut seen = HashMap::new();
+    for e in &deliveries {
+        *seen
+            .entry((e["subject"].to_string(), e["type"].to_string()))
+            .or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(
+        deliveries.len(),
+        ROUNDS * want.len(),
+        "one delivery per lifecycle event"
     );
 }
 
