@@ -117,9 +117,12 @@ async fn contract(s: Arc<dyn Store>) {
     hold(&s, "ap_1").await;
     approve(&s, "ap_1").await;
     // Not lifecycle events: no rows.
-    s.audit_seal_append(vec![AuditEvent::new("passed"), event("vote_refused", "ap_1")], None)
-        .await
-        .unwrap();
+    s.audit_seal_append(
+        vec![AuditEvent::new("passed"), event("vote_refused", "ap_1")],
+        None,
+    )
+    .await
+    .unwrap();
     let counts = s.outbox_counts().await.unwrap();
     assert_eq!(
         counts.pending, 6,
@@ -139,7 +142,11 @@ async fn contract(s: Arc<dyn Store>) {
             ("webhook".to_string(), "held".to_string())
         ]
     );
-    assert!(a.iter().all(|i| i.event.seq > 0 && i.event.hash.len() == 64), "sealed events");
+    assert!(
+        a.iter()
+            .all(|i| i.event.seq > 0 && i.event.hash.len() == 64),
+        "sealed events"
+    );
     // Leased: another instance gets nothing, and neither does the next row.
     assert!(claim(&s, "airlock-b").await.is_empty());
 
@@ -150,7 +157,10 @@ async fn contract(s: Arc<dyn Store>) {
         .unwrap();
     let b = claim(&s, "airlock-b").await;
     assert_eq!(b.len(), 1);
-    assert_eq!((b[0].channel.as_str(), b[0].event.event.as_str()), ("slack", "vote"));
+    assert_eq!(
+        (b[0].channel.as_str(), b[0].event.event.as_str()),
+        ("slack", "vote")
+    );
 
     // A settle by an instance that does not hold the lease changes nothing.
     s.outbox_settle(b[0].id, "airlock-a", Utc::now(), &done())
@@ -170,7 +180,10 @@ async fn contract(s: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    assert!(claim(&s, "airlock-a").await.is_empty(), "not before its time");
+    assert!(
+        claim(&s, "airlock-a").await.is_empty(),
+        "not before its time"
+    );
     let again = common::eventually(10, || {
         let s = s.clone();
         async move {
@@ -213,8 +226,12 @@ async fn contract(s: Arc<dyn Store>) {
 
     // Message references: stored per approval and channel, replaced.
     assert_eq!(s.message_ref("ap_1", "slack").await.unwrap(), None);
-    s.set_message_ref("ap_1", "slack", r#"{"ts":"1"}"#).await.unwrap();
-    s.set_message_ref("ap_1", "slack", r#"{"ts":"2"}"#).await.unwrap();
+    s.set_message_ref("ap_1", "slack", r#"{"ts":"1"}"#)
+        .await
+        .unwrap();
+    s.set_message_ref("ap_1", "slack", r#"{"ts":"2"}"#)
+        .await
+        .unwrap();
     assert_eq!(
         s.message_ref("ap_1", "slack").await.unwrap().as_deref(),
         Some(r#"{"ts":"2"}"#)
@@ -224,11 +241,23 @@ async fn contract(s: Arc<dyn Store>) {
     // A mark is recorded once, with its event (and that event's outbox rows).
     let before = s.outbox_counts().await.unwrap().pending;
     assert!(s
-        .mark_once("ap_1", "remind:1", Utc::now(), event("reminded", "ap_1"), None)
+        .mark_once(
+            "ap_1",
+            "remind:1",
+            Utc::now(),
+            event("reminded", "ap_1"),
+            None
+        )
         .await
         .unwrap());
     assert!(!s
-        .mark_once("ap_1", "remind:1", Utc::now(), event("reminded", "ap_1"), None)
+        .mark_once(
+            "ap_1",
+            "remind:1",
+            Utc::now(),
+            event("reminded", "ap_1"),
+            None
+        )
         .await
         .unwrap());
     assert_eq!(s.marks_of("ap_1").await.unwrap(), ["remind:1"]);
@@ -274,7 +303,9 @@ async fn racing_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
                 continue;
             }
             for it in items {
-                s.outbox_settle(it.id, me, Utc::now(), &done()).await.unwrap();
+                s.outbox_settle(it.id, me, Utc::now(), &done())
+                    .await
+                    .unwrap();
                 got.push(it);
             }
         }
@@ -308,10 +339,25 @@ async fn racing_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     }
     // And a mark racing on both instances is recorded once.
     let (m1, m2) = tokio::join!(
-        a.mark_once("race_0", "escalate", Utc::now(), event("escalated", "race_0"), None),
-        b.mark_once("race_0", "escalate", Utc::now(), event("escalated", "race_0"), None)
+        a.mark_once(
+            "race_0",
+            "escalate",
+            Utc::now(),
+            event("escalated", "race_0"),
+            None
+        ),
+        b.mark_once(
+            "race_0",
+            "escalate",
+            Utc::now(),
+            event("escalated", "race_0"),
+            None
+        )
     );
-    assert!(m1.unwrap() ^ m2.unwrap(), "exactly one instance recorded it");
+    assert!(
+        m1.unwrap() ^ m2.unwrap(),
+        "exactly one instance recorded it"
+    );
 }
 
 #[tokio::test]

@@ -519,7 +519,10 @@ async fn a_vote_on_b_wakes_a_at_once_and_each_notice_goes_out_once() {
     }
     waits.sort();
     let median = waits[ROUNDS / 2];
-    eprintln!("vote accepted → parked request answered on the other replica: median {median:?}, max {:?}", waits[ROUNDS - 1]);
+    eprintln!(
+        "vote accepted → parked request answered on the other replica: median {median:?}, max {:?}",
+        waits[ROUNDS - 1]
+    );
     assert!(
         median < Duration::from_millis(1000),
         "a vote on one replica must wake the other at once (LISTEN/NOTIFY), not at the \

@@ -393,7 +393,19 @@ impl Compiler<'_> {
                     format!("rule {}: approval.escalate.to names nobody", self.rule),
                 );
             }
-            self.check_requirement(cfg, &e.to, 1);
+            let known = cfg
+                .reviewers
+                .iter()
+                .any(|r| crate::identity::Reviewers::eligible(r, &e.to));
+            if !known {
+                self.warn(
+                    Some("escalate"),
+                    format!(
+                        "rule {}: approval.escalate.to {:?} matches no configured reviewer",
+                        self.rule, e.to
+                    ),
+                );
+            }
             crate::rules::rule::Escalation {
                 after: after.as_secs(),
                 to: e.to.clone(),

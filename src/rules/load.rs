@@ -237,6 +237,55 @@ mod tests {
     }
 
     #[test]
+    fn remind_and_escalate_are_read_and_checked() {
+        let rules = r#"rules:
+  - name: slow
+    when: {method: DELETE}
+    then: approve
+    approval:
+      approvers: [group:sre]
+      remind: 10m
+      escalate: {after: 30m, to: [group:leads]}
+"#;
+        let (_dir, cfg) = folder("", &[("r.yaml", rules)]);
+        let loaded = load(&cfg).unwrap();
+        let p = loaded.set.rules[0].approval.clone().unwrap();
+        assert_eq!(p.remind, Some(600));
+        let e = p.escalate.clone().unwrap();
+        assert_eq!(
+            (e.after, e.to.clone()),
+            (1800, vec!["group:leads".to_string()])
+        );
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.to_string().contains("escalate.to")),
+            "nobody is in group:leads: a warning, not an error"
+        );
+        // Before the escalation only sre counts; after it leads count for each requirement.
+        let before = p.requirements_after(std::time::Duration::from_secs(1799));
+        assert_eq!(before[0].approvers, ["group:sre"]);
+        let after = p.requirements_after(std::time::Duration::from_secs(1800));
+        assert_eq!(after[0].approvers, ["group:sre", "group:leads"]);
+
+        for bad in [
+            "remind: soon",
+            "remind: 0s",
+            "escalate: {after: later, to: [group:sre]}",
+            "escalate: {after: 1m, to: []}",
+        ] {
+            let text = rules.replace("      remind: 10m\n", "").replace(
+                "      escalate: {after: 30m, to: [group:leads]}\n",
+                &format!("      {bad}\n"),
+            );
+            let (_dir, cfg) = folder("", &[("r.yaml", &text)]);
+            let err = load(&cfg).unwrap_err().to_string();
+            assert!(err.contains("r.yaml:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn the_same_files_give_the_same_version() {
         let files = [("a.yaml", RULES), ("b.yaml", "rules: []\n")];
         let v = version("", &files);
