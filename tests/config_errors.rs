@@ -216,3 +216,56 @@ fn an_unset_variable_stops_check_and_serve() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// A chat or webhook channel missing what it needs, with an unknown key, a bad URL or
+/// an unset `${VAR}` is refused at its line, never a channel that silently does
+/// nothing.
+#[test]
+fn channel_mistakes_are_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "channels:\n  slack: {bot_token: xoxb-1, channel: C1}\n",
+            "slack:",
+            "signing_secret",
+        ),
+        (
+            "channels:\n  slack:\n    bot_token: xoxb-1\n    signing_secret: s\n    channel: C1\n    api_base: slack.com/api\n",
+            "api_base:",
+            "not an http(s) URL",
+        ),
+        (
+            "channels:\n  slack:\n    bot_token: \"${AIRLOCK_TEST_UNSET_SLACK_TOKEN}\"\n    signing_secret: s\n    channel: C1\n",
+            "bot_token:",
+            "AIRLOCK_TEST_UNSET_SLACK_TOKEN is not set",
+        ),
+        (
+            "channels:\n  teams:\n    app_id: 00000000-0000-0000-0000-000000000001\n",
+            "teams:",
+            "app_password",
+        ),
+        (
+            "channels:\n  webhook: {url: https://hooks.example/a, secret: s, retries: 3}\n",
+            "retries",
+            "unknown field",
+        ),
+        (
+            "channels:\n  webhook:\n    url: https://hooks.example/a\n    secret: s\n    timeout: soon\n",
+            "timeout:",
+            "timeout",
+        ),
+    ];
+    for (extra, at, says) in cases {
+        let (ws, text) = workspace(extra, "rules: []\n");
+        let (code, _, err) = check(&ws.config());
+        assert_eq!(code, 1, "{extra}: {err}");
+        let line = format!("airlock.yaml:{}:", line_of(&text, at));
+        assert!(err.contains(&line), "{extra}: expected {line} in:\n{err}");
+        assert!(err.contains(says), "{extra}: expected {says:?} in:\n{err}");
+    }
+    let (ws, _) = workspace(
+        "channels:\n  teams: {webhook_url: https://example.webhook.office.com/x}\n  webhook: {url: http://127.0.0.1:9/hook, secret: s}\n",
+        "rules: []\n",
+    );
+    let (code, _, err) = check(&ws.config());
+    assert_eq!(code, 0, "a complete channels section checks clean: {err}");
+}
