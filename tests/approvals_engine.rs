@@ -452,6 +452,9 @@ impl Store for FaultyStore {
     async fn outbox_counts(&self) -> Result<airlock::store::OutboxCounts, StoreError> {
         self.inner.outbox_counts().await
     }
+    async fn outbox_prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        self.inner.outbox_prune(before).await
+    }
     async fn message_ref(&self, a: &str, ch: &str) -> Result<Option<String>, StoreError> {
         self.inner.message_ref(a, ch).await
     }

@@ -271,6 +271,22 @@ async fn contract(s: Arc<dyn Store>) {
         .count();
     assert_eq!(reminded, 1);
 
+    // Settled rows are pruned once old enough; pending ones never.
+    let c = s.outbox_counts().await.unwrap();
+    assert_eq!(
+        s.outbox_prune(Utc::now() - CDuration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.outbox_prune(Utc::now() + CDuration::seconds(1))
+            .await
+            .unwrap(),
+        c.delivered + c.failed
+    );
+    assert_eq!(s.outbox_counts().await.unwrap().pending, c.pending);
+
     // No channels configured: no rows.
     s.set_outbox_channels(vec![]);
     let before = s.outbox_counts().await.unwrap().pending;

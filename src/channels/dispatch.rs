@@ -32,6 +32,10 @@ const POLL: Duration = Duration::from_millis(500);
 const PER_CHANNEL: usize = 8;
 /// Rows claimed at once.
 const BATCH: usize = 64;
+/// How long settled rows are kept (the audit log keeps the events for good).
+const KEEP_SETTLED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often settled rows are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The back-off before attempt `attempts + 1`: 1 s doubling to 5 minutes, with jitter.
 pub fn backoff(attempts: u32) -> Duration {
@@ -97,6 +101,7 @@ impl Dispatcher {
         // The store learns which channels to write rows for before any request.
         self.channels();
         tokio::spawn(async move {
+            let mut pruned = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = kick.notified() => {}
@@ -104,8 +109,22 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => return,
                 }
                 me.run_once().await;
+                if pruned.elapsed() >= PRUNE_EVERY {
+                    pruned = std::time::Instant::now();
+                    me.prune().await;
+                }
             }
         })
+    }
+
+    /// Deletes rows settled more than [`KEEP_SETTLED`] ago.
+    async fn prune(&self) {
+        let before = Utc::now() - chrono::Duration::from_std(KEEP_SETTLED).unwrap_or_default();
+        match self.airlock.store.outbox_prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "pruned settled outbox rows"),
+            Err(e) => tracing::warn!(error = %e, "could not prune the outbox"),
+        }
     }
 
     /// Claims what is due now and starts delivering it; returns how many rows it

@@ -443,6 +443,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Outbox rows by state.
     async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
+    /// Deletes settled outbox rows settled before `before` (the audit log keeps the
+    /// events); returns how many.
+    async fn outbox_prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// What a channel stored about the message it posted for an approval.
     async fn message_ref(
         &self,

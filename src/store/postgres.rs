@@ -820,6 +820,15 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn outbox_prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        client!(self, c);
+        Ok(c.execute(
+            "DELETE FROM outbox WHERE done IS NOT NULL AND done < $1",
+            &[&before],
+        )
+        .await?)
+    }
+
     async fn message_ref(
         &self,
         approval_id: &str,

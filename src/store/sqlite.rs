@@ -899,6 +899,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let n = c.execute(
+                "DELETE FROM outbox WHERE done IS NOT NULL AND done < ?1",
+                params![ts(&before)],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn message_ref(
         &self,
         approval_id: &str,
