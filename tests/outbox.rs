@@ -287,6 +287,20 @@ async fn contract(s: Arc<dyn Store>) {
     );
     assert_eq!(s.outbox_counts().await.unwrap().pending, c.pending);
 
+    // Recent decisions of the same agent and rule: decided ones only, not `except`.
+    hold(&s, "ap_3").await;
+    let recent = s
+        .recent_decisions("deploy-bot", "prod-delete", "ap_3", 5)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = recent.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["ap_1"], "ap_3 is pending");
+    assert!(s
+        .recent_decisions("deploy-bot", "other-rule", "ap_3", 5)
+        .await
+        .unwrap()
+        .is_empty());
+
     // No channels configured: no rows.
     s.set_outbox_channels(vec![]);
     let before = s.outbox_counts().await.unwrap().pending;

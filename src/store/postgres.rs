@@ -820,6 +820,37 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn recent_decisions(
+        &self,
+        agent: &str,
+        rule: &str,
+        except: &str,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError> {
+        client!(self, c);
+        let rows = c
+            .query("SELECT id, rules FROM approvals WHERE agent = $1 AND id <> $2 AND status NOT IN ('pending', 'cancelled') ORDER BY created DESC LIMIT 200", &[&agent, &except])
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let rules: serde_json::Value = r.try_get(1)?;
+            let named = rules
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(rule)));
+            if !named {
+                continue;
+            }
+            let id: String = r.try_get(0)?;
+            if let Some(a) = load(&*c, &id).await? {
+                out.push(a);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn outbox_prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         client!(self, c);
         Ok(c.execute(

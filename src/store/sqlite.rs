@@ -818,8 +818,16 @@ impl Store for SqliteStore {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let instance = instance.to_string();
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = ts(&now);
+            // Polled often: look without the write lock first.
+            let due: Option<i64> = c
+                .prepare_cached("SELECT id FROM outbox WHERE done IS NULL AND next_at <= ?1 AND (claimed_until IS NULL OR claimed_until <= ?1) LIMIT 1")?
+                .query_row(params![now], |r| r.get(0))
+                .optional()?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let rows: Vec<(i64, String, String, String, i64, String)> = {
                 let mut st = tx.prepare_cached(
                     "SELECT id, approval_id, channel, line, attempts, created FROM outbox o \
@@ -895,6 +903,38 @@ impl Store for SqliteStore {
                 delivered: delivered as u64,
                 failed: failed as u64,
             })
+        })
+        .await
+    }
+
+    async fn recent_decisions(
+        &self,
+        agent: &str,
+        rule: &str,
+        except: &str,
+        limit: usize,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let (agent, rule, except) = (agent.to_string(), rule.to_string(), except.to_string());
+        self.with(move |c| {
+            let ids: Vec<(String, String)> = {
+                let mut st = c.prepare_cached("SELECT id, rules FROM approvals WHERE agent = ?1 AND id <> ?2 AND status NOT IN ('pending', 'cancelled') ORDER BY created DESC LIMIT 200")?;
+                let rows = st.query_map(params![agent, except], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut out = Vec::new();
+            for (id, rules) in ids {
+                let rules: Vec<String> = serde_json::from_str(&rules).unwrap_or_default();
+                if !rules.iter().any(|r| r == &rule) {
+                    continue;
+                }
+                if let Some(a) = load_approval(c, &id)? {
+                    out.push(a);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
         })
         .await
     }
