@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Attempts before a row is given up (about 17 minutes of back-off in all).
 pub const MAX_ATTEMPTS: u32 = 10;
-/// How long one delivery may take before it counts as failed.
+/// How long one delivery may take before it counts as failed (well within a lease,
+/// with the wait for a slot).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a claimed row is this instance's; past it another replica may retry it.
 const LEASE: Duration = Duration::from_secs(60);
@@ -154,8 +155,19 @@ impl Dispatcher {
             let me = self.clone();
             let built = built.clone();
             tokio::spawn(async move {
+                // A channel busy with slow deliveries: wait for a slot well within the
+                // lease, else try again later (never two replicas on one row).
                 let permit = match built.channels.get(item.channel.as_str()) {
-                    Some((_, sem)) => sem.clone().acquire_owned().await.ok(),
+                    Some((_, sem)) => {
+                        match tokio::time::timeout(LEASE / 3, sem.clone().acquire_owned()).await {
+                            Ok(p) => p.ok(),
+                            Err(_) => {
+                                let how = me.retry(&item, "the channel is busy".into());
+                                me.settle(&item, how).await;
+                                return;
+                            }
+                        }
+                    }
                     None => None,
                 };
                 let how = me.deliver(&built, &item).await;
