@@ -77,6 +77,9 @@ impl Approvals {
                 if ticks.is_multiple_of(3) {
                     me.check_parked().await;
                 }
+                if ticks.is_multiple_of(super::remind::FOLLOW_UP_EVERY_SECS) {
+                    me.follow_up().await; // reminders and escalations that are due
+                }
                 match me.store.due(me.now()).await {
                     Ok(ids) => {
                         for id in ids {

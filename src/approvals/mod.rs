@@ -28,6 +28,7 @@ pub mod expiry;
 pub mod forwarding;
 pub mod hold;
 pub mod limits;
+pub mod remind;
 pub mod vote;
 
 pub use clock::Clock;
