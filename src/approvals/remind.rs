@@ -16,7 +16,7 @@
 //! reaches the channels like any other lifecycle event.
 //!
 //! Cost: a pass reads the pending approvals (one store query, every
-//! [`FOLLOW_UP_EVERY_SECS`] s, as the hold limits do); it writes only when a reminder
+//! [`FOLLOW_UP_EVERY_SECS`] s, at most [`SCAN_LIMIT`]); it writes only when a reminder
 //! or an escalation is newly due, and remembers in memory which marks it has already
 //! seen. A pass that finds no pending approval with `remind` or `escalate` does
 //! nothing else.
@@ -33,6 +33,10 @@ use std::sync::OnceLock;
 /// How often the sweeper follows up approvals, in seconds (so a reminder or an
 /// escalation goes out at most this late).
 pub const FOLLOW_UP_EVERY_SECS: u64 = 2;
+
+/// The most pending approvals one pass looks at (newest first); far above
+/// `limits.max_held`'s default of 10 000.
+pub const SCAN_LIMIT: usize = 100_000;
 
 /// Marks this process has seen recorded (by itself or another replica):
 /// `<instance>\n<approval id>\n<mark>`. Pruned each pass to the pending approvals.
@@ -71,7 +75,7 @@ impl Approvals {
     pub async fn follow_up(&self) {
         let pending = match self
             .store
-            .approvals(Some(Status::Pending), usize::MAX)
+            .approvals(Some(Status::Pending), SCAN_LIMIT)
             .await
         {
             Ok(p) => p,
