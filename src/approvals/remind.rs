@@ -28,6 +28,7 @@ use super::{event_for, Approvals};
 use crate::store::{Approval, Status};
 use chrono::{DateTime, Utc};
 use dashmap::DashSet;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 /// How often the sweeper follows up approvals, in seconds (so a reminder or an
@@ -86,13 +87,13 @@ impl Approvals {
         };
         let now = self.now();
         let key = |id: &str, mark: &str| format!("{}\n{id}\n{mark}", self.instance);
-        let mut live: Vec<String> = Vec::new();
+        let mut live: HashSet<&str> = HashSet::new();
         for a in pending
             .iter()
             .filter(|a| a.expires > now)
             .filter(|a| a.policy.remind.is_some() || a.policy.escalate.is_some())
         {
-            live.push(a.id.clone());
+            live.insert(&a.id);
             for (mark, ev) in due(a, now) {
                 let k = key(&a.id, &mark);
                 if seen().contains(&k) {
@@ -116,7 +117,7 @@ impl Approvals {
                 || k[mine.len()..]
                     .split('\n')
                     .next()
-                    .is_some_and(|id| live.iter().any(|l| l == id))
+                    .is_some_and(|id| live.contains(id))
         });
     }
 
