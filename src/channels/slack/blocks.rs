@@ -91,7 +91,10 @@ fn headline(n: &Notice) -> String {
         Status::OutcomeUnknown => "Approved; upstream outcome unknown",
         Status::Cancelled => "Cancelled",
     };
-    clip(&format!("{what}: {} {}", a.method, a.agent), HEADER_MAX)
+    clip(
+        &format!("{what}: {} {} {}", a.agent, a.method, n.url()),
+        HEADER_MAX,
+    )
 }
 
 /// `@reviewer` mentions of `notice.mention` who have a Slack id, space-separated.
@@ -113,13 +116,10 @@ fn is_slack_id(id: &str) -> bool {
 
 /// The fallback `text` (notifications, clients without blocks).
 pub fn fallback(n: &Notice) -> String {
-    let a = &n.approval;
     let mut t = format!(
-        "{}: {} {} (rule {})",
-        headline(n),
-        escape(&a.method),
-        escape(&n.url()),
-        escape(&a.rules.join(", "))
+        "{} (rule {})",
+        escape(&headline(n)),
+        escape(&n.approval.rules.join(", "))
     );
     if n.undecided() {
         let m = mentions(n);

@@ -157,7 +157,12 @@ fn explain(e: &VoteError, reviewer: &Reviewer, id: &str) -> String {
             reviewer.id
         ),
         VoteError::AlreadyDecided(s) => {
-            format!("This request is already {}; your vote was not counted.", s.as_str())
+            let word = match s {
+                Status::Approved | Status::Forwarding | Status::Consumed => "approved",
+                Status::OutcomeUnknown => "approved (and sent; its outcome is unknown)",
+                other => other.as_str(),
+            };
+            format!("This request is already {word}; your vote was not counted.")
         }
         VoteError::AlreadyVoted => {
             "You have already voted on this request; your vote is counted once.".into()
