@@ -612,6 +612,17 @@ async fn a_required_reason_is_asked_for_before_approving() {
     held.await.unwrap().assert_forwarded_on(&id);
 }
 
+/// A callback that must be refused: (what, body, timestamp header, signature header,
+/// status, error code).
+type Refusal<'a> = (
+    &'a str,
+    String,
+    Option<String>,
+    Option<String>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_stale_foreign_and_ineligible_clicks_record_nothing() {
     let env = start().await;
@@ -628,7 +639,7 @@ async fn forged_stale_foreign_and_ineligible_clicks_record_nothing() {
     // Refused before anything is read: airlock's JSON error, no vote.
     let good = signed(&approve(U_BOB));
     let t = now();
-    let cases: Vec<(&str, String, Option<String>, Option<String>, u16, &str)> = vec![
+    let cases: Vec<Refusal> = vec![
         (
             "signed with another secret",
             good.body.clone(),
