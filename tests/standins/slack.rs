@@ -153,6 +153,11 @@ impl Slack {
             .insert(method.into(), error.into());
     }
 
+    /// Answers every method normally again.
+    pub fn heal(&self) {
+        self.state.lock().unwrap().fail.clear();
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
