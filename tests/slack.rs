@@ -673,18 +673,18 @@ async fn forged_stale_foreign_and_ineligible_clicks_record_nothing() {
             "unauthenticated",
         ),
         (
-            "stale: signed 301 s ago",
+            "stale: signed 6 minutes ago",
             good.body.clone(),
-            Some((t - 301).to_string()),
-            Some(sign(SECRET, t - 301, &good.body)),
+            Some((t - 360).to_string()),
+            Some(sign(SECRET, t - 360, &good.body)),
             401,
             "unauthenticated",
         ),
         (
-            "from the future: 301 s ahead",
+            "from the future: 6 minutes ahead",
             good.body.clone(),
-            Some((t + 301).to_string()),
-            Some(sign(SECRET, t + 301, &good.body)),
+            Some((t + 360).to_string()),
+            Some(sign(SECRET, t + 360, &good.body)),
             401,
             "unauthenticated",
         ),
@@ -926,4 +926,176 @@ async fn without_slack_configured_the_callback_is_not_found() {
     assert_eq!(status, 404, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"], "not_found");
+}
+
+/// A pending approval as the store holds it, for driving the channel directly.
+fn pending_approval(id: &str) -> airlock::store::Approval {
+    let now = chrono::Utc::now();
+    airlock::store::Approval {
+        id: id.into(),
+        status: airlock::store::Status::Pending,
+        agent: "deploy-bot".into(),
+        owner: Some("alice@example.com".into()),
+        digest: "d".repeat(64),
+        body_sha256: "0".repeat(64),
+        rules: vec!["delete-vm".into()],
+        policy: serde_json::from_value(json!({
+            "approvers": ["group:sre"], "quorum": 1, "timeout": 900, "reuse": 600,
+            "channels": [], "show": [], "remind": 600,
+            "escalate": {"after": 1800, "to": ["group:leads"]}
+        }))
+        .unwrap(),
+        method: "DELETE".into(),
+        upstream: "api".into(),
+        host: Some("cloud.example.com".into()),
+        url: "/v1/things/vm-7".into(),
+        justification: None,
+        show: None,
+        request_id: "req_1".into(),
+        created: now,
+        expires: now + chrono::Duration::minutes(15),
+        decided: None,
+        decided_by: None,
+        reason: None,
+        consumed: None,
+        forwarder: None,
+        votes: vec![],
+    }
+}
+
+fn notice(
+    what: airlock::approvals::Lifecycle,
+    mention: &[(&str, &str)],
+) -> airlock::channels::Notice {
+    let approval = pending_approval("ap_direct");
+    airlock::channels::Notice {
+        event: airlock::approvals::LifecycleEvent {
+            approval_id: approval.id.clone(),
+            seq: 1,
+            time: chrono::Utc::now(),
+            what,
+        },
+        approval,
+        auth: "key".into(),
+        rules: vec![],
+        mention: mention
+            .iter()
+            .map(|(id, slack)| airlock::config::Reviewer {
+                id: id.to_string(),
+                groups: vec![],
+                token_digest: None,
+                slack: Some(slack.to_string()),
+                teams: None,
+            })
+            .collect(),
+        recent: vec![],
+        link: None,
+    }
+}
+
+fn slack_config(slack: &Slack, token: &str) -> airlock::config::SlackConfig {
+    airlock::config::SlackConfig {
+        bot_token: token.into(),
+        signing_secret: Some(SECRET.into()),
+        channel: CHANNEL.into(),
+        api_base: slack.api_base(),
+        app_id: None,
+        team_id: None,
+        app_token: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_and_escalations_reply_in_the_thread_and_slack_errors_are_classified() {
+    use airlock::approvals::Lifecycle;
+    use airlock::channels::slack::SlackChannel;
+    use airlock::channels::{Channel, ChannelError};
+    let slack = Slack::start().await;
+    let ch = SlackChannel::new(slack_config(&slack, BOT_TOKEN), reqwest::Client::new());
+
+    let stored = ch
+        .deliver(
+            &notice(Lifecycle::Opened, &[("bob@example.com", U_BOB)]),
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("a message reference to store");
+    let r: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(r["channel"], CHANNEL);
+    let ts = r["ts"].as_str().unwrap().to_string();
+
+    // A reminder: a thread reply mentioning who is asked, and the message refreshed.
+    let kept = ch
+        .deliver(
+            &notice(Lifecycle::Reminded, &[("bob@example.com", U_BOB)]),
+            Some(&stored),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, None, "the same message: nothing new to store");
+    let reply = slack
+        .wait_for("the reminder in the thread", |c| {
+            c.method == "chat.postMessage" && c.body["thread_ts"] == ts.as_str()
+        })
+        .await
+        .body;
+    let text = reply["text"].as_str().unwrap();
+    assert!(
+        text.contains("<@U0BOB>") && text.contains("reminder"),
+        "{text}"
+    );
+    assert_eq!(slack.calls_of("chat.update").len(), 1);
+
+    // An escalation names who was added and mentions them.
+    ch.deliver(
+        &notice(
+            Lifecycle::Escalated {
+                to: vec!["group:leads".into()],
+            },
+            &[("erin@example.com", "U0ERIN")],
+        ),
+        Some(&stored),
+    )
+    .await
+    .unwrap();
+    let reply = slack
+        .wait_for("the escalation in the thread", |c| {
+            c.method == "chat.postMessage"
+                && c.body["text"].as_str().unwrap_or("").contains("escalated")
+        })
+        .await
+        .body;
+    assert_eq!(reply["thread_ts"], ts.as_str());
+    let text = reply["text"].as_str().unwrap();
+    assert!(
+        text.contains("<@U0ERIN>") && text.contains("group:leads"),
+        "{text}"
+    );
+
+    // A message deleted in Slack is posted again, and its new reference stored.
+    let gone = json!({"channel": CHANNEL, "ts": "1600000000.000001"}).to_string();
+    let again = ch
+        .deliver(&notice(Lifecycle::Expired, &[]), Some(&gone))
+        .await
+        .unwrap()
+        .expect("a new reference");
+    assert_ne!(again, gone);
+
+    // Slack's errors: a rate limit is retried, bad credentials are not.
+    slack.fail("chat.update", "ratelimited");
+    let e = ch
+        .deliver(&notice(Lifecycle::Expired, &[]), Some(&stored))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ChannelError::Transient(_)), "{e:?}");
+    let bad = SlackChannel::new(slack_config(&slack, "xoxb-revoked"), reqwest::Client::new());
+    let e = bad
+        .deliver(&notice(Lifecycle::Opened, &[]), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ChannelError::Permanent(ref m) if m.contains("invalid_auth")),
+        "{e:?}"
+    );
 }
