@@ -489,7 +489,7 @@ async fn approve_click_votes_forwards_and_updates_the_message() {
     let msg = posted_for(&env.slack, &id2).await;
     let blocks = msg["blocks"].to_string();
     assert!(blocks.contains("Recent decisions"), "{blocks}");
-    assert!(blocks.contains("bob@example.com"), "{blocks}");
+    assert!(blocks.contains("• approved by bob@example.com"), "{blocks}");
     assert_eq!(vote(&env.a, BOB, &id2, "deny", None).await.0, 200);
     assert_eq!(held2.await.unwrap().status, 403);
 }

@@ -202,7 +202,7 @@ pub fn blocks(n: &Notice) -> Vec<Value> {
                     .as_deref()
                     .map(|x| format!(": _{}_", escape(x)))
                     .unwrap_or_default();
-                format!("• {}{by} {when}{reason}", escape(&r.status))
+                format!("• {}{by} {when}{reason}", recent_word(&r.status))
             })
             .collect();
         out.push(section(format!(
@@ -250,6 +250,16 @@ pub fn blocks(n: &Notice) -> Vec<Value> {
         out.push(json!({"type": "actions", "block_id": VOTE_BLOCK, "elements": buttons}));
     }
     out
+}
+
+/// An earlier decision's status in reviewers' words (`consumed` is an approval that
+/// was forwarded).
+fn recent_word(status: &str) -> String {
+    match status {
+        "approved" | "forwarding" | "consumed" => "approved".into(),
+        "outcome_unknown" => "approved (upstream outcome unknown)".into(),
+        other => escape(other),
+    }
 }
 
 /// A link from the config, without what would end Slack's `<url|text>` early.
