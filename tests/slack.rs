@@ -1099,3 +1099,42 @@ async fn reminders_and_escalations_reply_in_the_thread_and_slack_errors_are_clas
         "{e:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_slack_does_not_make_the_callback_miss_its_three_seconds() {
+    let env = start().await;
+    let (held, id) = hold(
+        &env,
+        "/api/v1/things/vm-13",
+        r#"{"name":"vm-13"}"#,
+        "OPS-13",
+    )
+    .await;
+    posted_for(&env.slack, &id).await;
+    env.slack
+        .delay("views.open", std::time::Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    let (s, _) = post(&env.a, &signed(&click(U_CAROL, "airlock_deny", &id))).await;
+    assert_eq!(s, 200);
+    // Bounded well below the 20 s Slack takes here (the bound is under 3 s; the margin
+    // is for a loaded machine).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let e = env
+        .slack
+        .wait_for("the ephemeral about the form", |c| {
+            c.method == "chat.postEphemeral" && c.body["user"] == U_CAROL
+        })
+        .await
+        .body;
+    assert!(
+        e["text"].as_str().unwrap().contains("could not open"),
+        "{e}"
+    );
+    assert!(votes_of(&env.a, &id).await.is_empty());
+    assert_eq!(vote(&env.a, BOB, &id, "deny", None).await.0, 200);
+    assert_eq!(held.await.unwrap().status, 403);
+}

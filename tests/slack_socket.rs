@@ -31,6 +31,11 @@ const RULES: &str = r#"rules:
 "#;
 
 fn config(ws: &Workspace, upstream: &str, slack: &Slack) -> PathBuf {
+    config_with(ws, upstream, slack, &format!("app_token: {APP_TOKEN}"))
+}
+
+/// The config with `how` (`app_token: …` or `signing_secret: …`) in `channels.slack`.
+fn config_with(ws: &Workspace, upstream: &str, slack: &Slack, how: &str) -> PathBuf {
     let text = format!(
         r#"listen: 127.0.0.1:0
 admin:
@@ -63,7 +68,7 @@ reviewers:
 channels:
   slack:
     bot_token: {BOT_TOKEN}
-    app_token: {APP_TOKEN}
+    {how}
     channel: {CHANNEL}
     api_base: {api}
     app_id: {APP}
@@ -248,6 +253,49 @@ async fn a_refused_app_token_is_retried_and_the_api_still_decides() {
     conn.send(envelope("env-1", "U0BOB", "airlock_approve", &id))
         .await;
     assert_eq!(conn.recv().await, json!({"envelope_id": "env-1"}));
+    held.await.unwrap().assert_forwarded_on(&id);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_socket_mode_off_and_on() {
+    let slack = Slack::start().await;
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", RULES);
+    let a = InProcess::start(&config(&ws, &up.url(), &slack)).await;
+    let mut conn = slack.next_socket().await;
+    let reload = || async {
+        let r = client()
+            .post(a.admin_url("/api/v1/reload"))
+            .bearer_auth(BOB)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    };
+
+    // The interactivity URL instead: the socket is closed, the URL answers.
+    config_with(&ws, &up.url(), &slack, "signing_secret: a-signing-secret");
+    reload().await;
+    conn.closed().await;
+    let r = client()
+        .post(a.admin_url("/slack/actions"))
+        .body("payload=%7B%7D")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "signature checked now, not 404");
+
+    // Socket Mode again: a fresh connection.
+    config(&ws, &up.url(), &slack);
+    reload().await;
+    let mut conn = slack.next_socket().await;
+    assert_eq!(slack.connections_opened(), 2);
+    let (held, id) = agent_hold(&a, "POST", "/api/v1/things/vm-5", r#"{"name":"vm-5"}"#).await;
+    conn.send(envelope("env-5", "U0BOB", "airlock_approve", &id))
+        .await;
+    assert_eq!(conn.recv().await, json!({"envelope_id": "env-5"}));
     held.await.unwrap().assert_forwarded_on(&id);
     a.stop().await;
 }

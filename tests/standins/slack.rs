@@ -44,6 +44,8 @@ struct State {
     next_ts: u64,
     /// Calls refused (method → error) before they are looked at.
     fail: HashMap<String, String>,
+    /// Calls answered late (method → delay), as a slow Slack would.
+    delay: HashMap<String, Duration>,
     ws_url: Option<String>,
     connections_opened: usize,
 }
@@ -153,6 +155,11 @@ impl Slack {
             .insert(method.into(), error.into());
     }
 
+    /// Makes every later call of `method` take `by` before it is answered.
+    pub fn delay(&self, method: &str, by: Duration) {
+        self.state.lock().unwrap().delay.insert(method.into(), by);
+    }
+
     /// Answers every method normally again.
     pub fn heal(&self) {
         self.state.lock().unwrap().fail.clear();
@@ -218,6 +225,10 @@ impl Slack {
             return r;
         };
         let method = method.to_string();
+        let delay = self.state.lock().unwrap().delay.get(&method).copied();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let bearer = parts
             .headers
             .get("authorization")
@@ -427,6 +438,18 @@ impl SocketConn {
     /// Sends a frame (an envelope, `disconnect`).
     pub async fn send(&self, v: Value) {
         self.to_airlock.send(v).await.expect("socket closed");
+    }
+
+    /// Waits (30 s at most) until airlock closes the connection.
+    pub async fn closed(&mut self) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(end, self.from_airlock.recv()).await {
+                Ok(None) => return,
+                Ok(Some(_)) => continue,
+                Err(_) => panic!("airlock kept the socket open for 30s"),
+            }
+        }
     }
 
     /// The next frame airlock sent (30 s at most).
