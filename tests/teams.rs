@@ -711,6 +711,8 @@ async fn a_vote_through_the_api_replaces_the_card_too() {
         s.ms.calls().iter().filter(|c| c.method == "POST").count(),
         1
     );
+    // One token for all of it: cached, not asked for per call.
+    assert_eq!(s.ms.token_requests(), 1);
     s.a.stop().await;
 }
 

@@ -94,7 +94,16 @@ pub async fn handle(
     }
     let tenant = tenant.unwrap_or_default().to_string();
     if str_at("/type") != Some("invoke") || str_at("/name") != Some("adaptiveCard/action") {
-        // Other activities (installs, messages to the bot) need no answer.
+        // Other activities (the app installed in a team, a message to the bot) need
+        // no answer; their conversation and service URL are what the config needs.
+        tracing::info!(
+            activity = str_at("/type").unwrap_or_default(),
+            conversation = str_at("/channelData/channel/id")
+                .or_else(|| str_at("/conversation/id"))
+                .unwrap_or_default(),
+            service_url,
+            "Teams activity that is not a card action (channels.teams.conversation / service_url)"
+        );
         return Ok(json!({}));
     }
     let action = activity

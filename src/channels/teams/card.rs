@@ -307,3 +307,17 @@ pub fn text(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::text;
+
+    #[test]
+    fn request_text_cannot_add_links_or_mentions() {
+        assert_eq!(
+            text("[click](https://evil) <at>bob</at> **x**"),
+            "\\[click\\](https://evil) \\<at\\>bob\\</at\\> \\*\\*x\\*\\*"
+        );
+        assert_eq!(text("ap_4udp vm-7 /v1/a?b=c"), "ap_4udp vm-7 /v1/a?b=c");
+    }
+}
