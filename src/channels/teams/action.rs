@@ -121,11 +121,14 @@ pub async fn handle(
         ));
     };
     let reviewers = &snap.policy.reviewers;
-    let Some(reviewer) = reviewers
-        .all()
-        .iter()
-        .find(|r| r.teams.as_deref().is_some_and(|t| same_identity(t, aad)))
-    else {
+    // A reviewer's `teams` is their Entra object id; their Teams user id (`29:…`) is
+    // accepted too. Both come from the verified activity, never from the card.
+    let from_id = str_at("/from/id").unwrap_or_default();
+    let Some(reviewer) = reviewers.all().iter().find(|r| {
+        r.teams
+            .as_deref()
+            .is_some_and(|t| same_identity(t, aad) || (!from_id.is_empty() && t == from_id))
+    }) else {
         tracing::warn!(
             aad_object_id = aad,
             "Teams click by someone who is not a reviewer"

@@ -134,7 +134,12 @@ impl KeySet {
         let mut c = self.cache.lock().await;
         let stale = c.fetched.is_none_or(|t| t.elapsed() > KEYS_TTL);
         if stale {
-            self.fetch_into(&mut c).await?;
+            if let Err(e) = self.fetch_into(&mut c).await {
+                // Keys fetched before stay usable while the source is down.
+                if c.keys.is_empty() {
+                    return Err(e);
+                }
+            }
         }
         if let Some(k) = c.keys.get(kid) {
             return Ok(k.clone());
