@@ -64,10 +64,13 @@ fn write_config(ws: &Workspace, up: &Upstream, ms: &Microsoft, modes: Modes) -> 
     service_url: {service}
     conversation: "{CONVERSATION}"
     authority: {base}
-    openid_metadata: {base}/v1/.well-known/openidconfiguration
+    openid_metadata: {base}/v1/.well-known/openidconfiguration?run={run}
 "#,
             service = ms.service_url(),
             base = ms.base(),
+            // Signing keys are cached per metadata URL for the process: a port reused
+            // by an earlier test's stand-in must not share its cache.
+            run = uuid::Uuid::new_v4().simple(),
         ));
     }
     if modes.workflows {
