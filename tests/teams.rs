@@ -50,6 +50,8 @@ const VM_BODY: &str = r#"{"name":"vm-7","tier":"prod"}"#;
 struct Modes {
     bot: bool,
     workflows: bool,
+    /// The bot's config names the JWKS itself (`jwks:`) instead of the metadata's.
+    jwks: bool,
 }
 
 /// A workspace whose reviewers have Teams ids and whose `channels.teams` points at
@@ -71,6 +73,13 @@ fn write_config(ws: &Workspace, up: &Upstream, ms: &Microsoft, modes: Modes) -> 
             // Signing keys are cached per metadata URL for the process: a port reused
             // by an earlier test's stand-in must not share its cache.
             run = uuid::Uuid::new_v4().simple(),
+        ));
+    }
+    if modes.bot && modes.jwks {
+        teams.push_str(&format!(
+            "    jwks: {}/v1/.well-known/keys?run={}\n",
+            ms.base(),
+            uuid::Uuid::new_v4().simple()
         ));
     }
     if modes.workflows {
@@ -144,6 +153,7 @@ async fn bot_only() -> Setup {
     setup(Modes {
         bot: true,
         workflows: false,
+        jwks: false,
     })
     .await
 }
@@ -275,6 +285,7 @@ async fn held_request_posts_a_card_and_a_click_approves_it() {
     let s = setup(Modes {
         bot: true,
         workflows: true,
+        jwks: false,
     })
     .await;
     let (held, id) = hold_vm_delete(&s.a).await;
@@ -554,6 +565,11 @@ async fn rotated_keys_are_fetched_on_an_unknown_kid_at_most_once_a_minute() {
         send_activity(&s.a, Some(&keys()[0].sign(&claims(&service))), &probe).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.ms.jwks_fetches(), 1);
+    assert_eq!(
+        s.ms.metadata_fetches(),
+        1,
+        "jwks_uri comes from the metadata"
+    );
     let (status, _) = send_activity(&s.a, Some(&keys()[0].sign(&claims(&service))), &probe).await;
     assert_eq!(status, 200);
     assert_eq!(s.ms.jwks_fetches(), 1, "the key set is cached");
@@ -732,6 +748,7 @@ async fn a_connector_outage_delays_the_card_but_not_the_decision() {
         Modes {
             bot: true,
             workflows: false,
+            jwks: false,
         },
     );
     let a = InProcess::start(&cfg).await;
@@ -769,6 +786,7 @@ async fn workflows_webhook_gets_the_card_with_an_open_in_airlock_link() {
     let s = setup(Modes {
         bot: false,
         workflows: true,
+        jwks: false,
     })
     .await;
     let (held, id) = hold_vm_delete(&s.a).await;
@@ -828,5 +846,34 @@ async fn workflows_webhook_gets_the_card_with_an_open_in_airlock_link() {
         .any(|x| x["title"] == "Open in airlock"));
     // Opened and decided: two posts (votes and forwarding are not re-posted).
     assert_eq!(s.ms.workflow_cards().len(), 2);
+    s.a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_jwks_is_used_instead_of_the_metadata() {
+    let s = setup(Modes {
+        bot: true,
+        workflows: false,
+        jwks: true,
+    })
+    .await;
+    let (held, id) = hold_vm_delete(&s.a).await;
+    let (status, body) = click(&s, AAD_BOB, "approve", &id, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["type"], "application/vnd.microsoft.card.adaptive",
+        "{body}"
+    );
+    tokio::time::timeout(DEADLINE, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .assert_forwarded_on(&id);
+    assert_eq!(s.ms.jwks_fetches(), 1);
+    assert_eq!(
+        s.ms.metadata_fetches(),
+        0,
+        "jwks: skips the OpenID metadata"
+    );
     s.a.stop().await;
 }

@@ -108,6 +108,7 @@ struct Inner {
     next_id: u64,
     published: Vec<Value>,
     jwks_fetches: usize,
+    metadata_fetches: usize,
     workflows: Vec<Value>,
     /// Answer the connector with this status instead (a Teams outage).
     connector_down: Option<u16>,
@@ -195,6 +196,10 @@ impl Microsoft {
 
     pub fn jwks_fetches(&self) -> usize {
         self.lock().jwks_fetches
+    }
+
+    pub fn metadata_fetches(&self) -> usize {
+        self.lock().metadata_fetches
     }
 
     /// Publishes `keys` instead of the current set (a key rotation).
@@ -382,6 +387,7 @@ async fn put_activity(
 }
 
 async fn metadata(State(ms): State<Microsoft>) -> Response {
+    ms.lock().metadata_fetches += 1;
     reply(
         StatusCode::OK,
         json!({
