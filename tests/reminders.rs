@@ -44,19 +44,25 @@ const RULES: &str = r#"rules:
 /// The standard identities, with dave in the `leads` group; the webhook channel
 /// pointed at `hook`; the live audit copy in `audit.jsonl`.
 fn config(ws: &Workspace, upstream: &str, hook: &str) -> PathBuf {
+    config_named(ws, "airlock.yaml", "sqlite://airlock.db", upstream, hook)
+}
+
+/// [`config`] in file `name`, on `store`.
+fn config_named(ws: &Workspace, name: &str, store: &str, upstream: &str, hook: &str) -> PathBuf {
     ws.write("rules/r.yaml", RULES);
     let identities = identities_yaml().replace(
         "  - id: dave@example.com\n",
         "  - id: dave@example.com\n    groups: [leads]\n",
     );
     assert!(identities.contains("groups: [leads]"));
+    let audit = name.replace(".yaml", "-audit.jsonl");
     ws.write(
-        "airlock.yaml",
+        name,
         &format!(
             r#"listen: 127.0.0.1:0
 admin:
   listen: 127.0.0.1:0
-store: sqlite://airlock.db
+store: "{store}"
 rules: rules/
 upstreams:
   - name: api
@@ -68,7 +74,7 @@ upstreams:
     url: {hook}
     secret: {SECRET}
 audit:
-  file: audit.jsonl
+  file: {audit}
 "#
         ),
     )
@@ -137,7 +143,7 @@ async fn undecided_approvals_are_reminded_until_decided() {
     }
     assert_ne!(got[0]["id"], got[1]["id"], "each reminder is its own event");
     // On the audit log.
-    let audited = wait_audit_event(&ws.path().join("audit.jsonl"), "reminded", |e| {
+    let audited = wait_audit_event(&ws.path().join("airlock-audit.jsonl"), "reminded", |e| {
         e["event"] == "reminded" && e["approval_id"] == a_id.as_str()
     })
     .await;
@@ -208,7 +214,7 @@ async fn an_escalation_lets_more_approvers_vote_and_tells_them() {
     assert_eq!(escalated["data"]["status"], "pending");
     let approvers = escalated["data"]["rules"][0]["progress"][0]["approvers"].to_string();
     assert!(approvers.contains("group:leads"), "{approvers}");
-    let audited = wait_audit_event(&ws.path().join("audit.jsonl"), "escalated", |e| {
+    let audited = wait_audit_event(&ws.path().join("airlock-audit.jsonl"), "escalated", |e| {
         e["event"] == "escalated" && e["approval_id"] == id.as_str()
     })
     .await;
@@ -236,4 +242,95 @@ async fn an_escalation_lets_more_approvers_vote_and_tells_them() {
         .count();
     assert_eq!(n, 1, "escalated once");
     assert_audit_intact(&cfg, "after an escalation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_remind_and_escalate_once() {
+    let test = "reminders two_replicas_on_postgres";
+    let Some(store) = postgres_schema("airlock_remind_pg", test).await else {
+        return;
+    };
+    let r = Receiver::start(SECRET).await;
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    let cfg_a = config_named(&ws, "a.yaml", &store, &up.url(), &r.url());
+    let cfg_b = config_named(&ws, "b.yaml", &store, &up.url(), &r.url());
+    let a = InProcess::start(&cfg_a).await;
+    let b = InProcess::start(&cfg_b).await;
+
+    // Held on A; both replicas follow it up.
+    let held = agent_spawn(&a, "POST", "/api/v1/db/orders", r#"{"name":"orders"}"#);
+    let id = id_of(&wait_pending(&a, 1).await[0]);
+    r.wait_event(&id, "escalated").await;
+    // Reminders too (the db rule has none; a things approval held on B has).
+    let other = agent_spawn(&b, "POST", "/api/v1/things/c", r#"{"name":"c"}"#);
+    let other_id = id_for(&wait_pending(&b, 2).await, "/v1/things/c");
+    r.wait_for("three reminders", |_| {
+        (reminders(&r, &other_id).len() >= 3).then_some(())
+    })
+    .await;
+
+    // Decided on B: released on A.
+    let (s, body) = vote(&b, DAVE, &id, "approve", None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(held.await.unwrap().status, 200);
+    let (s, _) = vote(&a, BOB, &other_id, "deny", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(other.await.unwrap().status, 403);
+    r.wait_event(&id, "forwarded").await;
+    r.wait_event(&other_id, "decided").await;
+    a.stop().await;
+    b.stop().await;
+
+    // Each event delivered once, by one replica.
+    let mut ids: Vec<String> = r
+        .accepted()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let all = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "an event was delivered twice");
+    let escalations: Vec<Value> = r
+        .events_of(&id)
+        .into_iter()
+        .filter(|e| e["type"] == "dev.airlock.approval.escalated")
+        .collect();
+    assert_eq!(escalations.len(), 1);
+    // One audit event per escalation and per reminder, whichever replica wrote it.
+    let log = audit_export(&cfg_a).await;
+    let of = |kind: &str, ap: &str| -> Vec<Value> {
+        log.iter()
+            .filter(|e| e["event"] == kind && e["approval_id"] == ap)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of("escalated", &id).len(), 1);
+    let mut ks: Vec<u64> = of("reminded", &other_id)
+        .iter()
+        .map(|e| e["detail"]["reminder"].as_u64().unwrap())
+        .collect();
+    let n = ks.len();
+    assert!(n >= 3);
+    ks.sort();
+    ks.dedup();
+    assert_eq!(ks.len(), n, "a reminder was recorded twice: {ks:?}");
+    // Every reminder sealed before the decision was delivered (those after it, if a
+    // pass raced the vote, may still be in the outbox when the replicas stopped).
+    let denied = of("denied", &other_id)[0]["seq"].as_u64().unwrap();
+    let delivered: Vec<String> = reminders(&r, &other_id)
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    for e in of("reminded", &other_id) {
+        let seq = e["seq"].as_u64().unwrap();
+        if seq < denied {
+            assert!(
+                delivered.contains(&format!("{other_id}-{seq}")),
+                "reminder {seq} not delivered: {delivered:?}"
+            );
+        }
+    }
+    assert_audit_intact(&cfg_a, "after two replicas followed up").await;
 }

@@ -196,6 +196,21 @@ async fn each_lifecycle_event_arrives_signed_as_a_cloudevent_with_the_approval_c
     assert_eq!(ids.len(), 4, "distinct ids: {ids:?}");
     r.assert_all_signed();
 
+    // The example in docs/webhook.md has the fields a real event has.
+    let example: serde_json::Value =
+        serde_json::from_str(&doc_block("json", "\"specversion\"")).unwrap();
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&example), keys(&opened), "docs/webhook.md example");
+    assert_eq!(
+        keys(&example["data"]),
+        keys(&opened["data"]),
+        "docs/webhook.md example data"
+    );
+
     // A real delivery, altered on the way or checked with another secret, fails the
     // receiver's check.
     let real = r.deliveries()[0].clone();
@@ -338,4 +353,111 @@ fn the_receivers_check_refuses_a_tampered_body_a_wrong_secret_and_a_stale_timest
         verify(SECRET.as_bytes(), Some(&format!("t={now}")), body, now),
         Err(Refused::Malformed)
     );
+}
+
+/// The first ```` ```lang ```` block of docs/webhook.md that contains `marker`.
+fn doc_block(lang: &str, marker: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhook.md")).unwrap();
+    doc.split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("docs/webhook.md has no {lang} block with {marker}"))
+        .to_string()
+}
+
+/// Whether `tool --version` runs; outside CI a missing tool skips the test (said on
+/// stderr), in CI it fails.
+fn have(tool: &str, test: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg(if tool == "openssl" {
+            "version"
+        } else {
+            "--version"
+        })
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!in_ci(), "{test}: {tool} is needed in CI");
+        eprintln!("SKIPPED {test}: no {tool} on this machine");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_python_and_shell_checks_accept_a_real_delivery_and_refuse_a_forged_one() {
+    let test = "documented snippets";
+    if !have("python3", test) || !have("openssl", test) {
+        return;
+    }
+    let r = Receiver::start(SECRET).await;
+    let (_up, ws, a) = start(&r).await;
+    let (held, id) = hold(&a, "/api/v1/things/vm-1", r#"{"name":"vm-1"}"#).await;
+    r.wait_event(&id, "opened").await;
+    let real = r.deliveries()[0].clone();
+    let header = real.signature.clone().unwrap();
+    let genuine = ws.write("genuine.json", std::str::from_utf8(&real.raw).unwrap());
+    let forged = ws.write(
+        "forged.json",
+        &std::str::from_utf8(&real.raw)
+            .unwrap()
+            .replace("\"pending\"", "\"approved\""),
+    );
+    assert_ne!(
+        std::fs::read(&genuine).unwrap(),
+        std::fs::read(&forged).unwrap()
+    );
+    // Correctly signed, ten minutes ago.
+    let stale = airlock::channels::webhook::signature(
+        SECRET,
+        chrono::Utc::now().timestamp() - 600,
+        &real.raw,
+    );
+
+    let python = ws.write(
+        "verify.py",
+        &format!(
+            "{}\nimport sys\nbody = open(sys.argv[3], 'rb').read()\n\
+             sys.exit(0 if verify_airlock(sys.argv[1].encode(), sys.argv[2], body) else 1)\n",
+            doc_block("python", "def verify_airlock")
+        ),
+    );
+    let shell = ws.write(
+        "verify.sh",
+        &format!(
+            "{}\nverify_airlock \"$1\" \"$2\"\n",
+            doc_block("sh", "verify_airlock()")
+        ),
+    );
+    let run = |secret: &str, header: &str, body: &PathBuf| {
+        let py = std::process::Command::new("python3")
+            .arg(&python)
+            .args([secret, header])
+            .arg(body)
+            .status()
+            .unwrap()
+            .success();
+        let sh = std::process::Command::new("sh")
+            .arg(&shell)
+            .arg(header)
+            .arg(body)
+            .env("AIRLOCK_WEBHOOK_SECRET", secret)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        (py, sh)
+    };
+    assert_eq!(run(SECRET, &header, &genuine), (true, true), "genuine");
+    assert_eq!(run(SECRET, &header, &forged), (false, false), "forged body");
+    assert_eq!(
+        run("whsec-other", &header, &genuine),
+        (false, false),
+        "wrong secret"
+    );
+    assert_eq!(run(SECRET, &stale, &genuine), (false, false), "stale");
+    assert_eq!(run(SECRET, "v1=00", &genuine), (false, false), "malformed");
+    drop(held);
+    a.stop().await;
 }

@@ -16,7 +16,7 @@
 //! reaches the channels like any other lifecycle event.
 //!
 //! Cost: a pass reads the pending approvals (one store query, every
-//! [`FOLLOW_UP_EVERY_SECS`] s, as the hold limits do); it writes only when a reminder
+//! [`FOLLOW_UP_EVERY_SECS`] s, at most [`SCAN_LIMIT`]); it writes only when a reminder
 //! or an escalation is newly due, and remembers in memory which marks it has already
 //! seen. A pass that finds no pending approval with `remind` or `escalate` does
 //! nothing else.
@@ -28,11 +28,16 @@ use super::{event_for, Approvals};
 use crate::store::{Approval, Status};
 use chrono::{DateTime, Utc};
 use dashmap::DashSet;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 /// How often the sweeper follows up approvals, in seconds (so a reminder or an
 /// escalation goes out at most this late).
 pub const FOLLOW_UP_EVERY_SECS: u64 = 2;
+
+/// The most pending approvals one pass looks at (newest first); far above
+/// `limits.max_held`'s default of 10 000.
+pub const SCAN_LIMIT: usize = 100_000;
 
 /// Marks this process has seen recorded (by itself or another replica):
 /// `<instance>\n<approval id>\n<mark>`. Pruned each pass to the pending approvals.
@@ -71,7 +76,7 @@ impl Approvals {
     pub async fn follow_up(&self) {
         let pending = match self
             .store
-            .approvals(Some(Status::Pending), usize::MAX)
+            .approvals(Some(Status::Pending), SCAN_LIMIT)
             .await
         {
             Ok(p) => p,
@@ -82,13 +87,13 @@ impl Approvals {
         };
         let now = self.now();
         let key = |id: &str, mark: &str| format!("{}\n{id}\n{mark}", self.instance);
-        let mut live: Vec<String> = Vec::new();
+        let mut live: HashSet<&str> = HashSet::new();
         for a in pending
             .iter()
             .filter(|a| a.expires > now)
             .filter(|a| a.policy.remind.is_some() || a.policy.escalate.is_some())
         {
-            live.push(a.id.clone());
+            live.insert(&a.id);
             for (mark, ev) in due(a, now) {
                 let k = key(&a.id, &mark);
                 if seen().contains(&k) {
@@ -112,7 +117,7 @@ impl Approvals {
                 || k[mine.len()..]
                     .split('\n')
                     .next()
-                    .is_some_and(|id| live.iter().any(|l| l == id))
+                    .is_some_and(|id| live.contains(id))
         });
     }
 

@@ -145,7 +145,10 @@ pub fn cloud_event(notice: &Notice, source: &str) -> Value {
             "rules": rules,
             "method": a.method,
             "upstream": a.upstream,
-            "url": notice.url(),
+            // As the API shows it: the path and query the upstream sees; `host` is
+            // the host the agent called.
+            "url": a.url,
+            "host": a.host,
             "show": a.show,
             "justification": a.justification,
             "body_sha256": a.body_sha256,
