@@ -238,32 +238,29 @@ async fn contract(s: Arc<dyn Store>) {
     );
     assert_eq!(s.message_ref("ap_1", "teams").await.unwrap(), None);
 
-    // A mark is recorded once, with its event (and that event's outbox rows).
+    // A mark is recorded once, with its event (and that event's outbox rows), and
+    // only while the approval is pending.
+    let mark = |id: &'static str, m: &'static str, ev: &'static str| {
+        let s = s.clone();
+        async move {
+            s.mark_once(id, m, Utc::now(), event(ev, id), None)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        !mark("ap_1", "remind:1", "reminded").await,
+        "ap_1 is decided"
+    );
+    hold(&s, "ap_4").await;
     let before = s.outbox_counts().await.unwrap().pending;
-    assert!(s
-        .mark_once(
-            "ap_1",
-            "remind:1",
-            Utc::now(),
-            event("reminded", "ap_1"),
-            None
-        )
-        .await
-        .unwrap());
-    assert!(!s
-        .mark_once(
-            "ap_1",
-            "remind:1",
-            Utc::now(),
-            event("reminded", "ap_1"),
-            None
-        )
-        .await
-        .unwrap());
-    assert_eq!(s.marks_of("ap_1").await.unwrap(), ["remind:1"]);
+    assert!(mark("ap_4", "remind:1", "reminded").await);
+    assert!(!mark("ap_4", "remind:1", "reminded").await);
+    assert_eq!(s.marks_of("ap_4").await.unwrap(), ["remind:1"]);
+    assert!(s.marks_of("ap_1").await.unwrap().is_empty());
     assert_eq!(s.outbox_counts().await.unwrap().pending, before + 2);
     let reminded = s
-        .audit_events_of("ap_1")
+        .audit_events_of("ap_4")
         .await
         .unwrap()
         .iter()
@@ -368,19 +365,20 @@ async fn racing_instances(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         assert_eq!(seqs.len(), 3, "{k:?}");
     }
     // And a mark racing on both instances is recorded once.
+    hold(&a, "race_pending").await;
     let (m1, m2) = tokio::join!(
         a.mark_once(
-            "race_0",
+            "race_pending",
             "escalate",
             Utc::now(),
-            event("escalated", "race_0"),
+            event("escalated", "race_pending"),
             None
         ),
         b.mark_once(
-            "race_0",
+            "race_pending",
             "escalate",
             Utc::now(),
-            event("escalated", "race_0"),
+            event("escalated", "race_pending"),
             None
         )
     );

@@ -990,6 +990,7 @@ fn notice(
             .collect(),
         recent: vec![],
         link: None,
+        full_url: "https://cloud.example.com/v1/projects/p1/instances/vm-7".into(),
     }
 }
 

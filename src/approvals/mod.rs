@@ -71,6 +71,9 @@ pub struct Approvals {
     events: tokio::sync::broadcast::Sender<LifecycleEvent>,
     /// Nudges the outbox dispatcher when lifecycle events were written here.
     outbox_kick: Arc<tokio::sync::Notify>,
+    /// Reminders and escalations this process has seen recorded
+    /// (`<approval id>\n<mark>`), so a pass does not write them again ([`remind`]).
+    followed_up: dashmap::DashSet<String>,
 }
 
 impl Approvals {
@@ -93,6 +96,7 @@ impl Approvals {
             instance: format!("airlock-{}", &new_approval_id()[3..]),
             events: tokio::sync::broadcast::channel(1024).0,
             outbox_kick: Arc::new(tokio::sync::Notify::new()),
+            followed_up: dashmap::DashSet::new(),
         })
     }
 

@@ -27,9 +27,7 @@
 use super::{event_for, Approvals};
 use crate::store::{Approval, Status};
 use chrono::{DateTime, Utc};
-use dashmap::DashSet;
 use std::collections::HashSet;
-use std::sync::OnceLock;
 
 /// How often the sweeper follows up approvals, in seconds (so a reminder or an
 /// escalation goes out at most this late).
@@ -38,13 +36,6 @@ pub const FOLLOW_UP_EVERY_SECS: u64 = 2;
 /// The most pending approvals one pass looks at (newest first); far above
 /// `limits.max_held`'s default of 10 000.
 pub const SCAN_LIMIT: usize = 100_000;
-
-/// Marks this process has seen recorded (by itself or another replica):
-/// `<instance>\n<approval id>\n<mark>`. Pruned each pass to the pending approvals.
-fn seen() -> &'static DashSet<String> {
-    static SEEN: OnceLock<DashSet<String>> = OnceLock::new();
-    SEEN.get_or_init(DashSet::new)
-}
 
 /// What is due for `a` at `now`, newest reminder only: the marks and the events
 /// recording them.
@@ -74,11 +65,7 @@ impl Approvals {
     /// the sweeper every [`FOLLOW_UP_EVERY_SECS`] seconds; never fails: a store error
     /// is logged and the next pass tries again.
     pub async fn follow_up(&self) {
-        let pending = match self
-            .store
-            .approvals(Some(Status::Pending), SCAN_LIMIT)
-            .await
-        {
+        let pending = match self.store.following_up(SCAN_LIMIT).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read pending approvals to remind or escalate");
@@ -86,7 +73,7 @@ impl Approvals {
             }
         };
         let now = self.now();
-        let key = |id: &str, mark: &str| format!("{}\n{id}\n{mark}", self.instance);
+        let key = |id: &str, mark: &str| format!("{id}\n{mark}");
         let mut live: HashSet<&str> = HashSet::new();
         for a in pending
             .iter()
@@ -96,12 +83,12 @@ impl Approvals {
             live.insert(&a.id);
             for (mark, ev) in due(a, now) {
                 let k = key(&a.id, &mark);
-                if seen().contains(&k) {
+                if self.followed_up.contains(&k) {
                     continue;
                 }
                 match self.follow_up_one(a, &mark, ev).await {
                     Ok(()) => {
-                        seen().insert(k);
+                        self.followed_up.insert(k);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, approval = %a.id, mark, "could not record a reminder or escalation; trying again on the next pass");
@@ -111,14 +98,8 @@ impl Approvals {
             }
         }
         // Forget what no longer needs remembering (decided, expired or gone).
-        let mine = format!("{}\n", self.instance);
-        seen().retain(|k| {
-            !k.starts_with(&mine)
-                || k[mine.len()..]
-                    .split('\n')
-                    .next()
-                    .is_some_and(|id| live.contains(id))
-        });
+        self.followed_up
+            .retain(|k| k.split('\n').next().is_some_and(|id| live.contains(id)));
     }
 
     /// Records `mark` on `a` with its event once (across replicas) and, when this call

@@ -230,6 +230,12 @@ impl Approvals {
         // Events sealed in the store's transaction: let the JSONL copy catch up, and
         // tell this process's subscribers (parked requests, metrics, the outbox).
         self.audit.sealed_elsewhere();
+        // The answer shows the approval as this vote left it: read before the parked
+        // request is woken and claims it.
+        let after = match result {
+            VoteResult::Recorded(_) => Some(self.store.approval(id).await),
+            _ => None,
+        };
         self.emit(&audit.for_result(&result));
         match result {
             VoteResult::NotFound => Err(VoteError::NotFound),
@@ -241,7 +247,11 @@ impl Approvals {
                     .record(refused(format!("already {}", s.as_str())));
                 Err(VoteError::AlreadyDecided(s))
             }
-            VoteResult::Recorded(_) => self.store.approval(id).await?.ok_or(VoteError::NotFound),
+            VoteResult::Recorded(_) => match after {
+                Some(Ok(Some(a))) => Ok(a),
+                Some(Err(e)) => Err(e.into()),
+                _ => Err(VoteError::NotFound),
+            },
         }
     }
 }

@@ -100,6 +100,9 @@ pub fn http_client() -> reqwest::Client {
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(15))
         .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+        // A redirect would turn a POST into a GET, or lead somewhere the config does
+        // not name: a channel's URL must be the real one.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -29,6 +29,8 @@ pub struct Notice {
     pub recent: Vec<Recent>,
     /// The approval on the admin listener (`admin.public_url` + `/approvals/{id}`).
     pub link: Option<String>,
+    /// Where the request goes when approved ([`Notice::url`]).
+    pub full_url: String,
 }
 
 /// A matched rule as reviewers see it.
@@ -126,7 +128,22 @@ impl Notice {
             .as_ref()
             .and_then(|a| a.public_url.as_deref())
             .map(|u| format!("{}/approvals/{}", u.trim_end_matches('/'), approval.id));
+        let (path, query) = match approval.url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (approval.url.as_str(), None),
+        };
+        let full_url = cfg
+            .upstreams
+            .iter()
+            .find(|u| u.name == approval.upstream)
+            .and_then(|u| crate::upstream::headers::upstream_uri(u, path, query).ok())
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| match &approval.host {
+                Some(h) => format!("{h}{}", approval.url),
+                None => approval.url.clone(),
+            });
         Ok(Notice {
+            full_url,
             event,
             approval,
             auth,
@@ -142,11 +159,9 @@ impl Notice {
         self.approval.status == Status::Pending
     }
 
-    /// The full URL the agent called, as the upstream will see it (host and path).
+    /// The full URL the request goes to when approved: the upstream's scheme, host
+    /// and base path with the normalized path and query.
     pub fn url(&self) -> String {
-        match &self.approval.host {
-            Some(h) => format!("{h}{}", self.approval.url),
-            None => self.approval.url.clone(),
-        }
+        self.full_url.clone()
     }
 }

@@ -459,9 +459,11 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
         reference: &str,
     ) -> Result<(), StoreError>;
-    /// Records `mark` for an approval once, whatever the replica; when this call
-    /// recorded it, seals `event` in the same transaction (with its outbox rows).
-    /// True when this call recorded it.
+    /// Records `mark` for a pending approval once, whatever the replica; when this
+    /// call recorded it, seals `event` in the same transaction (with its outbox rows).
+    /// True when this call recorded it; false when it was recorded before or the
+    /// approval is no longer pending (checked in the same transaction, so a reminder
+    /// never follows a decision).
     async fn mark_once(
         &self,
         approval_id: &str,
@@ -470,6 +472,15 @@ pub trait Store: Send + Sync + 'static {
         event: AuditEvent,
         signer: Option<&CheckpointSigner>,
     ) -> Result<bool, StoreError>;
+    /// Up to `limit` pending approvals whose policy asks for reminders or an
+    /// escalation, newest first.
+    async fn following_up(&self, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        let all = self.approvals(Some(Status::Pending), limit).await?;
+        Ok(all
+            .into_iter()
+            .filter(|a| a.policy.remind.is_some() || a.policy.escalate.is_some())
+            .collect())
+    }
     /// The marks recorded for an approval.
     async fn marks_of(&self, approval_id: &str) -> Result<Vec<String>, StoreError>;
     /// Up to `limit` decided approvals of `agent` that matched `rule`, newest first,

@@ -903,6 +903,17 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         client!(self, c);
         let tx = c.transaction().await?;
+        // The approval's row lock orders this against a vote deciding it.
+        let pending = tx
+            .query_opt(
+                "SELECT 1 FROM approvals WHERE id = $1 AND status = 'pending' FOR UPDATE",
+                &[&approval_id],
+            )
+            .await?
+            .is_some();
+        if !pending {
+            return Ok(false);
+        }
         let n = tx
             .execute(
                 "INSERT INTO approval_marks (approval_id, mark, time) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -914,6 +925,21 @@ impl Store for PostgresStore {
         }
         commit_sealed(tx).await?;
         Ok(n == 1)
+    }
+
+    async fn following_up(&self, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        client!(self, c);
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = c
+            .query(&format!("SELECT {COLS} FROM approvals WHERE status = 'pending' AND (policy ? 'remind' OR policy ? 'escalate') ORDER BY created DESC, id LIMIT $1"), &[&limit])
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            let votes = votes_of(&*c, &id).await?;
+            out.push(decode(r, votes)?);
+        }
+        Ok(out)
     }
 
     async fn marks_of(&self, approval_id: &str) -> Result<Vec<String>, StoreError> {

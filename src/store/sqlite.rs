@@ -1001,7 +1001,7 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute(
-                "INSERT OR IGNORE INTO approval_marks (approval_id, mark, time) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO approval_marks (approval_id, mark, time) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM approvals WHERE id = ?1 AND status = 'pending')",
                 params![a, m, ts(&now)],
             )?;
             if n == 1 {
@@ -1009,6 +1009,23 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn following_up(&self, limit: usize) -> Result<Vec<Approval>, StoreError> {
+        self.with(move |c| {
+            let raws: Vec<RawApproval> = {
+                let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE status = 'pending' AND (json_extract(policy, '$.remind') IS NOT NULL OR json_extract(policy, '$.escalate') IS NOT NULL) ORDER BY created DESC, id LIMIT ?1"))?;
+                let rows = st.query_map(params![limit.min(i64::MAX as usize) as i64], row_to_approval)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            raws.into_iter()
+                .map(|r| {
+                    let votes = load_votes(c, &r.id)?;
+                    r.decode(votes)
+                })
+                .collect()
         })
         .await
     }
