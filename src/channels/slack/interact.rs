@@ -138,6 +138,7 @@ fn reviewer_of(airlock: &Airlock, user: &str) -> Option<Reviewer> {
 }
 
 fn unknown_user(user: &str) -> String {
+    let user = blocks::escape(user);
     format!(
         "Your Slack account ({user}) is not a reviewer in airlock's configuration \
          (reviewers[].slack), so your click was not counted."
@@ -146,6 +147,8 @@ fn unknown_user(user: &str) -> String {
 
 /// A refused vote, as the clicker is told.
 fn explain(e: &VoteError, reviewer: &Reviewer, id: &str) -> String {
+    // The id comes from the button (or the modal): shown, never interpreted.
+    let id = blocks::escape(id);
     match e {
         VoteError::NotFound => format!("airlock has no approval {id}; nothing was recorded."),
         VoteError::NotEligible => format!(
