@@ -1,6 +1,6 @@
 //! The generic webhook channel, end to end over real HTTP: airlock (in process) between
 //! an agent, a recording upstream and a webhook receiver that checks every delivery's
-//! signature as docs/webhook.md tells users to. Each approval lifecycle event arrives
+//! signature as the README's webhook section tells users to. Each approval lifecycle event arrives
 //! as a signed CloudEvents 1.0 event with the approval's context; a receiver that is
 //! down delays its events (retried, none lost) but never the approval.
 
@@ -196,7 +196,7 @@ async fn each_lifecycle_event_arrives_signed_as_a_cloudevent_with_the_approval_c
     assert_eq!(ids.len(), 4, "distinct ids: {ids:?}");
     r.assert_all_signed();
 
-    // The example in docs/webhook.md has the fields a real event has.
+    // The example in the README's webhook section has the fields a real event has.
     let example: serde_json::Value =
         serde_json::from_str(&doc_block("json", "\"specversion\"")).unwrap();
     let keys = |v: &serde_json::Value| {
@@ -204,11 +204,15 @@ async fn each_lifecycle_event_arrives_signed_as_a_cloudevent_with_the_approval_c
         k.sort();
         k
     };
-    assert_eq!(keys(&example), keys(&opened), "docs/webhook.md example");
+    assert_eq!(
+        keys(&example),
+        keys(&opened),
+        "the README's webhook section example"
+    );
     assert_eq!(
         keys(&example["data"]),
         keys(&opened["data"]),
-        "docs/webhook.md example data"
+        "the README's webhook section example data"
     );
 
     // A real delivery, altered on the way or checked with another secret, fails the
@@ -355,15 +359,20 @@ fn the_receivers_check_refuses_a_tampered_body_a_wrong_secret_and_a_stale_timest
     );
 }
 
-/// The first ```` ```lang ```` block of docs/webhook.md that contains `marker`.
+/// The first ```` ```lang ```` block of the README's webhook section that contains
+/// `marker`.
 fn doc_block(lang: &str, marker: &str) -> String {
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhook.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = readme
+        .split("### Webhook: signed CloudEvents")
+        .nth(1)
+        .expect("the README's webhook section");
     doc.split(&format!("```{lang}\n"))
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains(marker))
-        .unwrap_or_else(|| panic!("docs/webhook.md has no {lang} block with {marker}"))
+        .unwrap_or_else(|| panic!("the README's webhook section has no {lang} block with {marker}"))
         .to_string()
 }
 

@@ -4,7 +4,7 @@
 //! `X-Airlock-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //!
 //! This module owns the event's shape ([`cloud_event`]) and the signature
-//! ([`signature`], [`verify`]); the receiver's side is documented in `docs/webhook.md`.
+//! ([`signature`], [`verify`]); the receiver's side is documented in the README (section "Webhook: signed CloudEvents").
 //! It never decides or votes: a webhook only tells. Each delivery is signed afresh (a
 //! retry carries a new `t`), and the event `id` stays the same across retries, so a
 //! receiver can drop a duplicate (the outbox delivers at least once).

@@ -1,5 +1,5 @@
 //! A webhook receiver for airlock's signed CloudEvents, on 127.0.0.1:0: it checks each
-//! delivery exactly as docs/webhook.md tells users to (the `X-Airlock-Signature`
+//! delivery exactly as the README tells users to (the `X-Airlock-Signature`
 //! timestamp within 5 minutes, the HMAC-SHA256 of `"<t>.<raw body>"` compared in
 //! constant time) and records what it got. It can be told to answer `500` for a while,
 //! as a receiver that is down.
@@ -28,7 +28,7 @@ pub enum Refused {
     Mismatch,
 }
 
-/// Verifies an `X-Airlock-Signature` value against the raw body, as docs/webhook.md
+/// Verifies an `X-Airlock-Signature` value against the raw body, as the README
 /// says: parse `t=` and `v1=`, refuse a timestamp more than 5 minutes from `now`,
 /// recompute HMAC-SHA256(secret, "<t>.<body>") and compare in constant time.
 pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], now: i64) -> Result<(), Refused> {
