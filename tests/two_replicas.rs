@@ -12,6 +12,8 @@
 
 mod common;
 use common::*;
+#[path = "standins/slack.rs"]
+mod slack_standin;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -492,9 +494,13 @@ async fn a_vote_on_one_replica_decides_a_request_held_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_on_b_wakes_a_at_once_and_each_notice_goes_out_once() {
     let hook = Upstream::start().await;
+    let slack = slack_standin::Slack::start().await;
     let extra = format!(
-        "channels:\n  webhook: {{url: \"{}/hook\", secret: test-hook-secret}}\n",
-        hook.url()
+        "channels:\n  webhook: {{url: \"{}/hook\", secret: test-hook-secret}}\n  slack: {{bot_token: {}, signing_secret: test-signing-secret, channel: {}, api_base: \"{}\"}}\n",
+        hook.url(),
+        slack_standin::BOT_TOKEN,
+        slack_standin::CHANNEL,
+        slack.api_base(),
     );
     let Some(mut pair) = Pair::start_with("two_replicas notices", RULES, &extra).await else {
         return;
@@ -552,6 +558,13 @@ async fn a_vote_on_b_wakes_a_at_once_and_each_notice_goes_out_once() {
         }
     })
     .await;
+    eventually(30, || {
+        let slack = &slack;
+        async move {
+            (slack.calls_of("chat.update").len() >= ROUNDS * (want.len() - 1)).then_some(())
+        }
+    })
+    .await;
     // Both replicas stopped: no dispatcher can deliver anything more.
     pair.stop_and_check_log().await;
     let deliveries: Vec<Value> = hook
@@ -572,6 +585,21 @@ async fn a_vote_on_b_wakes_a_at_once_and_each_notice_goes_out_once() {
         deliveries.len(),
         ROUNDS * want.len(),
         "one delivery per lifecycle event"
+    );
+    // One Slack message per approval, not one per replica; every later event updated it.
+    let posts = slack.calls_of("chat.postMessage");
+    for id in &ids {
+        let n = posts
+            .iter()
+            .filter(|p| p.to_string().contains(id.as_str()))
+            .count();
+        assert_eq!(n, 1, "Slack messages posted for {id}: {posts:#?}");
+    }
+    assert_eq!(posts.len(), ROUNDS);
+    assert_eq!(
+        slack.calls_of("chat.update").len(),
+        ROUNDS * (want.len() - 1),
+        "vote, decided and forwarded each updated the message once"
     );
 }
 
