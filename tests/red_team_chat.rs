@@ -2135,6 +2135,8 @@ async fn teams_votes_only_come_from_the_msteams_channel() {
         let v = approval(&env.a, &id).await;
         if v["votes"] != json!([]) {
             recorded.push(format!("{what}: HTTP {s}, votes {}", v["votes"]));
+        } else {
+            eprintln!("{what}: HTTP {s} {answer}");
         }
     }
     assert!(
@@ -2222,4 +2224,190 @@ async fn teams_an_activity_naming_two_people_is_not_the_reviewers_vote() {
     let (s, answer) = teams_post(&env.a, &bearer(&token), &activity, what).await;
     assert!(s < 500, "{what}: {s} {answer}");
     assert_no_vote(&env.a, &id, what).await;
+}
+
+// ---------------------------------------------------------------------------------
+// A chat proof is not an API credential.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_proofs_are_not_api_credentials() {
+    let env = start(SlackMode::Signed, TeamsMode::Bot).await;
+    let (_held, id) = hold(&env.a, "/api/v1/things/vm-12").await;
+    let votes = env.a.admin_url(&format!("/api/v1/approvals/{id}/votes"));
+    let vote_body = json!({"decision": "approve"}).to_string();
+    // A token Bot Framework signed for the bot, as a reviewer token.
+    let jwt = keys()[0].sign(&claims(&env.ms().service_url()));
+    let (s, answer) = send(
+        client()
+            .post(&votes)
+            .bearer_auth(&jwt)
+            .header("content-type", "application/json")
+            .body(vote_body.clone()),
+        "a Bot Framework token on the votes API",
+    )
+    .await;
+    assert_eq!(s, 401, "{answer}");
+    let (s, answer) = send(
+        client()
+            .get(env.a.admin_url("/api/v1/approvals"))
+            .bearer_auth(&jwt),
+        "a Bot Framework token listing approvals",
+    )
+    .await;
+    assert_eq!(s, 401, "{answer}");
+    // Slack's signature headers on the votes API.
+    let ts = now().to_string();
+    let (s, answer) = send(
+        client()
+            .post(&votes)
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", ts.clone())
+            .header("x-slack-signature", sign(SECRET, &ts, &vote_body))
+            .body(vote_body.clone()),
+        "a Slack signature on the votes API",
+    )
+    .await;
+    assert_eq!(s, 401, "{answer}");
+    // Near-miss paths for the callbacks.
+    for path in ["/slack/actions/", "/SLACK/actions", "/teams/actions/"] {
+        let body = form(&click(U_BOB, "airlock_approve", &id));
+        let (s, answer) = send(
+            client()
+                .post(env.a.admin_url(path))
+                .header("x-slack-request-timestamp", ts.clone())
+                .header("x-slack-signature", sign(SECRET, &ts, &body))
+                .bearer_auth(&jwt)
+                .body(body),
+            path,
+        )
+        .await;
+        assert!(s < 500, "{path}: {s} {answer}");
+    }
+    assert_no_vote(&env.a, &id, "chat proofs on the API").await;
+}
+
+/// JSON nested deeper than any parser should follow: a clean 4xx, not a stack
+/// overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_callback_bodies_are_refused_cleanly() {
+    let env = start(SlackMode::Signed, TeamsMode::Bot).await;
+    let (_held, id) = hold(&env.a, "/api/v1/things/vm-13").await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &deep)
+        .finish();
+    let (s, answer) = slack_signed(&env.a, &body, "a deeply nested Slack payload").await;
+    assert_eq!(s, 400, "{answer}");
+    let token = keys()[0].sign(&claims(&env.ms().service_url()));
+    let (s, answer) = send(
+        client()
+            .post(env.a.admin_url("/teams/actions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(deep),
+        "a deeply nested Teams activity",
+    )
+    .await;
+    assert!((400..500).contains(&s), "{s} {answer}");
+    assert_no_vote(&env.a, &id, "deeply nested bodies").await;
+}
+
+// ---------------------------------------------------------------------------------
+// Teams: the signing-key source down or hanging.
+
+/// A key source that fails: bogus callbacks do not make airlock ask it once each (it
+/// would be a load generator against Bot Framework during an outage), and each is
+/// refused cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_a_failing_key_source_is_not_asked_once_per_callback() {
+    ensure_keys().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    let url = format!("http://{addr}/keys?run={}", uuid::Uuid::new_v4().simple());
+    let env = start(SlackMode::Off, TeamsMode::BotWithJwks(url)).await;
+    let (_held, id) = hold(&env.a, "/api/v1/things/vm-14").await;
+    let service = env.ms().service_url();
+    for i in 0..20 {
+        let mut c = claims(&service);
+        c["jti"] = json!(i);
+        let token = keys()[2].sign(&c);
+        let activity = invoke(&service, AAD_BOB, TENANT, "approve", &id, None);
+        let what = format!("bogus callback {i}");
+        let (s, answer) = teams_post(&env.a, &bearer(&token), &activity, &what).await;
+        assert_eq!(s, 401, "{what}: {answer}");
+    }
+    let n = hits.load(Ordering::SeqCst);
+    assert!(
+        n <= 3,
+        "20 callbacks made airlock fetch the failing key source {n} times"
+    );
+    assert_no_vote(&env.a, &id, "a failing key source").await;
+}
+
+/// A key source that accepts connections and never answers: callbacks arriving
+/// together are each answered within the deadline (not queued one key fetch after
+/// another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teams_callbacks_are_answered_while_the_key_source_hangs() {
+    ensure_keys().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let url = format!("http://{addr}/keys?run={}", uuid::Uuid::new_v4().simple());
+    let env = start(SlackMode::Off, TeamsMode::BotWithJwks(url)).await;
+    let (_held, id) = hold(&env.a, "/api/v1/things/vm-15").await;
+    let service = env.ms().service_url();
+    let token = keys()[0].sign(&claims(&service));
+    let activity = invoke(&service, AAD_BOB, TENANT, "approve", &id, None);
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, token, activity) = (
+                env.a.admin_url("/teams/actions"),
+                token.clone(),
+                activity.clone(),
+            );
+            tokio::spawn(async move {
+                let r = client()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(activity.to_string());
+                send(r, &format!("callback {i} while the key source hangs")).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let (s, answer) = c.await.unwrap();
+        assert!((400..500).contains(&s), "{s} {answer}");
+    }
+    assert_no_vote(&env.a, &id, "a hanging key source").await;
 }
