@@ -2411,3 +2411,130 @@ async fn teams_callbacks_are_answered_while_the_key_source_hangs() {
     }
     assert_no_vote(&env.a, &id, "a hanging key source").await;
 }
+
+// ---------------------------------------------------------------------------------
+// Webhook: the receiver's documented check (docs/webhook.md, Python) given odd
+// `X-Airlock-Signature` headers. A receiver runs it on whatever arrives: it must say
+// "no" (False), never raise (an exception is a 500 in the receiver, or worse, a
+// handler that treats "did not raise" as "verified").
+
+/// The first ```` ```lang ```` block of docs/webhook.md that contains `marker`.
+fn doc_block(lang: &str, marker: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhook.md")).unwrap();
+    doc.split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("docs/webhook.md has no {lang} block with {marker}"))
+        .to_string()
+}
+
+#[test]
+fn webhook_the_documented_python_check_says_no_to_odd_headers_without_raising() {
+    let have_python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_python {
+        assert!(!in_ci(), "python3 is needed in CI");
+        eprintln!("SKIPPED: no python3 on this machine");
+        return;
+    }
+    const WH_SECRET: &str = "whsec-red-7f3a9c";
+    let ws = Workspace::new();
+    let body = br#"{"specversion":"1.0","id":"evt_1","type":"airlock.approval.opened"}"#;
+    let body_file = ws.path().join("body.json");
+    std::fs::write(&body_file, body).unwrap();
+    let script = ws.write(
+        "verify.py",
+        &format!(
+            "{}\nimport sys\nbody = open(sys.argv[3], 'rb').read()\n\
+             try:\n    ok = verify_airlock(sys.argv[1].encode(), sys.argv[2], body)\n\
+             except Exception as e:\n    print(repr(e))\n    sys.exit(2)\n\
+             sys.exit(0 if ok else 1)\n",
+            doc_block("python", "def verify_airlock")
+        ),
+    );
+    let t = now();
+    let good = airlock::channels::webhook::signature(WH_SECRET, t, body);
+    let hex_sig = good.split("v1=").nth(1).unwrap().to_string();
+    let arabic: String = t
+        .to_string()
+        .chars()
+        .map(|c| char::from_u32(0x0660 + c.to_digit(10).unwrap()).unwrap())
+        .collect();
+    let cases: Vec<(&str, String, i32)> = vec![
+        ("the genuine header", good.clone(), 0),
+        ("v1 before t", format!("v1={hex_sig},t={t}"), 0),
+        (
+            "a superscript digit as the timestamp",
+            format!("t=²,v1={hex_sig}"),
+            1,
+        ),
+        (
+            "the timestamp in Arabic-Indic digits",
+            format!("t={arabic},v1={hex_sig}"),
+            1,
+        ),
+        (
+            "a 5000-digit timestamp",
+            format!("t={},v1={hex_sig}", "9".repeat(5000)),
+            1,
+        ),
+        (
+            "a non-ASCII signature",
+            format!("t={t},v1=é{}", &hex_sig[1..]),
+            1,
+        ),
+        (
+            "the signature in upper-case hex",
+            format!("t={t},v1={}", hex_sig.to_uppercase()),
+            1,
+        ),
+        ("timestamp +t", format!("t=+{t},v1={hex_sig}"), 1),
+        ("timestamp -t", format!("t=-{t},v1={hex_sig}"), 1),
+        ("timestamp 1e9", format!("t=1e9,v1={hex_sig}"), 1),
+        (
+            "correctly signed 10 minutes ago",
+            airlock::channels::webhook::signature(WH_SECRET, t - 600, body),
+            1,
+        ),
+        (
+            "correctly signed 10 minutes ahead",
+            airlock::channels::webhook::signature(WH_SECRET, t + 600, body),
+            1,
+        ),
+        (
+            "signed with another secret",
+            airlock::channels::webhook::signature("whsec-other", t, body),
+            1,
+        ),
+        ("no v1", format!("t={t}"), 1),
+        ("no t", format!("v1={hex_sig}"), 1),
+        ("empty v1", format!("t={t},v1="), 1),
+        ("an empty header", String::new(), 1),
+        ("garbage", "garbage".into(), 1),
+    ];
+    let mut wrong = Vec::new();
+    for (what, header, want) in &cases {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args([WH_SECRET, header.as_str()])
+            .arg(&body_file)
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        if code != *want {
+            wrong.push(format!(
+                "{what} ({header:.60}): exit {code}, want {want} {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the documented Python check (exit 0 accepted, 1 refused, 2 raised):\n{}",
+        wrong.join("\n")
+    );
+}
