@@ -2538,3 +2538,45 @@ fn webhook_the_documented_python_check_says_no_to_odd_headers_without_raising() 
         wrong.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Races: one reviewer clicking in Slack and Teams at once, many times.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clicks_by_one_reviewer_in_slack_and_teams_count_once() {
+    ensure_keys().await;
+    let env = start(SlackMode::Signed, TeamsMode::Bot).await;
+    let (_held, id) = hold(&env.a, "/api/v1/keys/race").await;
+    let body = form(&click(U_BOB, "airlock_approve", &id));
+    let ts = now().to_string();
+    let sig = sign(SECRET, &ts, &body);
+    let service = env.ms().service_url();
+    let token = keys()[0].sign(&claims(&service));
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let r = client()
+            .post(env.a.admin_url("/slack/actions"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-slack-request-timestamp", ts.clone())
+            .header("x-slack-signature", sig.clone())
+            .body(body.clone());
+        calls.push(tokio::spawn(async move {
+            send(r, &format!("slack click {i}")).await
+        }));
+        let r = client()
+            .post(env.a.admin_url("/teams/actions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(invoke(&service, AAD_BOB, TENANT, "approve", &id, None).to_string());
+        calls.push(tokio::spawn(async move {
+            send(r, &format!("teams click {i}")).await
+        }));
+    }
+    for c in calls {
+        let (s, answer) = c.await.unwrap();
+        assert_eq!(s, 200, "{answer}");
+    }
+    let v = approval(&env.a, &id).await;
+    assert_eq!(v["status"], "pending", "{v}");
+    assert_eq!(voters(&env.a, &id).await, ["bob@example.com"], "{v}");
+}
