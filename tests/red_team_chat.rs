@@ -2413,20 +2413,25 @@ async fn teams_callbacks_are_answered_while_the_key_source_hangs() {
 }
 
 // ---------------------------------------------------------------------------------
-// Webhook: the receiver's documented check (docs/webhook.md, Python) given odd
+// Webhook: the receiver's documented check (the README's webhook section, Python) given odd
 // `X-Airlock-Signature` headers. A receiver runs it on whatever arrives: it must say
 // "no" (False), never raise (an exception is a 500 in the receiver, or worse, a
 // handler that treats "did not raise" as "verified").
 
-/// The first ```` ```lang ```` block of docs/webhook.md that contains `marker`.
+/// The first ```` ```lang ```` block of the README's webhook section that contains
+/// `marker`.
 fn doc_block(lang: &str, marker: &str) -> String {
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhook.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let doc = readme
+        .split("### Webhook: signed CloudEvents")
+        .nth(1)
+        .expect("the README's webhook section");
     doc.split(&format!("```{lang}\n"))
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .find(|b| b.contains(marker))
-        .unwrap_or_else(|| panic!("docs/webhook.md has no {lang} block with {marker}"))
+        .unwrap_or_else(|| panic!("the README's webhook section has no {lang} block with {marker}"))
         .to_string()
 }
 

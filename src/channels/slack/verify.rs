@@ -61,7 +61,7 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - ts).abs() > WINDOW_SECS {
+    if now.abs_diff(ts) > WINDOW_SECS as u64 {
         return Err(SignatureError::Stale);
     }
     let hex_sig = signature

@@ -73,6 +73,9 @@ pub async fn handle(
         .ok_or_else(|| refused(Code::Unauthenticated, "no Bot Framework bearer token"))?;
     let activity: Value = serde_json::from_slice(body)
         .map_err(|e| refused(Code::BadRequest, format!("not a JSON activity: {e}")))?;
+    if !activity.is_object() {
+        return Err(refused(Code::BadRequest, "an activity is a JSON object"));
+    }
     let str_at = |ptr: &str| activity.pointer(ptr).and_then(Value::as_str);
     let service_url = str_at("/serviceUrl").unwrap_or_default();
     let channel_id = str_at("/channelId").unwrap_or_default();
@@ -84,6 +87,18 @@ pub async fn handle(
             tracing::warn!(reason = %e, "Teams callback refused");
             refused(Code::Unauthenticated, e.to_string())
         })?;
+    // Only Teams speaks for a reviewer: Web Chat, Direct Line and the Emulator let
+    // their client write `from` and `channelData` itself.
+    if channel_id != "msteams" {
+        tracing::warn!(
+            channel = channel_id,
+            "Bot Framework activity from another channel refused"
+        );
+        return Err(refused(
+            Code::Forbidden,
+            "only activities from Microsoft Teams (channelId msteams) may vote",
+        ));
+    }
     let tenant = str_at("/conversation/tenantId").or_else(|| str_at("/channelData/tenant/id"));
     if !tenant.is_some_and(|t| same_identity(t, &bot.tenant_id)) {
         tracing::warn!(tenant = ?tenant, "Teams callback from another tenant refused");
@@ -121,14 +136,13 @@ pub async fn handle(
         ));
     };
     let reviewers = &snap.policy.reviewers;
-    // A reviewer's `teams` is their Entra object id; their Teams user id (`29:…`) is
-    // accepted too. Both come from the verified activity, never from the card.
-    let from_id = str_at("/from/id").unwrap_or_default();
-    let Some(reviewer) = reviewers.all().iter().find(|r| {
-        r.teams
-            .as_deref()
-            .is_some_and(|t| same_identity(t, aad) || (!from_id.is_empty() && t == from_id))
-    }) else {
+    // A reviewer's `teams` is their Entra object id, and only it names the clicker:
+    // an activity's `from.id` is never read as a second, possibly different, person.
+    let Some(reviewer) = reviewers
+        .all()
+        .iter()
+        .find(|r| r.teams.as_deref().is_some_and(|t| same_identity(t, aad)))
+    else {
         tracing::warn!(
             aad_object_id = aad,
             "Teams click by someone who is not a reviewer"

@@ -91,14 +91,25 @@ struct Cache {
     fetched: Option<Instant>,
     /// The last fetch caused by an unknown `kid`.
     refetched: Option<Instant>,
+    /// The last fetch that failed: no other is tried for [`FAILED_BACKOFF`].
+    failed: Option<Instant>,
 }
+
+/// How long a failed fetch of the keys stops others (the source is down).
+const FAILED_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one fetch of the metadata or the keys may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The signing keys published at one source, fetched and cached.
 pub struct KeySet {
     openid_metadata: String,
     jwks: Option<String>,
     client: reqwest::Client,
-    cache: Mutex<Cache>,
+    /// Never held across an await.
+    cache: std::sync::Mutex<Cache>,
+    /// Held by the one fetch under way; other callbacks wait for it (bounded) instead
+    /// of fetching again.
+    fetching: Mutex<()>,
 }
 
 impl KeySet {
@@ -122,49 +133,82 @@ impl KeySet {
                     openid_metadata: bot.openid_metadata.clone(),
                     jwks: bot.jwks.clone(),
                     client: crate::channels::http_client(),
-                    cache: Mutex::new(Cache::default()),
+                    cache: std::sync::Mutex::new(Cache::default()),
+                    fetching: Mutex::new(()),
                 })
             })
             .clone()
     }
 
-    /// The key `kid`, fetching the set when it is stale, or (rate-limited) when it does
-    /// not hold `kid`.
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The key `kid`, fetching the set when it is stale, or (at most once a minute)
+    /// when it does not hold `kid`. A source that failed is left alone for
+    /// [`FAILED_BACKOFF`]; while one fetch is under way, other callbacks wait for it
+    /// (at most about [`FETCH_TIMEOUT`]) and use what it brought.
     async fn key(&self, kid: &str) -> Result<Key, Refused> {
-        let mut c = self.cache.lock().await;
-        let stale = c.fetched.is_none_or(|t| t.elapsed() > KEYS_TTL);
-        if stale {
-            if let Err(e) = self.fetch_into(&mut c).await {
-                // Keys fetched before stay usable while the source is down.
-                if c.keys.is_empty() {
-                    return Err(e);
+        let now = Instant::now();
+        let unavailable = || Refused("signing keys unavailable: the key source is down".into());
+        let fetch = {
+            let mut c = self.cache();
+            let stale = c.fetched.is_none_or(|t| t.elapsed() > KEYS_TTL);
+            let known = c.keys.get(kid).cloned();
+            let resting = c.failed.is_some_and(|t| t.elapsed() < FAILED_BACKOFF);
+            match known {
+                Some(k) if !stale || resting => return Ok(k),
+                Some(_) => true,
+                None if resting => return Err(unavailable()),
+                None if stale => true,
+                None if c
+                    .refetched
+                    .is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH) =>
+                {
+                    c.refetched = Some(now);
+                    true
+                }
+                None => false,
+            }
+        };
+        if fetch {
+            // One fetch at a time; a callback waits for the one under way at most as
+            // long as a fetch may take, then answers from what it brought.
+            let waited = Instant::now();
+            if let Ok(_guard) =
+                tokio::time::timeout(FETCH_TIMEOUT + Duration::from_secs(1), self.fetching.lock())
+                    .await
+            {
+                let done_meanwhile = {
+                    let c = self.cache();
+                    c.fetched.is_some_and(|t| t >= waited) || c.failed.is_some_and(|t| t >= waited)
+                };
+                if !done_meanwhile {
+                    let got = self.fetch().await;
+                    let mut c = self.cache();
+                    match got {
+                        Ok(keys) => {
+                            c.keys = keys;
+                            c.fetched = Some(Instant::now());
+                            c.failed = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Bot Framework signing keys could not be fetched");
+                            c.failed = Some(Instant::now());
+                        }
+                    }
                 }
             }
         }
-        if let Some(k) = c.keys.get(kid) {
-            return Ok(k.clone());
+        let c = self.cache();
+        match c.keys.get(kid) {
+            Some(k) => Ok(k.clone()),
+            None if c.keys.is_empty() => Err(unavailable()),
+            None => Err(Refused(format!("unknown signing key {kid:?}"))),
         }
-        let may_refetch = !stale
-            && c.refetched
-                .is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH);
-        if may_refetch {
-            c.refetched = Some(Instant::now());
-            self.fetch_into(&mut c).await?;
-            if let Some(k) = c.keys.get(kid) {
-                return Ok(k.clone());
-            }
-        }
-        Err(Refused(format!("unknown signing key {kid:?}")))
-    }
-
-    async fn fetch_into(&self, c: &mut Cache) -> Result<(), Refused> {
-        let keys = self.fetch().await.map_err(|e| {
-            tracing::warn!(error = %e, "Bot Framework signing keys could not be fetched");
-            Refused(format!("signing keys unavailable: {e}"))
-        })?;
-        c.keys = keys;
-        c.fetched = Some(Instant::now());
-        Ok(())
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Key>, String> {
@@ -202,6 +246,7 @@ impl KeySet {
         let r = self
             .client
             .get(url)
+            .timeout(FETCH_TIMEOUT)
             .send()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
