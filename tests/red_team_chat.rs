@@ -17,12 +17,10 @@ mod teams_standin;
 
 use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use serde_json::{json, Value};
-use sha2::Sha256;
-use slack_standin::{Slack, APP_TOKEN, BOT_TOKEN, CHANNEL};
+use slack_standin::{click, form, sign, submit, Slack, APP, APP_TOKEN, BOT_TOKEN, CHANNEL, TEAM};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,8 +29,6 @@ use teams_standin::{
 };
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5-red";
-const TEAM: &str = "T0AIRLOCK";
-const APP: &str = "A0AIRLOCK";
 const U_BOB: &str = "U0BOB";
 const U_CAROL: &str = "U0CAROL";
 const U_ALICE: &str = "U0ALICE";
@@ -340,68 +336,6 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// `v0=` HMAC-SHA256 of `v0:{ts}:{body}` with `secret`, as Slack signs.
-fn sign(secret: &str, ts: &str, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("v0:{ts}:{body}").as_bytes());
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Slack's `block_actions` payload for a click on `action_id` (value `id`) by `user`.
-fn click(user: &str, action_id: &str, id: &str) -> Value {
-    json!({
-        "type": "block_actions",
-        "user": {"id": user, "username": "someone", "name": "someone", "team_id": TEAM},
-        "api_app_id": APP,
-        "token": "legacy-verification-token-ignored",
-        "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": CHANNEL, "is_ephemeral": false},
-        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
-        "team": {"id": TEAM, "domain": "example"},
-        "enterprise": null,
-        "is_enterprise_install": false,
-        "channel": {"id": CHANNEL, "name": "approvals"},
-        "response_url": "https://hooks.slack.com/actions/T0AIRLOCK/1/abc",
-        "actions": [{
-            "action_id": action_id,
-            "block_id": "airlock_vote",
-            "text": {"type": "plain_text", "text": "Approve", "emoji": true},
-            "value": id,
-            "type": "button",
-            "action_ts": "1700000002.000200"
-        }]
-    })
-}
-
-/// Slack's `view_submission` payload for the reason modal `callback_id` of `id`.
-fn submit(user: &str, callback_id: &str, id: &str, reason: &str) -> Value {
-    json!({
-        "type": "view_submission",
-        "team": {"id": TEAM, "domain": "example"},
-        "user": {"id": user, "username": "someone", "name": "someone", "team_id": TEAM},
-        "api_app_id": APP,
-        "token": "legacy-verification-token-ignored",
-        "trigger_id": "3.4.trigger",
-        "view": {
-            "id": "V0STANDIN",
-            "team_id": TEAM,
-            "type": "modal",
-            "callback_id": callback_id,
-            "private_metadata": id,
-            "state": {"values": {"airlock_reason": {"reason": {"type": "plain_text_input", "value": reason}}}},
-            "hash": "1700000003.abc",
-            "app_id": APP
-        },
-        "response_urls": []
-    })
-}
-
-/// The form body Slack sends: `payload=<url-encoded JSON>`.
-fn form(payload: &Value) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("payload", &payload.to_string())
-        .finish()
-}
-
 /// POSTs `body` to `/slack/actions{query}` with `headers`.
 async fn slack_post(
     a: &InProcess,
@@ -591,28 +525,19 @@ async fn slack_forged_signatures_and_timestamps_record_nothing() {
             "correctly signed 400 s ago (stale)",
             "",
             body.clone(),
-            h(
-                &(t - 400).to_string(),
-                &sign(SECRET, &(t - 400).to_string(), &body),
-            ),
+            h(&(t - 400).to_string(), &sign(SECRET, t - 400, &body)),
         ),
         (
             "correctly signed 400 s ahead (future)",
             "",
             body.clone(),
-            h(
-                &(t + 400).to_string(),
-                &sign(SECRET, &(t + 400).to_string(), &body),
-            ),
+            h(&(t + 400).to_string(), &sign(SECRET, t + 400, &body)),
         ),
         (
             "correctly signed a day ahead",
             "",
             body.clone(),
-            h(
-                &(t + 86400).to_string(),
-                &sign(SECRET, &(t + 86400).to_string(), &body),
-            ),
+            h(&(t + 86400).to_string(), &sign(SECRET, t + 86400, &body)),
         ),
         (
             "two signatures, a forged one first",

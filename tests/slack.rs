@@ -11,15 +11,11 @@ mod common;
 mod standin;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
-use standin::{Slack, BOT_TOKEN, CHANNEL};
+use standin::{click, form, sign, submit, Slack, APP, BOT_TOKEN, CHANNEL, TEAM};
 use std::path::PathBuf;
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5-test";
-const TEAM: &str = "T0AIRLOCK";
-const APP: &str = "A0AIRLOCK";
 const U_BOB: &str = "U0BOB";
 const U_CAROL: &str = "U0CAROL";
 const U_ALICE: &str = "U0ALICE";
@@ -150,68 +146,6 @@ async fn start() -> Env {
     ws.write("rules/r.yaml", RULES);
     let a = InProcess::start(&config(&ws, &up.url(), &slack)).await;
     Env { up, ws, a, slack }
-}
-
-/// Slack's `block_actions` payload for a click on `action_id` (value `id`) by `user`.
-fn click(user: &str, action_id: &str, id: &str) -> Value {
-    json!({
-        "type": "block_actions",
-        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
-        "api_app_id": APP,
-        "token": "legacy-verification-token-ignored",
-        "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": CHANNEL, "is_ephemeral": false},
-        "trigger_id": format!("{}.{}.trigger", user, action_id),
-        "team": {"id": TEAM, "domain": "example"},
-        "enterprise": null,
-        "is_enterprise_install": false,
-        "channel": {"id": CHANNEL, "name": "approvals"},
-        "response_url": "https://hooks.slack.com/actions/T0AIRLOCK/1/abc",
-        "actions": [{
-            "action_id": action_id,
-            "block_id": "airlock_vote",
-            "text": {"type": "plain_text", "text": "Approve", "emoji": true},
-            "value": id,
-            "type": "button",
-            "action_ts": "1700000002.000200"
-        }]
-    })
-}
-
-/// Slack's `view_submission` payload for the reason modal `callback_id` of `id`.
-fn submit(user: &str, callback_id: &str, id: &str, reason: &str) -> Value {
-    json!({
-        "type": "view_submission",
-        "team": {"id": TEAM, "domain": "example"},
-        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
-        "api_app_id": APP,
-        "token": "legacy-verification-token-ignored",
-        "trigger_id": "3.4.trigger",
-        "view": {
-            "id": "V0STANDIN",
-            "team_id": TEAM,
-            "type": "modal",
-            "callback_id": callback_id,
-            "private_metadata": id,
-            "state": {"values": {"airlock_reason": {"reason": {"type": "plain_text_input", "value": reason}}}},
-            "hash": "1700000003.abc",
-            "app_id": APP
-        },
-        "response_urls": []
-    })
-}
-
-/// The form body Slack sends: `payload=<url-encoded JSON>`.
-fn form(payload: &Value) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("payload", &payload.to_string())
-        .finish()
-}
-
-/// `v0=` HMAC-SHA256 of `v0:{ts}:{body}` with `secret`, as Slack signs.
-fn sign(secret: &str, ts: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("v0:{ts}:{body}").as_bytes());
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 fn now() -> i64 {

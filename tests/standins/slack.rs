@@ -11,12 +11,14 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
+use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub const BOT_TOKEN: &str = "xoxb-test-bot-token";
 pub const APP_TOKEN: &str = "xapp-1-test-app-token";
 pub const CHANNEL: &str = "C0APPROVALS";
+/// The workspace and app the tests' callbacks come from.
+pub const TEAM: &str = "T0AIRLOCK";
+pub const APP: &str = "A0AIRLOCK";
 
 /// One Web API call airlock made.
 #[derive(Debug, Clone)]
@@ -459,4 +464,68 @@ impl SocketConn {
             .expect("airlock sent nothing on the socket within 30s")
             .expect("airlock closed the socket")
     }
+}
+
+// ---- What Slack sends airlock: interactivity payloads, signed ----------------------
+
+/// Slack's `block_actions` payload for a click on `action_id` (value `id`) by `user`.
+pub fn click(user: &str, action_id: &str, id: &str) -> Value {
+    json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
+        "api_app_id": APP,
+        "token": "legacy-verification-token-ignored",
+        "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": CHANNEL, "is_ephemeral": false},
+        "trigger_id": format!("{}.{}.trigger", user, action_id),
+        "team": {"id": TEAM, "domain": "example"},
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "channel": {"id": CHANNEL, "name": "approvals"},
+        "response_url": "https://hooks.slack.com/actions/T0AIRLOCK/1/abc",
+        "actions": [{
+            "action_id": action_id,
+            "block_id": "airlock_vote",
+            "text": {"type": "plain_text", "text": "Approve", "emoji": true},
+            "value": id,
+            "type": "button",
+            "action_ts": "1700000002.000200"
+        }]
+    })
+}
+
+/// Slack's `view_submission` payload for the reason modal `callback_id` of `id`.
+pub fn submit(user: &str, callback_id: &str, id: &str, reason: &str) -> Value {
+    json!({
+        "type": "view_submission",
+        "team": {"id": TEAM, "domain": "example"},
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": TEAM},
+        "api_app_id": APP,
+        "token": "legacy-verification-token-ignored",
+        "trigger_id": "3.4.trigger",
+        "view": {
+            "id": "V0STANDIN",
+            "team_id": TEAM,
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": id,
+            "state": {"values": {"airlock_reason": {"reason": {"type": "plain_text_input", "value": reason}}}},
+            "hash": "1700000003.abc",
+            "app_id": APP
+        },
+        "response_urls": []
+    })
+}
+
+/// The form body Slack sends: `payload=<url-encoded JSON>`.
+pub fn form(payload: &Value) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+}
+
+/// `v0=` HMAC-SHA256 of `v0:{ts}:{body}` with `secret`, as Slack signs.
+pub fn sign(secret: &str, ts: impl std::fmt::Display, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
