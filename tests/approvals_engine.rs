@@ -83,6 +83,7 @@ fn request(digest: &str) -> HoldRequest {
         url: "/v1/things/prod".into(),
         justification: None,
         show: None,
+        requester: Default::default(),
     }
 }
 
@@ -95,6 +96,7 @@ fn bob() -> Reviewer {
         id: "bob@example.com".into(),
         groups: vec!["sre".into()],
         token_digest: None,
+        subject: None,
         slack: None,
         teams: None,
     }

@@ -53,6 +53,7 @@ fn approval(id: &str) -> Approval {
         reason: None,
         consumed: None,
         forwarder: None,
+        requester: Default::default(),
         votes: vec![],
     }
 }

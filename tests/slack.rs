@@ -893,6 +893,7 @@ fn pending_approval(id: &str) -> airlock::store::Approval {
         reason: None,
         consumed: None,
         forwarder: None,
+        requester: Default::default(),
         votes: vec![],
     }
 }
@@ -918,6 +919,7 @@ fn notice(
                 id: id.to_string(),
                 groups: vec![],
                 token_digest: None,
+                subject: None,
                 slack: Some(slack.to_string()),
                 teams: None,
             })

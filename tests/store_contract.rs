@@ -69,6 +69,7 @@ fn approval(id: &str, quorum: u32, expires_in: i64) -> Approval {
         reason: None,
         consumed: None,
         forwarder: None,
+        requester: Default::default(),
         votes: vec![],
     }
 }

@@ -44,7 +44,7 @@ pub enum VoteError {
     NotFound,
     #[error("you are not an approver for the rule that held this request")]
     NotEligible,
-    #[error("nobody may approve their own request (you are the agent or its owner)")]
+    #[error("nobody may approve their own request (you are the agent, its owner, or the person it acts for)")]
     SelfApproval,
     #[error("the approval is already {}", .0.as_str())]
     AlreadyDecided(Status),

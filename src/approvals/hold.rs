@@ -29,6 +29,8 @@ pub struct HoldRequest {
     pub url: String,
     pub justification: Option<String>,
     pub show: Option<serde_json::Value>,
+    /// Who sent it and how.
+    pub requester: crate::store::Requester,
 }
 
 /// The result of opening a hold.
@@ -212,6 +214,7 @@ impl Approvals {
             status: Status::Pending,
             agent: req.agent,
             owner: req.owner,
+            requester: req.requester,
             digest: req.digest,
             body_sha256: req.body_sha256,
             rules: req.rules,
@@ -271,6 +274,7 @@ impl Approvals {
                         url: approval.url,
                         justification: approval.justification,
                         show: approval.show,
+                        requester: approval.requester,
                     },
                     max_pending,
                 ))

@@ -141,6 +141,9 @@ pub fn event_for(event: &str, a: &Approval) -> AuditEvent {
     ev.host = a.host.clone();
     ev.path = Some(a.url.clone());
     ev.body_sha256 = Some(a.body_sha256.clone());
+    ev.auth = (!a.requester.auth.is_empty()).then(|| a.requester.auth.clone());
+    ev.acting_for.clone_from(&a.requester.acting_for);
+    ev.client.clone_from(&a.requester.client);
     ev
 }
 

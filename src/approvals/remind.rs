@@ -141,6 +141,7 @@ mod tests {
             status: Status::Pending,
             agent: "deploy-bot".into(),
             owner: None,
+            requester: Default::default(),
             digest: "d".into(),
             body_sha256: "b".into(),
             rules: vec!["r".into()],

@@ -1,4 +1,5 @@
-//! Votes: who may vote (never the agent or its owner; only the rule's approvers), and
+//! Votes: who may vote (never the agent, its owner or the person it acts for; only
+//! the rule's approvers), and
 //! casting one. A vote, the decision it makes and their audit events are one store
 //! transaction: nothing is ever released on a vote the log does not show, and a crash
 //! cannot leave a decision without its event.
@@ -86,8 +87,18 @@ pub fn may_vote(reviewer: &Reviewer, a: &Approval) -> Result<(), VoteError> {
 
 /// [`may_vote`] at `now`: an escalation that is due makes its reviewers eligible.
 pub fn may_vote_at(reviewer: &Reviewer, a: &Approval, now: DateTime<Utc>) -> Result<(), VoteError> {
-    let same = |x: &str| same_identity(x, &reviewer.id);
-    if same(&a.agent) || a.owner.as_deref().is_some_and(same) {
+    let same = |x: &str| {
+        same_identity(x, &reviewer.id)
+            || reviewer
+                .subject
+                .as_deref()
+                .is_some_and(|s| same_identity(x, s))
+    };
+    // The person the agent acts for is an owner of the request too.
+    if same(&a.agent)
+        || a.owner.as_deref().is_some_and(same)
+        || a.requester.acting_for.as_deref().is_some_and(same)
+    {
         return Err(VoteError::SelfApproval);
     }
     let eligible = requirements_at(a, now)

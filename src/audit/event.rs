@@ -30,6 +30,16 @@ pub struct AuditEvent {
     pub approval_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub agent: Option<String>,
+    /// How the agent authenticated (`key`, `jwt`, `mtls`, `none`); absent on events
+    /// older than identities, so they hash as before.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth: Option<String>,
+    /// The person the agent acted for, from its token.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub acting_for: Option<String>,
+    /// The client's address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reviewer: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

@@ -36,20 +36,21 @@ pub(super) fn build(
         errs: Vec::new(),
     };
     let listen = b.listen(raw.listen.as_deref());
+    let tls = raw.tls.and_then(|t| b.tls(t, "tls", true));
     let admin = raw.admin.and_then(|a| b.admin(a));
     let mode = b.mode(raw.mode.as_deref());
     let default_allow = b.default_allow(raw.default.as_deref());
     let store = b.store(raw.store.as_deref());
     let upstreams = b.upstreams(raw.upstreams);
     let mut ids = HashSet::new();
-    let agents = b.agents(raw.agents, &mut ids);
+    let have_client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let agents = b.agents(raw.agents, &mut ids, have_client_ca);
     let reviewers = b.reviewers(raw.reviewers, &mut ids);
     b.no_shared_secrets(&agents, &reviewers);
     let audit = b.audit(raw.audit);
     let limits = b.limits(raw.limits.as_ref());
     let approval = b.approval(raw.approval.as_ref());
     let (log_format, log_level) = b.log(raw.log);
-    b.unsupported(raw.tls.is_some());
     let channels = b.channels(raw.channels);
     let rules = raw.rules.as_deref().map(|r| resolve(&b.base, r));
 
@@ -59,6 +60,7 @@ pub(super) fn build(
     Ok(Config {
         file: src.file.clone(),
         listen,
+        tls,
         admin,
         workers: raw.workers,
         mode,
@@ -81,7 +83,7 @@ pub(super) fn build(
 pub(super) struct Build<'a> {
     src: &'a Source,
     /// The config file's folder: relative paths are taken from here.
-    base: PathBuf,
+    pub(super) base: PathBuf,
     options: LoadOptions,
     errs: Vec<Diagnostic>,
 }
@@ -106,11 +108,15 @@ impl Build<'_> {
 
     fn admin(&mut self, a: RawAdmin) -> Option<AdminConfig> {
         let l = a.listen.as_deref().unwrap_or("127.0.0.1:9090");
+        let tls = a.tls.and_then(|t| self.tls(t, "admin.tls", false));
+        let oidc = a.oidc.map(|o| self.oidc(o));
         match l.parse::<SocketAddr>() {
             Ok(listen) => Some(AdminConfig {
                 listen,
                 public_url: a.public_url,
                 max_connections: a.max_connections.unwrap_or(256).max(1),
+                tls,
+                oidc,
             }),
             Err(e) => {
                 self.err(
@@ -270,8 +276,15 @@ impl Build<'_> {
                 );
             }
         }
+        let client_cert = self.client_cert(
+            &u.name,
+            anchor,
+            u.client_cert.as_deref(),
+            u.client_key.as_deref(),
+        );
         let reading = self.reading(&u, anchor);
         Upstream {
+            client_cert,
             reading,
             name: u.name,
             route,
@@ -395,7 +408,12 @@ impl Build<'_> {
     }
 
     /// Agents; their ids go into `ids`, the namespace agents and reviewers share.
-    fn agents(&mut self, raw: Vec<RawAgent>, ids: &mut HashSet<String>) -> Vec<Agent> {
+    fn agents(
+        &mut self,
+        raw: Vec<RawAgent>,
+        ids: &mut HashSet<String>,
+        have_client_ca: bool,
+    ) -> Vec<Agent> {
         let mut agents = Vec::with_capacity(raw.len());
         for a in raw {
             let anchor = format!("id: {}", a.id);
@@ -431,16 +449,31 @@ impl Build<'_> {
                     format!("agent {}: needs a key (or jwt / mtls)", a.id),
                 );
             }
-            if a.jwt.is_some() || a.mtls.is_some() {
+            let kinds = [a.key.is_some(), a.jwt.is_some(), a.mtls.is_some()];
+            if kinds.iter().filter(|k| **k).count() > 1 {
                 self.err(
-                    Some(&anchor),
-                    if a.jwt.is_some() { "jwt:" } else { "mtls:" },
+                    None,
+                    &anchor,
                     format!(
-                        "agent {}: jwt and mtls identities are not supported by this build yet; use key:",
+                        "agent {}: give one of key, jwt or mtls (one entry, one way to authenticate; define another agent for another way)",
                         a.id
                     ),
                 );
             }
+            if a.header.is_some() && a.key.is_none() {
+                self.err(
+                    Some(&anchor),
+                    "header:",
+                    format!(
+                        "agent {}: header: names where a key is sent; this agent has no key",
+                        a.id
+                    ),
+                );
+            }
+            let jwt = a.jwt.map(|j| self.agent_jwt(&a.id, &anchor, j));
+            let mtls = a
+                .mtls
+                .map(|m| self.agent_mtls(&a.id, &anchor, m, have_client_ca));
             let header = match a.header.as_deref() {
                 None => http::header::AUTHORIZATION,
                 Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
@@ -460,6 +493,8 @@ impl Build<'_> {
                 key_digest,
                 header,
                 owner: a.owner,
+                jwt,
+                mtls,
             });
         }
         agents
@@ -501,6 +536,7 @@ impl Build<'_> {
                 id: r.id,
                 groups: r.groups,
                 token_digest,
+                subject: r.subject,
                 slack: r.slack,
                 teams: r.teams,
             });
@@ -753,17 +789,6 @@ impl Build<'_> {
             }
         };
         (format, l.level.unwrap_or_else(|| "info".into()))
-    }
-
-    /// Sections SPEC names that this build does not implement yet: refused, never ignored.
-    fn unsupported(&mut self, tls: bool) {
-        if tls {
-            self.err(
-                None,
-                "tls:",
-                "tls: TLS on the agent listener is not supported by this build yet".into(),
-            );
-        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! - `source`: the file text, and turning a value back into `file:line:col`;
 //! - `values`: durations, sizes, `${VAR}`, `sha256:` digests, upstream URLs;
 //! - `types`: the validated [`Config`] and its parts;
-//! - `build`: raw → validated, one function per section.
+//! - `build`: raw → validated, one function per section;
+//! - `channels`, `identity`: the chat channels, and TLS, JWT, mTLS and OIDC identities,
+//!   each with its raw shape, validated form and build steps.
 //!
 //! What a command needs differs: `serve` needs every credential, the audit commands
 //! need only the store and the `audit:` section ([`LoadOptions`]). This module never
@@ -17,12 +19,14 @@
 
 mod build;
 pub mod channels;
+pub mod identity;
 pub mod raw;
 mod source;
 mod types;
 mod values;
 
 pub use channels::{Channels, SlackConfig, TeamsBot, TeamsConfig, WebhookConfig};
+pub use identity::{IdPattern, JwtAgent, JwtCheck, KeySource, MtlsAgent, OidcConfig, TlsConfig};
 pub use source::{Diagnostic, Diagnostics, Source};
 pub use types::{
     AdminConfig, Agent, ApprovalDefaults, AuditConfig, AuditLevel, Config, Limits, LogFormat, Mode,

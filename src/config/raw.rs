@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
-    pub tls: Option<RawTls>,
+    pub tls: Option<super::identity::RawTls>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub workers: usize,
@@ -34,18 +34,12 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub cert: String,
-    pub key: String,
-    pub client_ca: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub public_url: Option<String>,
     pub max_connections: Option<usize>,
+    pub tls: Option<super::identity::RawTls>,
+    pub oidc: Option<super::identity::RawOidc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +52,9 @@ pub struct RawUpstream {
     #[serde(default)]
     pub inject: BTreeMap<String, String>,
     pub ca: Option<String>,
+    /// Client certificate and key airlock presents to an upstream that demands mTLS.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -76,8 +73,8 @@ pub struct RawAgent {
     pub key: Option<String>,
     pub header: Option<String>,
     pub owner: Option<String>,
-    pub jwt: Option<serde_yaml::Value>,
-    pub mtls: Option<serde_yaml::Value>,
+    pub jwt: Option<super::identity::RawJwt>,
+    pub mtls: Option<super::identity::RawMtls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +84,8 @@ pub struct RawReviewer {
     #[serde(default)]
     pub groups: Vec<String>,
     pub token: Option<String>,
+    /// The OIDC `sub` this reviewer signs in as (when `admin.oidc.claim` is `sub`).
+    pub subject: Option<String>,
     pub slack: Option<String>,
     pub teams: Option<String>,
 }

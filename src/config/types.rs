@@ -80,6 +80,8 @@ pub struct Upstream {
     pub inject: Vec<(HeaderName, HeaderValue)>,
     /// Extra CA certificate to trust for this upstream.
     pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) presented to an upstream that demands mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Whole-request timeout towards the upstream.
     pub timeout: Duration,
     /// Connect timeout towards the upstream.
@@ -125,6 +127,10 @@ pub struct Agent {
     pub header: HeaderName,
     /// The human who answers for the agent; never allowed to approve its requests.
     pub owner: Option<String>,
+    /// Identified by a bearer JWT.
+    pub jwt: Option<super::identity::JwtAgent>,
+    /// Identified by its client certificate.
+    pub mtls: Option<super::identity::MtlsAgent>,
 }
 
 /// One human who may vote on approvals (`reviewers:`).
@@ -136,6 +142,8 @@ pub struct Reviewer {
     pub groups: Vec<String>,
     /// SHA-256 of the reviewer's API token.
     pub token_digest: Option<[u8; 32]>,
+    /// The OIDC subject (`sub`) this reviewer signs in as.
+    pub subject: Option<String>,
     /// Slack user id.
     pub slack: Option<String>,
     /// Teams user id.
@@ -151,6 +159,10 @@ pub struct AdminConfig {
     pub public_url: Option<String>,
     /// Open admin connections at once; more wait to be accepted.
     pub max_connections: usize,
+    /// TLS on the admin listener.
+    pub tls: Option<super::identity::TlsConfig>,
+    /// Reviewers signing in with OIDC bearer tokens.
+    pub oidc: Option<super::identity::OidcConfig>,
 }
 
 /// The audit log (`audit:`).
@@ -228,6 +240,8 @@ pub struct Config {
     pub file: PathBuf,
     /// Where agents connect.
     pub listen: SocketAddr,
+    /// TLS on the agent listener (and client certificates, with `client_ca`).
+    pub tls: Option<super::identity::TlsConfig>,
     /// The admin listener, when configured.
     pub admin: Option<AdminConfig>,
     /// Runtime threads; 0 = one per core.

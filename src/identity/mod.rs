@@ -1,14 +1,48 @@
 //! Who is calling: agents on the proxy listener, reviewers on the admin listener.
 //!
-//! Keys and tokens are stored only as SHA-256 digests and compared in constant time
-//! against every configured digest (no early exit). This module never logs or returns
-//! a presented secret.
+//! An agent proves who it is with a key (`Authorization: Bearer` or its own header),
+//! a bearer JWT from the organisation's IdP ([`jwt`], keys from [`jwks`]), or a
+//! client certificate the TLS handshake verified ([`mtls`]). A reviewer uses a token
+//! or an OIDC bearer JWT. Keys and tokens are stored only as SHA-256 digests and
+//! compared in constant time against every configured digest (no early exit). This
+//! module never logs or returns a presented secret.
+
+pub mod jwks;
+pub mod jwt;
+pub mod mtls;
+
+pub use mtls::PeerCert;
 
 use crate::config::{Agent, Reviewer};
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use subtle::ConstantTimeEq;
+
+/// How an agent proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// Nothing: no agents are configured, every caller is anonymous.
+    None,
+    /// A configured key.
+    Key,
+    /// A bearer JWT checked against the issuer's keys.
+    Jwt,
+    /// A client certificate verified against `tls.client_ca`.
+    Mtls,
+}
+
+impl AuthKind {
+    /// `none`, `key`, `jwt` or `mtls`, as reviewers and the audit log see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::None => "none",
+            AuthKind::Key => "key",
+            AuthKind::Jwt => "jwt",
+            AuthKind::Mtls => "mtls",
+        }
+    }
+}
 
 /// The identity a request is attributed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +52,33 @@ pub struct Caller {
     /// The human who answers for the agent.
     pub owner: Option<String>,
     pub anonymous: bool,
+    /// How the agent authenticated.
+    pub auth: AuthKind,
+    /// The person the agent acts for, from its token (RFC 8693 `act`/`may_act`, or a
+    /// configured claim): treated as an owner of the request, never its approver.
+    pub acting_for: Option<String>,
+}
+
+impl Caller {
+    /// An agent identified by `auth`, acting for nobody.
+    pub fn agent(a: &Agent, auth: AuthKind) -> Caller {
+        Caller {
+            id: a.id.clone(),
+            owner: a.owner.clone(),
+            anonymous: false,
+            auth,
+            acting_for: None,
+        }
+    }
+
+    /// Who sent the request and how, as a held request records it.
+    pub fn requester(&self, client: Option<IpAddr>) -> crate::store::Requester {
+        crate::store::Requester {
+            auth: self.auth.as_str().to_string(),
+            acting_for: self.acting_for.clone(),
+            client: client.map(|c| c.to_string()),
+        }
+    }
 }
 
 /// Why a caller was not identified.
@@ -27,14 +88,25 @@ pub enum AuthError {
     Missing,
     #[error("the airlock credential is not valid")]
     Invalid,
+    /// A bearer JWT that was refused, and why (expired, wrong audience, …).
+    #[error("the agent token is not valid: {0}")]
+    Token(&'static str),
+    /// A client certificate that verified but names no configured agent.
+    #[error("the client certificate names no configured agent")]
+    UnmappedCertificate,
+    /// Two credentials naming different agents (a certificate and a key, say).
+    #[error("the credentials presented name different agents")]
+    Conflict,
 }
 
 /// The agent table, compiled for lookup.
 #[derive(Debug, Clone, Default)]
 pub struct Agents {
     agents: Vec<Agent>,
-    /// Distinct headers that carry keys.
+    /// Distinct headers that carry keys (and `Authorization` for JWTs).
     headers: Vec<HeaderName>,
+    /// The agents identified by JWTs, with their issuers' keys.
+    jwt: jwt::JwtAgents,
 }
 
 /// SHA-256 of a presented secret.
@@ -72,13 +144,15 @@ impl Agents {
     pub fn new(agents: &[Agent]) -> Agents {
         let mut headers: Vec<HeaderName> = Vec::new();
         for a in agents {
-            if !headers.contains(&a.header) {
+            // A JWT agent's token comes in `Authorization`, its default header.
+            if (a.key_digest.is_some() || a.jwt.is_some()) && !headers.contains(&a.header) {
                 headers.push(a.header.clone());
             }
         }
         Agents {
             agents: agents.to_vec(),
             headers,
+            jwt: jwt::JwtAgents::new(agents),
         }
     }
 
@@ -87,16 +161,50 @@ impl Agents {
         !self.agents.is_empty()
     }
 
-    /// Identifies the caller from its headers.
-    pub fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, AuthError> {
+    /// Identifies the caller from its client certificate (verified by the TLS
+    /// handshake, when there is one) and its headers: a key, or a bearer JWT. A
+    /// certificate that maps to no agent is refused, and so are a certificate and a
+    /// header credential that name different agents.
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        cert: Option<&PeerCert>,
+    ) -> Result<Caller, AuthError> {
         if self.agents.is_empty() {
             return Ok(Caller {
                 id: format!("anonymous@{peer}"),
                 owner: None,
                 anonymous: true,
+                auth: AuthKind::None,
+                acting_for: None,
             });
         }
+        let by_cert = match cert {
+            Some(c) => Some(mtls::identify(&self.agents, c).ok_or(AuthError::UnmappedCertificate)?),
+            None => None,
+        };
+        let by_header = match self.by_headers(headers).await {
+            Ok(c) => Some(c),
+            Err(AuthError::Missing) => None,
+            Err(e) => return Err(e),
+        };
+        match (by_cert, by_header) {
+            (Some(c), None) => Ok(c),
+            (None, Some(h)) => Ok(h),
+            (Some(c), Some(h)) if c.id == h.id => Ok(Caller {
+                acting_for: h.acting_for,
+                ..c
+            }),
+            (Some(_), Some(_)) => Err(AuthError::Conflict),
+            (None, None) => Err(AuthError::Missing),
+        }
+    }
+
+    /// The agent a key or bearer JWT in the headers names.
+    async fn by_headers(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let mut presented = false;
+        let mut token_error = None;
         for h in &self.headers {
             for v in headers.get_all(h) {
                 let Some(secret) = v.to_str().ok().and_then(|v| secret_in(h, v)) else {
@@ -110,18 +218,20 @@ impl Agents {
                     .filter(|a| a.header == *h)
                     .filter_map(|a| a.key_digest.as_ref().map(|k| (k, a)));
                 if let Some(a) = find_ct(&d, cands) {
-                    return Ok(Caller {
-                        id: a.id.clone(),
-                        owner: a.owner.clone(),
-                        anonymous: false,
-                    });
+                    return Ok(Caller::agent(a, AuthKind::Key));
+                }
+                if *h == http::header::AUTHORIZATION && self.jwt.configured() {
+                    match self.jwt.identify(secret).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => token_error = Some(e),
+                    }
                 }
             }
         }
-        Err(if presented {
-            AuthError::Invalid
-        } else {
-            AuthError::Missing
+        Err(match (presented, token_error) {
+            (_, Some(e)) => e,
+            (true, None) => AuthError::Invalid,
+            (false, None) => AuthError::Missing,
         })
     }
 
@@ -135,19 +245,23 @@ impl Agents {
                 id: id.map_or_else(|| "anonymous@127.0.0.1".to_string(), str::to_string),
                 owner: None,
                 anonymous: id.is_none(),
+                auth: AuthKind::None,
+                acting_for: None,
             });
         }
         let id = id.ok_or(AuthError::Missing)?;
-        let a = self
-            .agents
-            .iter()
-            .find(|a| a.id == id)
-            .ok_or(AuthError::Invalid)?;
-        Ok(Caller {
-            id: a.id.clone(),
-            owner: a.owner.clone(),
-            anonymous: false,
-        })
+        if let Some(a) = self.agents.iter().find(|a| a.id == id) {
+            let auth = if a.jwt.is_some() {
+                AuthKind::Jwt
+            } else if a.mtls.is_some() {
+                AuthKind::Mtls
+            } else {
+                AuthKind::Key
+            };
+            return Ok(Caller::agent(a, auth));
+        }
+        // A member of a JWT fleet, named by its claim value.
+        self.jwt.named(id).ok_or(AuthError::Invalid)
     }
 
     /// Removes every header that may carry an airlock credential.
@@ -155,6 +269,12 @@ impl Agents {
         for h in &self.headers {
             headers.remove(h);
         }
+    }
+
+    /// Whether a bearer secret is an agent's credential of any kind, a key or a JWT
+    /// that verifies as an agent's (the admin API refuses those).
+    pub async fn is_agent_credential(&self, secret: &str) -> bool {
+        self.is_agent_key(secret) || self.jwt.identify(secret).await.is_ok()
     }
 
     /// Whether a secret is some agent's key (the admin API refuses those).
@@ -244,21 +364,23 @@ mod tests {
             key_digest: Some(digest(key.as_bytes())),
             header: http::header::AUTHORIZATION,
             owner: Some("alice@example.com".into()),
+            jwt: None,
+            mtls: None,
         }
     }
 
-    #[test]
-    fn bearer_keys() {
+    #[tokio::test]
+    async fn bearer_keys() {
         let a = Agents::new(&[agent("bot", "k1"), agent("other", "k2")]);
         let ip = IpAddr::from([127, 0, 0, 1]);
         let mut h = HeaderMap::new();
-        assert_eq!(a.identify(&h, ip), Err(AuthError::Missing));
+        assert_eq!(a.identify(&h, ip, None).await, Err(AuthError::Missing));
         h.insert("authorization", "Bearer k2".parse().unwrap());
-        assert_eq!(a.identify(&h, ip).unwrap().id, "other");
+        assert_eq!(a.identify(&h, ip, None).await.unwrap().id, "other");
         h.insert("authorization", "Bearer nope".parse().unwrap());
-        assert_eq!(a.identify(&h, ip), Err(AuthError::Invalid));
+        assert_eq!(a.identify(&h, ip, None).await, Err(AuthError::Invalid));
         h.insert("authorization", "Basic k1".parse().unwrap());
-        assert_eq!(a.identify(&h, ip), Err(AuthError::Missing));
+        assert_eq!(a.identify(&h, ip, None).await, Err(AuthError::Missing));
         assert!(a.is_agent_key("k1"));
         assert!(!a.is_agent_key("k3"));
     }

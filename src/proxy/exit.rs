@@ -328,6 +328,9 @@ fn outcome_event(record: &RequestRecord, outcome: &str, approval_id: Option<Stri
     ev.request_id = Some(record.request_id.clone());
     ev.approval_id = approval_id;
     ev.agent = record.agent.clone();
+    ev.auth = record.auth.map(str::to_string);
+    ev.acting_for.clone_from(&record.acting_for);
+    ev.client = record.client.map(|c| c.to_string());
     ev.rules = record.rules.clone();
     ev.method = Some(record.method_label().into_owned());
     ev.upstream = record.upstream_name.clone();

@@ -9,6 +9,7 @@ use crate::approvals::Claim;
 use crate::config::Mode;
 use crate::http::body::{full, ProxyBody};
 use crate::http::{AirlockError, Code};
+use crate::identity::PeerCert;
 use crate::request::{decide, prepare, Identify, Prepared, RequestRecord};
 use crate::rules::Verdict;
 use crate::state::{Airlock, Snapshot};
@@ -21,10 +22,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The client certificate the TLS handshake verified, read once per connection.
+    pub cert: Option<Arc<PeerCert>>,
 }
 
 /// Handles one agent request; never fails (errors become JSON answers), and every
@@ -38,7 +41,7 @@ pub async fn handle(
     let snap = airlock.snapshot();
     let record = RequestRecord::new(airlock.next_request_id(), req.method().as_str());
     let mut gone = exit::Gone::new(airlock.clone(), snap.clone(), record);
-    let next = phases(&airlock, &snap, req, peer, &mut gone.record).await;
+    let next = phases(&airlock, &snap, req, &peer, &mut gone.record).await;
     let record = gone.disarm();
     match next {
         Next::Done(result) => exit::finish(&airlock, &snap, &record, result).await,
@@ -97,7 +100,7 @@ async fn phases(
     airlock: &Airlock,
     snap: &Snapshot,
     mut req: Request<Incoming>,
-    peer: Peer,
+    peer: &Peer,
     record: &mut RequestRecord,
 ) -> Next {
     let policy = &snap.policy;
@@ -105,9 +108,10 @@ async fn phases(
     let (mut parts, body) = req.into_parts();
     let who = Identify::Credentials {
         peer: peer.addr.ip(),
+        cert: peer.cert.as_deref(),
     };
     let refused = |e: ProxyError| Next::Done(Err((e, None)));
-    let prepared = match prepare(policy, &mut parts, who, on_upgrade.is_some(), record) {
+    let prepared = match prepare(policy, &mut parts, who, on_upgrade.is_some(), record).await {
         Ok(p) => p,
         Err(e) => return refused(e.into()),
     };
@@ -143,7 +147,7 @@ async fn phases(
     let result = forward(
         snap,
         &prepared,
-        peer,
+        peer.clone(),
         parts,
         body.into_body(),
         on_upgrade,

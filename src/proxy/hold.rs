@@ -178,6 +178,7 @@ where
         url: record.url.clone().unwrap_or_default(),
         justification,
         show,
+        requester: prepared.caller.requester(prepared.client),
     };
     // Named before it exists: a request that ends while its hold is being opened is
     // recorded with the approval it was opening (or joining, set below).

@@ -42,7 +42,11 @@ pub async fn run(
             let airlock = airlock.clone();
             async move {
                 req.extensions_mut().insert(airlock.budget.clone());
-                let peer = Peer { addr, tls: false };
+                let peer = Peer {
+                    addr,
+                    tls: false,
+                    cert: None,
+                };
                 Ok::<_, std::convert::Infallible>(handle(airlock, req, peer).await)
             }
         })

@@ -102,7 +102,9 @@ pub async fn simulate(policy: &Policy, sim: Simulation<'_>) -> Result<Simulated,
         Identify::Named(sim.agent),
         false,
         &mut record,
-    ) {
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => return Ok(refused(e.into(), &record)),
     };

@@ -11,15 +11,19 @@ use crate::http::normalize::{
 };
 use crate::http::route::{request_host, HostMismatch};
 use crate::http::{effective_method, strip_hop_by_hop, MethodError};
-use crate::identity::{AuthError, Caller};
+use crate::identity::{AuthError, Caller, PeerCert};
 use http::request::Parts;
 use std::net::IpAddr;
 
 /// How the caller is identified.
 #[derive(Debug, Clone, Copy)]
 pub enum Identify<'a> {
-    /// From the credentials in the request's headers (the proxy).
-    Credentials { peer: IpAddr },
+    /// From the client certificate the TLS handshake verified and the credentials in
+    /// the request's headers (the proxy).
+    Credentials {
+        peer: IpAddr,
+        cert: Option<&'a PeerCert>,
+    },
     /// As the configured agent with this id, or as nobody (rule tests and `explain`,
     /// which name the agent instead of presenting its key).
     Named(Option<&'a str>),
@@ -36,6 +40,8 @@ pub struct Prepared {
     /// what the upstream receives.
     pub path: String,
     pub caller: Caller,
+    /// The client's address (none for rule tests and `explain`).
+    pub client: Option<IpAddr>,
     /// The method the request acts as (an override applied).
     pub method: String,
     /// Other readings of `path` an upstream may take (see
@@ -75,7 +81,7 @@ const REWRITE_HEADERS: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-http-d
 /// Prepares a request for the rules, recording what it learns in `record`. Removes
 /// hop-by-hop headers from `parts` (keeping `Upgrade` when `keep_upgrade`), so the
 /// rules, the digest and the upstream all see the same headers.
-pub fn prepare(
+pub async fn prepare(
     policy: &Policy,
     parts: &mut Parts,
     who: Identify<'_>,
@@ -122,11 +128,17 @@ pub fn prepare(
     {
         return Err(Refusal::RepeatedHeader(h));
     }
-    let caller = match who {
-        Identify::Credentials { peer } => policy.agents.identify(&parts.headers, peer)?,
-        Identify::Named(id) => policy.agents.named(id)?,
+    let (caller, client) = match who {
+        Identify::Credentials { peer, cert } => {
+            record.client = Some(peer);
+            let c = policy.agents.identify(&parts.headers, peer, cert).await?;
+            (c, Some(peer))
+        }
+        Identify::Named(id) => (policy.agents.named(id)?, None),
     };
     record.agent = Some(caller.id.clone());
+    record.auth = Some(caller.auth.as_str());
+    record.acting_for.clone_from(&caller.acting_for);
     let method = effective_method(parts.method.as_str(), &parts.headers, parts.uri.query())?;
     for m in [parts.method.as_str(), method.as_str()] {
         refuse_method(m, &up.reading)?;
@@ -139,6 +151,7 @@ pub fn prepare(
         upstream,
         path: upath,
         caller,
+        client,
         method,
         path_readings,
     })

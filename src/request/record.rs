@@ -22,6 +22,12 @@ pub struct RequestRecord {
     /// routed), credential-like query values redacted.
     pub url: Option<String>,
     pub agent: Option<String>,
+    /// How the agent authenticated (`key`, `jwt`, `mtls`, `none`), once identified.
+    pub auth: Option<&'static str>,
+    /// The person the agent acts for, from its token.
+    pub acting_for: Option<String>,
+    /// The client's address.
+    pub client: Option<std::net::IpAddr>,
     pub verdict: Option<Verdict>,
     pub rules: Vec<String>,
     /// Why body conditions were taken as matching without inspection.
@@ -43,6 +49,9 @@ impl RequestRecord {
             upstream_name: None,
             url: None,
             agent: None,
+            auth: None,
+            acting_for: None,
+            client: None,
             verdict: None,
             rules: Vec::new(),
             fail_closed: None,

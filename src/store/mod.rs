@@ -200,7 +200,26 @@ pub struct Approval {
     /// The airlock instance that claimed it for forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarder: Option<String>,
+    /// Who sent the request and how.
+    #[serde(default)]
+    pub requester: Requester,
     pub votes: Vec<Vote>,
+}
+
+/// Who sent a held request and how: shown to reviewers, never allowed to approve it
+/// (the person an agent acts for counts as an owner).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    /// How the agent authenticated: `key`, `jwt`, `mtls`, or `none`; empty when not
+    /// recorded (approvals older than this field).
+    #[serde(default)]
+    pub auth: String,
+    /// The person the agent acts for (from its token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acting_for: Option<String>,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// The audit events a vote may write, sealed onto the chain in the vote's own

@@ -8,7 +8,9 @@
 //! Migrations are `migrations/postgres/*.sql`, applied under an advisory lock.
 
 use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
-use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
+use super::{
+    Approval, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit, VoteResult,
+};
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
 };
@@ -25,6 +27,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0002_forwarding.sql"),
     ),
     (3, include_str!("../../migrations/postgres/0003_outbox.sql")),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_requester.sql"),
+    ),
 ];
 /// Advisory lock keys (arbitrary constants): migrations and the audit chain.
 const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b01;
@@ -297,7 +303,7 @@ async fn migrate(c: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder";
+const COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder, requester";
 
 fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
     let bad = |what: &str, e: String| StoreError::Corrupt(format!("approval: bad {what}: {e}"));
@@ -325,6 +331,10 @@ fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
         reason: r.try_get(19)?,
         consumed: r.try_get(20)?,
         forwarder: r.try_get(21)?,
+        requester: match r.try_get::<_, Option<serde_json::Value>>(22)? {
+            Some(v) => serde_json::from_value(v).map_err(|e| bad("requester", e.to_string()))?,
+            None => Requester::default(),
+        },
         votes,
     })
 }
@@ -413,6 +423,11 @@ impl Store for PostgresStore {
             what: "policy",
             source,
         })?;
+        let requester =
+            serde_json::to_value(&a.requester).map_err(|source| StoreError::Encode {
+                what: "requester",
+                source,
+            })?;
         let tx = c.transaction().await?;
         // Identical requests on any replica open one approval: serialized per agent
         // and digest until commit.
@@ -434,11 +449,11 @@ impl Store for PostgresStore {
             return Ok(Some(row.try_get(0)?));
         }
         tx.execute(
-            &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL, NULL)"),
+            &format!("INSERT INTO approvals ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, NULL, NULL, NULL, NULL, NULL, $18)"),
             &[
                 &a.id, &a.status.as_str(), &a.agent, &a.owner, &a.digest, &a.body_sha256, &rules, &policy,
                 &a.method, &a.upstream, &a.host, &a.url, &a.justification, &a.show, &a.request_id,
-                &a.created, &a.expires,
+                &a.created, &a.expires, &requester,
             ],
         )
         .await?;

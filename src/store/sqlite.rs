@@ -9,7 +9,9 @@
 //! files in `migrations/sqlite/`, applied in order and recorded in `schema_migrations`.
 
 use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
-use super::{Approval, Decision, Quorum, Status, Store, StoreError, Vote, VoteAudit, VoteResult};
+use super::{
+    Approval, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit, VoteResult,
+};
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
 };
@@ -28,6 +30,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_forwarding.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_outbox.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_requester.sql"),
+    ),
 ];
 
 /// How long a write waits for a lock held by another process before failing.
@@ -296,7 +302,7 @@ impl SqliteStore {
     }
 }
 
-const APPROVAL_COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder";
+const APPROVAL_COLS: &str = "id, status, agent, owner, digest, body_sha256, rules, policy, method, upstream, host, url, justification, show, request_id, created, expires, decided, decided_by, reason, consumed, forwarder, requester";
 
 fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
     Ok(RawApproval {
@@ -322,6 +328,7 @@ fn row_to_approval(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawApproval> {
         reason: r.get(19)?,
         consumed: r.get(20)?,
         forwarder: r.get(21)?,
+        requester: r.get(22)?,
     })
 }
 
@@ -349,6 +356,7 @@ struct RawApproval {
     reason: Option<String>,
     consumed: Option<String>,
     forwarder: Option<String>,
+    requester: Option<String>,
 }
 
 impl RawApproval {
@@ -369,6 +377,10 @@ impl RawApproval {
             expires: parse_ts(&self.expires)?,
             decided: self.decided.as_deref().map(parse_ts).transpose()?,
             consumed: self.consumed.as_deref().map(parse_ts).transpose()?,
+            requester: match &self.requester {
+                Some(s) => serde_json::from_str(s).map_err(|e| json_err("requester", e))?,
+                None => Requester::default(),
+            },
             id: self.id,
             agent: self.agent,
             owner: self.owner,
@@ -461,6 +473,7 @@ impl Store for SqliteStore {
             let rules = serde_json::to_string(&a.rules).map_err(|source| StoreError::Encode { what: "rules", source })?;
             let policy = serde_json::to_string(&a.policy).map_err(|source| StoreError::Encode { what: "policy", source })?;
             let show = a.show.as_ref().map(|s| s.to_string());
+            let requester = serde_json::to_string(&a.requester).map_err(|source| StoreError::Encode { what: "requester", source })?;
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing: Option<String> = tx
                 .prepare_cached("SELECT id FROM approvals WHERE agent = ?1 AND digest = ?2 AND status = 'pending' AND expires > ?3 ORDER BY created DESC LIMIT 1")?
@@ -470,11 +483,11 @@ impl Store for SqliteStore {
                 return Ok(existing);
             }
             tx.execute(
-                &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL, NULL)"),
+                &format!("INSERT INTO approvals ({APPROVAL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, NULL, NULL, NULL, NULL, NULL, ?18)"),
                 params![
                     a.id, a.status.as_str(), a.agent, a.owner, a.digest, a.body_sha256, rules, policy,
                     a.method, a.upstream, a.host, a.url, a.justification, show, a.request_id,
-                    ts(&a.created), ts(&a.expires)
+                    ts(&a.created), ts(&a.expires), requester
                 ],
             )?;
             seal_in(&tx, &mut Vec::from_iter(held), signer.as_ref(), &outbox)?;

@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+pub mod pki;
+
 pub const AGENT_KEY: &str = "test-agent-key-deploy-bot";
 pub const OTHER_AGENT_KEY: &str = "test-agent-key-etl";
 pub const BOB: &str = "test-token-bob";

@@ -1,0 +1,4 @@
+-- airlock schema v4: who sent a held request and how (issue: identities from the
+-- organisation's IdP): {"auth": key|jwt|mtls|none, "acting_for": person,
+-- "client": address}. Older rows have none and read as unknown.
+ALTER TABLE approvals ADD COLUMN requester JSONB;
