@@ -75,7 +75,8 @@ async fn a_reviewer_sees_what_to_decide_on_and_who_voted() {
         "{out}"
     );
     assert!(out.contains("status: pending, expires in "), "{out}");
-    assert!(out.contains("agent: deploy-bot"), "{out}");
+    // Who asks and how: the agent, how it authenticated.
+    assert!(out.contains("agent: deploy-bot (key)"), "{out}");
     assert!(out.contains("rules: thing-delete"), "{out}");
     assert!(
         out.contains("justification: ticket OPS-9: retire vm-7"),
@@ -101,8 +102,12 @@ async fn a_reviewer_sees_what_to_decide_on_and_who_voted() {
         field(&out, "status").starts_with("pending, expires in "),
         "{out}"
     );
-    assert_eq!(field(&out, "agent"), "deploy-bot");
+    assert_eq!(field(&out, "agent"), "deploy-bot (key)");
     assert_eq!(field(&out, "owner"), "alice@example.com");
+    assert_eq!(field(&out, "client"), "127.0.0.1");
+    assert_eq!(api["auth"], "key");
+    assert_eq!(api["client"], "127.0.0.1");
+    assert!(api["acting_for"].is_null(), "{api}");
     assert_eq!(field(&out, "method"), "DELETE");
     assert_eq!(field(&out, "url"), "/v1/things/vm-7");
     assert_eq!(field(&out, "upstream"), "api");

@@ -177,6 +177,15 @@ struct ApprovalView<'a> {
     id: &'a str,
     status: &'static str,
     agent: &'a str,
+    /// How the agent authenticated: `key`, `jwt`, `mtls`, `none` (null for approvals
+    /// recorded before airlock kept it).
+    auth: Option<&'a str>,
+    /// The person the agent acts for, from its token: never allowed to approve.
+    acting_for: Option<&'a str>,
+    /// The human who answers for the agent: never allowed to approve.
+    owner: Option<&'a str>,
+    /// The client's address.
+    client: Option<&'a str>,
     rules: &'a [String],
     method: &'a str,
     upstream: &'a str,
@@ -201,7 +210,6 @@ struct ApprovalView<'a> {
 /// What `GET /api/v1/approvals/{id}` and a vote's answer add to the list's view.
 #[derive(Serialize)]
 struct ApprovalDetail<'a> {
-    owner: Option<&'a str>,
     host: Option<&'a str>,
     digest: &'a str,
     body_sha256: &'a str,
@@ -234,6 +242,10 @@ impl<'a> ApprovalView<'a> {
             id: &a.id,
             status: a.status.as_str(),
             agent: &a.agent,
+            auth: Some(a.requester.auth.as_str()).filter(|s| !s.is_empty()),
+            acting_for: a.requester.acting_for.as_deref(),
+            owner: a.owner.as_deref(),
+            client: a.requester.client.as_deref(),
             rules: &a.rules,
             method: &a.method,
             upstream: &a.upstream,
@@ -253,7 +265,6 @@ impl<'a> ApprovalView<'a> {
                     .iter()
                     .any(|v| same_identity(&v.reviewer, &viewer.id)),
             detail: full.then(|| ApprovalDetail {
-                owner: a.owner.as_deref(),
                 host: a.host.as_deref(),
                 digest: &a.digest,
                 body_sha256: &a.body_sha256,

@@ -23,7 +23,8 @@ pub struct Notice {
     /// Each matched rule: its description and approval progress.
     pub rules: Vec<RuleNotice>,
     /// Who should look: reviewers eligible to vote (for `opened` and `reminded`), or
-    /// those an escalation added (for `escalated`); never the agent or its owner.
+    /// those an escalation added (for `escalated`); never the agent, its owner or the
+    /// person it acts for.
     pub mention: Vec<Reviewer>,
     /// The last few decided approvals of the same agent and rules, newest first.
     pub recent: Vec<Recent>,
@@ -117,12 +118,18 @@ impl Notice {
             recent.sort_by_key(|r| std::cmp::Reverse(r.when));
             recent.truncate(cfg.channels.recent);
         }
-        let auth = match cfg.agents.iter().find(|a| a.id == approval.agent) {
-            Some(a) if a.key_digest.is_some() => "key",
-            Some(_) => "named",
-            None => "none",
-        }
-        .to_string();
+        // Approvals older than identities did not record how the agent authenticated.
+        let auth = if approval.requester.auth.is_empty() {
+            match cfg.agents.iter().find(|a| a.id == approval.agent) {
+                Some(a) if a.key_digest.is_some() => "key",
+                Some(a) if a.jwt.is_some() => "jwt",
+                Some(a) if a.mtls.is_some() => "mtls",
+                _ => "none",
+            }
+            .to_string()
+        } else {
+            approval.requester.auth.clone()
+        };
         let link = cfg
             .admin
             .as_ref()
@@ -152,6 +159,15 @@ impl Notice {
             recent,
             link,
         })
+    }
+
+    /// The agent as reviewers read it: `deploy-bot`, or `deploy-bot acting for
+    /// alice@example.com` when its token names a person.
+    pub fn agent_line(&self) -> String {
+        match &self.approval.requester.acting_for {
+            Some(p) => format!("{} acting for {p}", self.approval.agent),
+            None => self.approval.agent.clone(),
+        }
     }
 
     /// Whether the approval is still waiting for votes.

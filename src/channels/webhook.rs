@@ -142,6 +142,8 @@ pub fn cloud_event(notice: &Notice, source: &str) -> Value {
             "agent": a.agent,
             "owner": a.owner,
             "auth": notice.auth,
+            "acting_for": a.requester.acting_for,
+            "client": a.requester.client,
             "rules": rules,
             "method": a.method,
             "upstream": a.upstream,

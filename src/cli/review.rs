@@ -216,6 +216,19 @@ pub(super) fn pending(a: PendingArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The agent, how it authenticated, and whom it acts for:
+/// `etl-agent (jwt) acting for alice@example.com`.
+fn agent_line(ap: &Value) -> String {
+    let mut out = text(&ap["agent"]);
+    if let Some(a) = ap["auth"].as_str() {
+        out.push_str(&format!(" ({a})"));
+    }
+    if let Some(p) = ap["acting_for"].as_str() {
+        out.push_str(&format!(" acting for {p}"));
+    }
+    out
+}
+
 /// One approval as `pending` lists it: a head line, then what a reviewer decides on.
 fn summary(ap: &Value) -> String {
     let mut out = format!(
@@ -228,7 +241,7 @@ fn summary(ap: &Value) -> String {
     out.push_str(&format!(
         "    status: {}   agent: {}   rules: {}\n",
         status_line(ap),
-        text(&ap["agent"]),
+        agent_line(ap),
         text(&ap["rules"]),
     ));
     if !ap["justification"].is_null() {
@@ -363,8 +376,11 @@ fn full(ap: &Value) -> String {
     };
     line("approval", text(&ap["id"]));
     line("status", status_line(ap));
-    line("agent", text(&ap["agent"]));
+    line("agent", agent_line(ap));
     line("owner", or_none(&ap["owner"]));
+    if !ap["client"].is_null() {
+        line("client", text(&ap["client"]));
+    }
     line("method", text(&ap["method"]));
     line("url", text(&ap["url"]));
     line("upstream", text(&ap["upstream"]));

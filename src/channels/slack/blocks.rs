@@ -92,7 +92,7 @@ fn headline(n: &Notice) -> String {
         Status::Cancelled => "Cancelled",
     };
     clip(
-        &format!("{what}: {} {} {}", a.agent, a.method, n.url()),
+        &format!("{what}: {} {} {}", n.agent_line(), a.method, n.url()),
         HEADER_MAX,
     )
 }
@@ -142,8 +142,14 @@ pub fn blocks(n: &Notice) -> Vec<Value> {
         .as_deref()
         .map(|o| format!(" (owner {})", escape(o)))
         .unwrap_or_default();
+    let acting = a
+        .requester
+        .acting_for
+        .as_deref()
+        .map(|p| format!(" acting for *{}*", escape(p)))
+        .unwrap_or_default();
     let mut fields = vec![
-        mrkdwn(format!("*Agent*\n{}{owner}", code(&a.agent))),
+        mrkdwn(format!("*Agent*\n{}{acting}{owner}", code(&a.agent))),
         mrkdwn(format!("*Authenticated by*\n{}", escape(&n.auth))),
         mrkdwn(format!("*Request*\n{} {}", code(&a.method), code(&n.url()))),
         mrkdwn(format!("*Upstream*\n{}", code(&a.upstream))),

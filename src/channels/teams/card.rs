@@ -53,7 +53,7 @@ pub fn card(n: &Notice, mode: Mode) -> Value {
         }),
     ];
     let mut facts = vec![
-        fact("Agent", &a.agent),
+        fact("Agent", &n.agent_line()),
         fact("Owner", a.owner.as_deref().unwrap_or("none")),
         fact("Authenticated", &n.auth),
         fact("Upstream", &a.upstream),
