@@ -29,7 +29,8 @@
 //!   of claims a crash left, decisions made on other replicas) and [`upstream`] (pooled
 //!   clients that retry a request a stale connection never sent, the demo upstream)
 //!   are the steps of the request path;
-//! - [`rules`] is the pure rule engine; [`identity`] knows agents and reviewers;
+//! - [`rules`] is the pure rule engine; [`identity`] knows agents (keys, JWTs from the
+//!   organisation's IdP, client certificates) and reviewers (tokens, OIDC JWTs);
 //!   [`http`] owns bodies, routing, normalization and airlock's JSON answers;
 //! - [`audit`] seals every event into the hash chain; [`store`] persists approvals,
 //!   votes and the audit log behind one trait (SQLite or PostgreSQL); [`metrics`] are

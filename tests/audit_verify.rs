@@ -185,6 +185,10 @@ async fn export_shows_the_lifecycle_without_secrets_and_verifies() {
     for e in &mine {
         assert_eq!(&e["request_id"], request_id, "one request: {e}");
         assert_eq!(e["agent"], "deploy-bot");
+        // How it authenticated and where from, on every event of the request.
+        assert_eq!(e["auth"], "key", "{e}");
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+        assert!(e.get("acting_for").is_none(), "{e}");
         assert_eq!(e["method"], "POST");
         assert_eq!(e["path"], "/v1/things/vm-7");
         assert_eq!(e["rules"], serde_json::json!(["thing-change"]));

@@ -269,3 +269,88 @@ fn channel_mistakes_are_located() {
     let (code, _, err) = check(&ws.config());
     assert_eq!(code, 0, "a complete channels section checks clean: {err}");
 }
+
+#[test]
+fn identity_mistakes_are_located() {
+    // Each case: (config lines, the text the error must point at, what it must say).
+    let jwt = |extra: &str| {
+        format!("agents:\n  - id: etl\n    jwt:\n      issuer: https://idp.example\n      audience: airlock\n      jwks: keys.json\n{extra}")
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        (jwt("      algorithms: [none]\n"), "[none]", "\"none\" is never accepted"),
+        (jwt("      algorithms: [HS256]\n"), "[HS256]", "HS256 is refused"),
+        (jwt("      algorithms: [RS999]\n"), "[RS999]", "unknown algorithm"),
+        (jwt("      match: \"re:^(ci-\"\n"), "match:", "invalid regex"),
+        (jwt("      leeway: 1h\n"), "leeway:", "at most 5m"),
+        (jwt("      colour: blue\n"), "colour", "unknown field"),
+        (
+            "agents:\n  - id: etl\n    jwt: {issuer: https://idp.example, audience: airlock, jwks: \"http://idp.example/keys\"}\n".into(),
+            "http://idp.example/keys",
+            "https://",
+        ),
+        (
+            "agents:\n  - id: etl\n    jwt: {issuer: https://idp.example, audience: airlock, jwks: missing.json}\n".into(),
+            "missing.json",
+            "does not exist",
+        ),
+        (
+            "agents:\n  - id: reporter\n    mtls: {subject: \"CN=reporter\"}\n".into(),
+            "mtls:",
+            "tls.client_ca",
+        ),
+        (
+            "tls: {cert: keys.json, key: keys.json, client_ca: keys.json}\nagents:\n  - id: reporter\n    mtls: {}\n".into(),
+            "mtls:",
+            "name the certificate's subject",
+        ),
+        (
+            "agents:\n  - id: both\n    key: sha256:0000000000000000000000000000000000000000000000000000000000000000\n    jwt: {issuer: https://idp.example, audience: airlock, jwks: keys.json}\n".into(),
+            "id: both",
+            "one of key, jwt or mtls",
+        ),
+        (
+            "tls: {cert: nope.pem, key: keys.json}\n".into(),
+            "nope.pem",
+            "tls.cert: file",
+        ),
+        (
+            "admin:\n  listen: 127.0.0.1:0\n  tls: {cert: keys.json, key: keys.json, client_ca: keys.json}\n".into(),
+            "client_ca:",
+            "only read on the agent listener",
+        ),
+        (
+            "admin:\n  listen: 127.0.0.1:0\n  oidc: {issuer: https://idp.example, audience: [], jwks: keys.json}\n".into(),
+            "audience:",
+            "at least one",
+        ),
+        (
+            // continues BASE's upstreams list
+            "  - name: internal\n    prefix: /internal\n    url: https://internal.example\n    client_cert: keys.json\n".into(),
+            "client_cert:",
+            "client_cert and client_key go together",
+        ),
+    ];
+    for (extra, at, says) in &cases {
+        let (ws, text) = workspace(extra, "rules: []\n");
+        ws.write("keys.json", "{\"keys\": []}");
+        let (code, _, err) = check(&ws.config());
+        assert_eq!(code, 1, "{extra}: {err}");
+        let line = format!("airlock.yaml:{}:", line_of(&text, at));
+        assert!(err.contains(&line), "{extra}: expected {line} in:\n{err}");
+        assert!(err.contains(says), "{extra}: expected {says:?} in:\n{err}");
+    }
+    // The same sections, written right, check clean.
+    let (ws, _) = workspace(
+        &format!(
+            "{}agents:\n  - id: etl\n    jwt: {{issuer: https://idp.example, audience: [airlock, api], jwks: keys.json, algorithms: [RS256, ES256], acting_for: on_behalf_of}}\n  - id: ci\n    jwt: {{issuer: https://idp.example, audience: airlock, jwks: \"http://127.0.0.1:9/keys\", match: \"re:^ci-\"}}\n  - id: reporter\n    mtls: {{uri: \"spiffe://example.org/reporter\"}}\nadmin:\n  listen: 127.0.0.1:0\n  oidc: {{issuer: https://idp.example, audience: console, jwks: keys.json, groups_claim: roles}}\n",
+            "tls: {cert: keys.json, key: keys.json, client_ca: keys.json}\n"
+        ),
+        "rules: []\n",
+    );
+    ws.write("keys.json", "{\"keys\": []}");
+    let (code, _, err) = check(&ws.config());
+    assert_eq!(
+        code, 0,
+        "identity sections written right check clean: {err}"
+    );
+}

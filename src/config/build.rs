@@ -36,7 +36,7 @@ pub(super) fn build(
         errs: Vec::new(),
     };
     let listen = b.listen(raw.listen.as_deref());
-    let tls = raw.tls.and_then(|t| b.tls(t, "tls", true));
+    let tls = raw.tls.and_then(|t| b.tls(t, "tls", "tls:", true));
     let admin = raw.admin.and_then(|a| b.admin(a));
     let mode = b.mode(raw.mode.as_deref());
     let default_allow = b.default_allow(raw.default.as_deref());
@@ -108,7 +108,9 @@ impl Build<'_> {
 
     fn admin(&mut self, a: RawAdmin) -> Option<AdminConfig> {
         let l = a.listen.as_deref().unwrap_or("127.0.0.1:9090");
-        let tls = a.tls.and_then(|t| self.tls(t, "admin.tls", false));
+        let tls = a
+            .tls
+            .and_then(|t| self.tls(t, "admin.tls", "admin:", false));
         let oidc = a.oidc.map(|o| self.oidc(o));
         match l.parse::<SocketAddr>() {
             Ok(listen) => Some(AdminConfig {

@@ -190,19 +190,20 @@ pub struct OidcConfig {
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 impl Build<'_> {
-    /// `tls:` or `admin.tls:`; `client_ca` only where `allow_client_ca`.
+    /// `tls:` or `admin.tls:` (located after `anchor`); `client_ca` only where
+    /// `allow_client_ca`.
     pub(super) fn tls(
         &mut self,
         raw: RawTls,
         section: &str,
+        anchor: &str,
         allow_client_ca: bool,
     ) -> Option<TlsConfig> {
-        let anchor = format!("{section}:");
         let file = |b: &mut Self, key: &str, v: &str| {
             let p = resolve(&b.base, v);
             if !p.exists() {
                 b.err(
-                    Some(&anchor),
+                    Some(anchor),
                     v,
                     format!("{section}.{key}: file {} does not exist", p.display()),
                 );
@@ -214,7 +215,7 @@ impl Build<'_> {
         let client_ca = match raw.client_ca.as_deref() {
             Some(c) if !allow_client_ca => {
                 self.err(
-                    Some(&anchor),
+                    Some(anchor),
                     "client_ca:",
                     format!("{section}.client_ca: client certificates are only read on the agent listener (tls.client_ca)"),
                 );
