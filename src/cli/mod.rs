@@ -7,7 +7,8 @@
 //!   the private signing key;
 //! - `review`: the reviewer's client of the admin API (`pending`, `show`, `approve`,
 //!   `deny`, `reload`);
-//! - `keys`: `keys new agent|reviewer|audit`.
+//! - `keys`: `keys new agent|reviewer|audit`;
+//! - `certs`: `certs dev`, a local CA and certificates for trying TLS and mTLS.
 //!
 //! Exit codes: 0 success; 1 a check failed or the server refused (config errors,
 //! warnings under `--strict`, failing rule tests, a broken audit chain, a refused vote
@@ -15,6 +16,7 @@
 //! refused). Errors say what to do next.
 
 mod audit;
+mod certs;
 mod keys;
 mod review;
 mod rules;
@@ -78,6 +80,38 @@ enum Cmd {
     Keys {
         #[command(subcommand)]
         cmd: KeysCmd,
+    },
+    /// Make certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Make a local CA, a server certificate and an agent client certificate for trying
+    /// TLS and mTLS (files mode 0600, never overwritten without --force), and print the
+    /// config lines and a curl command.
+    Dev {
+        /// The folder to write dev-ca.pem, dev-ca-key.pem, airlock.pem, airlock-key.pem,
+        /// agent.pem and agent-key.pem to.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// The agent's name: the client certificate's CN and its URI SAN
+        /// spiffe://airlock.dev/agent/NAME.
+        #[arg(long, default_value = "demo-agent")]
+        agent: String,
+        /// Another name (DNS name or IP address) for the server certificate, besides
+        /// localhost, 127.0.0.1 and ::1 (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// How many days the certificates are valid.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -304,6 +338,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     public_out,
                 },
         } => keys::new(kind, &out, public_out.as_deref()),
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Dev {
+                    out,
+                    agent,
+                    hosts,
+                    days,
+                    force,
+                },
+        } => certs::dev(&certs::DevOptions {
+            out,
+            agent,
+            hosts,
+            days,
+            force,
+        }),
     }
 }
 

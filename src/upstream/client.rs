@@ -2,6 +2,13 @@
 //! `ca:` file), and upstream failures classified by cause: refused, TLS, reset,
 //! timeout. A client is reused across reloads while its upstream is unchanged.
 //!
+//! TLS towards an upstream always sends SNI and always verifies the certificate's
+//! chain and its name against the URL's host (a DNS name, or an IP address against an
+//! IP SAN for `https://127.0.0.1:…`); there is no option to turn either off. An
+//! upstream that demands mTLS gets the `client_cert`/`client_key` pair; a PEM that does
+//! not parse, or a key that does not belong to the certificate, stops the start (or a
+//! reload) with a message naming the upstream and the file.
+//!
 //! A request that failed on a stale pooled connection is sent once more, on a fresh
 //! connection, when [`super::retry`] says it may be (it never left, or it is idempotent
 //! and no response byte came back); nothing else is ever sent twice. Idle pooled
@@ -16,6 +23,8 @@ use crate::http::body::ProxyBody;
 use http::{Request, Response};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +41,8 @@ pub struct UpstreamClient {
     client: Client<Watching, ProxyBody>,
     /// The same connector without a pool: a retry always gets a fresh connection.
     fresh: Client<Watching, ProxyBody>,
-    /// SHA-256 of the `ca:` file the client trusts (none without one).
+    /// SHA-256 of the `ca:` file the client trusts and the client certificate it
+    /// presents (none without either).
     trust: Option<[u8; 32]>,
 }
 
@@ -41,6 +51,12 @@ pub struct UpstreamClient {
 pub enum ClientError {
     #[error("upstream {upstream}: cannot read ca file {path}: {reason}")]
     Ca {
+        upstream: String,
+        path: String,
+        reason: String,
+    },
+    #[error("upstream {upstream}: cannot use client certificate {path}: {reason}")]
+    ClientCert {
         upstream: String,
         path: String,
         reason: String,
@@ -75,15 +91,67 @@ fn root_store(u: &Upstream) -> Result<rustls::RootCertStore, ClientError> {
     Ok(roots)
 }
 
+/// The certificate chain and private key an upstream's `client_cert`/`client_key`
+/// name, read from their PEM files.
+fn client_identity(
+    u: &Upstream,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ClientError> {
+    let err = |path: &Path, reason: String| ClientError::ClientCert {
+        upstream: u.name.clone(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(cert).map_err(|e| err(cert, e.to_string()))?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(cert, format!("not a PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(err(cert, "no PEM certificate in file".into()));
+    }
+    let pem = std::fs::read(key).map_err(|e| err(key, e.to_string()))?;
+    let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| err(key, format!("not a PEM private key: {e}")))?
+        .ok_or_else(|| err(key, "no PEM private key in file".into()))?;
+    Ok((chain, key_der))
+}
+
+/// The rustls configuration of one upstream: its roots, and its client certificate
+/// when it has one. SNI stays on (the rustls default) and server verification is
+/// rustls's WebPKI verifier: nothing here can weaken either.
+fn tls_config(u: &Upstream) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(root_store(u)?);
+    let tls = match &u.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (chain, key_der) = client_identity(u, cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| ClientError::ClientCert {
+                    upstream: u.name.clone(),
+                    path: key.display().to_string(),
+                    reason: match e {
+                        rustls::Error::InconsistentKeys(_) => {
+                            format!("the key does not belong to {}", cert.display())
+                        }
+                        e => e.to_string(),
+                    },
+                })?
+        }
+    };
+    debug_assert!(tls.enable_sni);
+    Ok(tls)
+}
+
 impl UpstreamClient {
     /// Builds the client for one upstream.
     pub fn new(u: &Upstream) -> Result<UpstreamClient, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(root_store(u)?)
-            .with_no_client_auth();
+        let tls = tls_config(u)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -107,18 +175,19 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             client,
             fresh,
-            trust: ca_fingerprint(u),
+            trust: trust_fingerprint(u),
         })
     }
 
     /// Whether this client can serve `u` as it is configured now: same URL, connect
-    /// timeout and trust (the `ca:` file's current contents, not just its path, so a
-    /// rotated CA is picked up by a reload).
+    /// timeout, trust and client certificate (the files' current contents, not just
+    /// their paths, so a rotated CA or client certificate is picked up by a reload).
     pub fn serves(&self, old: &Upstream, u: &Upstream) -> bool {
         old.url == u.url
             && old.ca == u.ca
+            && old.client_cert == u.client_cert
             && old.connect_timeout == u.connect_timeout
-            && self.trust == ca_fingerprint(u)
+            && self.trust == trust_fingerprint(u)
     }
 
     /// Sends a prepared request, bounded by the upstream's timeout for response headers
@@ -169,10 +238,28 @@ impl UpstreamClient {
     }
 }
 
-/// SHA-256 of an upstream's `ca:` file as it is now (`None` without one, or when it
-/// cannot be read: building the client then reports why).
-fn ca_fingerprint(u: &Upstream) -> Option<[u8; 32]> {
+/// SHA-256 over an upstream's `ca:`, `client_cert:` and `client_key:` files as they
+/// are now (`None` without any; a file that cannot be read counts as empty: building
+/// the client then reports why).
+fn trust_fingerprint(u: &Upstream) -> Option<[u8; 32]> {
     use sha2::Digest;
-    let pem = std::fs::read(u.ca.as_ref()?).ok()?;
-    Some(sha2::Sha256::digest(pem).into())
+    let files: Vec<&Path> =
+        u.ca.iter()
+            .map(|p| p.as_path())
+            .chain(
+                u.client_cert
+                    .iter()
+                    .flat_map(|(c, k)| [c.as_path(), k.as_path()]),
+            )
+            .collect();
+    if files.is_empty() {
+        return None;
+    }
+    let mut h = sha2::Sha256::new();
+    for f in files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    Some(h.finalize().into())
 }
