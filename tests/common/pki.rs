@@ -67,11 +67,14 @@ impl Ca {
     /// A client certificate.
     pub fn client(&self, id: &ClientId<'_>) -> Leaf {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        if let Some(cn) = id.cn {
-            p.distinguished_name.push(DnType::CommonName, cn);
-        }
+        // Encoded as most CAs do (organization, then common name), so the subject
+        // reads `CN=…,O=…` (RFC 4514 prints the names in reverse).
+        p.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(o) = id.org {
             p.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        if let Some(cn) = id.cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
         }
         for d in id.dns {
             p.subject_alt_names
