@@ -229,7 +229,8 @@ async fn unmapped_certificates_missing_credentials_and_mixed_agents_are_401() {
         ..Default::default()
     });
     let key = format!("Bearer {AGENT_KEY}");
-    let cases: [(&str, Option<&Leaf>, &[(&str, &str)]); 5] = [
+    type Case<'a> = (&'a str, Option<&'a Leaf>, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 5] = [
         ("verified but unmapped", Some(&stranger), &[]),
         ("look-alike subject", Some(&lookalike), &[]),
         (
