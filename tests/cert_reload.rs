@@ -2,7 +2,8 @@
 //! sending requests (new connections, and one HTTP/2 connection kept open) while the
 //! files are replaced as deploy tools do (a new file renamed over the old); no request
 //! fails, the open connection carries on, and new connections then see the new
-//! certificate. A broken replacement is refused and the old certificate stays.
+//! certificate. A broken replacement is refused and the old certificate stays. A
+//! replaced `client_ca` decides which client certificates verify from then on.
 
 mod common;
 use common::pki::*;
@@ -217,4 +218,58 @@ async fn a_broken_replacement_is_refused_and_the_old_certificate_stays() {
     replace_file(&s.key, &other.key_pem);
     wait_serial(&s, &serial_of(&other.der)).await;
     s.a.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_client_ca_decides_which_client_certificates_verify() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new();
+    ws.write("rules/r.yaml", "rules: []\n");
+    let certs = ws.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let server_ca = Ca::new("airlock test CA");
+    server_ca.server(&[]).write(&certs, "airlock");
+    let old_ca = Ca::new("agents CA 1");
+    let ca_file = old_ca.write(&certs, "agents-ca.pem");
+    let cfg = ws.standard_config(
+        &up.url(),
+        "tls:\n  cert: certs/airlock.pem\n  key: certs/airlock-key.pem\n  client_ca: certs/agents-ca.pem\n",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "agents:\n",
+        "agents:\n  - id: reporter\n    mtls: {subject: \"CN=reporter\"}\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = InProcess::start(&cfg).await;
+    let id = ClientId {
+        cn: Some("reporter"),
+        ..Default::default()
+    };
+    let (old_cert, new_ca) = (old_ca.client(&id), Ca::new("agents CA 2"));
+    let new_cert = new_ca.client(&id);
+    let send = |cert: &Leaf| {
+        tls_send(
+            a.proxy,
+            client_config(&server_ca.pem, Some(cert), &[b"http/1.1"]),
+            tls_request("GET", "/api/x", &[]),
+        )
+    };
+    assert_eq!(send(&old_cert).await.unwrap().status, 200);
+    assert!(send(&new_cert).await.is_err());
+    replace_file(&ca_file, &new_ca.pem);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while send(&new_cert).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new client CA was not put in force"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(send(&new_cert).await.unwrap().status, 200);
+    assert!(
+        send(&old_cert).await.is_err(),
+        "the old CA is no longer trusted"
+    );
+    a.stop().await;
 }

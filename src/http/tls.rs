@@ -68,6 +68,11 @@ pub enum TlsError {
         path: PathBuf,
         detail: String,
     },
+    #[error("{section}: {detail}")]
+    Settings {
+        section: &'static str,
+        detail: String,
+    },
     #[error("{section}.client_ca {}: no CA certificate in the file", path.display())]
     EmptyCa {
         section: &'static str,
@@ -138,9 +143,8 @@ pub fn server_config(tls: &TlsConfig, section: &'static str) -> Result<ServerCon
     let key = private_key(section, &tls.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::BadKey {
+        .map_err(|e| TlsError::Settings {
             section,
-            path: tls.key.clone(),
             detail: e.to_string(),
         })?;
     let builder = match &tls.client_ca {
