@@ -117,6 +117,8 @@ pub enum StartError {
     Audit(audit::AuditError),
     #[error("{0}")]
     Client(#[from] upstream::ClientError),
+    #[error("{0}")]
+    Tls(#[from] http::tls::TlsError),
     #[error("{what} {addr}: {source}")]
     Listen {
         what: &'static str,
@@ -197,15 +199,28 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
             .await
             .map_err(|source| StartError::Listen { what, addr, source })
     };
+    // TLS files are read before anything listens; each holder then watches its files
+    // and swaps in a new certificate when they change (changed paths in a reloaded
+    // config are not re-wired: that takes a restart).
+    let proxy_tls = match &cfg.tls {
+        Some(t) => Some(http::tls::TlsHolder::load(t, "tls")?),
+        None => None,
+    };
+    let admin_tls = match cfg.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(t) => Some(http::tls::TlsHolder::load(t, "admin.tls")?),
+        None => None,
+    };
+    let tls_files: Vec<_> = proxy_tls.iter().chain(admin_tls.iter()).cloned().collect();
+    let mut tasks = Vec::new();
     let listener = listen("listen", cfg.listen).await?;
     let proxy_addr = local_addr(&listener, "listen", cfg.listen)?;
-    let mut tasks = Vec::new();
     let admin_addr = match &cfg.admin {
         Some(a) => {
             let l = listen("admin.listen", a.listen).await?;
             let addr = local_addr(&l, "admin.listen", a.listen)?;
             tasks.push(tokio::spawn(admin::run(
                 l,
+                admin_tls,
                 airlock.clone(),
                 shutdown.clone(),
             )));
@@ -222,10 +237,14 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> Result<Running, Star
     ));
     tasks.push(tokio::spawn(proxy::server::run(
         listener,
+        proxy_tls,
         airlock.clone(),
         shutdown.clone(),
         cfg.limits.shutdown_grace,
     )));
+    for h in tls_files {
+        tasks.push(h.watch(shutdown.clone()));
+    }
     tasks.push(airlock.approvals.spawn_sweeper(shutdown.clone()));
     airlock.approvals.spawn_listener(shutdown.clone());
     if opts.watch {

@@ -25,7 +25,8 @@ pub mod reload;
 pub mod slack;
 pub mod teams;
 
-use crate::http::listen::{serve, ConnLimits};
+use crate::http::listen::{serve, ConnInfo, ConnLimits};
+use crate::http::tls::TlsHolder;
 use crate::http::{AirlockError, Code};
 use crate::state::Airlock;
 use answer::ApiError;
@@ -61,11 +62,16 @@ pub fn router(airlock: Arc<Airlock>) -> Router {
         .with_state(airlock)
 }
 
-/// Serves the admin listener until `shutdown` is cancelled, then stops accepting and
+/// Serves the admin listener (over TLS with `admin.tls`) until `shutdown` is cancelled, then stops accepting and
 /// lets in-flight requests finish (up to a few seconds). Connections are limited as
 /// the agents' are (`limits.header_timeout`, `limits.idle_timeout`), at most
 /// `admin.max_connections` at once, with back-off when `accept` fails.
-pub async fn run(listener: TcpListener, airlock: Arc<Airlock>, shutdown: CancellationToken) {
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<TlsHolder>>,
+    airlock: Arc<Airlock>,
+    shutdown: CancellationToken,
+) {
     let limits = {
         let snap = airlock.snapshot();
         let cfg = snap.cfg();
@@ -80,10 +86,11 @@ pub async fn run(listener: TcpListener, airlock: Arc<Airlock>, shutdown: Cancell
     serve(
         "admin",
         listener,
+        tls,
         auto::Builder::new(TokioExecutor::new()),
         limits,
         stats,
-        move |_| service.clone(),
+        move |_: &ConnInfo| Some(service.clone()),
         shutdown,
         SHUTDOWN_GRACE,
     )

@@ -1,11 +1,14 @@
 //! The accept loop both listeners share: HTTP/1.1 and h2c on one port (hyper-util's
-//! auto builder), and the limits that keep silent or idle clients from starving the
+//! auto builder), or HTTP/1.1 and HTTP/2 over TLS when the listener has a
+//! [`TlsHolder`] (h2 by ALPN; the auto builder also knows it by its preface), and the
+//! limits that keep silent or idle clients from starving the
 //! others:
 //!
 //! - at most `max_connections` open at once; beyond that, new connections wait in the
 //!   kernel's backlog until one closes;
 //! - a new connection that sends no byte within `first_byte` is closed (hyper's own
-//!   HTTP/1 header timeout does not cover the wait before the version is known);
+//!   HTTP/1 header timeout does not cover the wait before the version is known), and
+//!   so is one whose TLS handshake is not done within `first_byte` of the accept;
 //! - a connection with no request in flight for `idle` is closed gracefully (HTTP/1
 //!   keep-alive and HTTP/2 alike; HTTP/2 gets a `GOAWAY`), and HTTP/2 peers that stop
 //!   answering pings are dropped;
@@ -13,6 +16,7 @@
 //!   instead of spinning, and says so once per episode ([`Backoff`]);
 //! - on shutdown every connection is closed gracefully and given `grace` to finish.
 
+use super::tls::TlsHolder;
 use crate::metrics::ListenerMetrics;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,12 +26,14 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -72,21 +78,40 @@ impl Backoff {
     }
 }
 
+/// What the service factory learns about a new connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (the listener has a [`TlsHolder`]).
+    pub tls: bool,
+    /// The client certificate the handshake verified (the leaf, DER), if one was
+    /// presented; only a listener whose TLS has a `client_cert` CA asks for one.
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
 /// Serves `listener` until `shutdown` is cancelled: each connection gets the service
-/// `service(peer)` makes. Then stops accepting, closes every connection gracefully and
-/// waits up to `grace` before cutting what still runs.
+/// `service(&info)` makes once the connection is set up (after the TLS handshake when
+/// `tls` is given); `None` closes the connection. Then stops accepting, closes every
+/// connection gracefully and waits up to `grace` before cutting what still runs.
+///
+/// With `tls`, the handshake runs in the connection's own task and must be done within
+/// `first_byte` of the accept, like the first byte of a plain connection; it uses the
+/// configuration the holder has when it starts, so a reloaded certificate applies to
+/// new connections and open ones keep theirs.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     what: &'static str,
     listener: TcpListener,
+    tls: Option<Arc<TlsHolder>>,
     builder: auto::Builder<TokioExecutor>,
     limits: ConnLimits,
     stats: ListenerMetrics,
-    mut service: F,
+    service: F,
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    F: FnMut(SocketAddr) -> S,
+    F: Fn(&ConnInfo) -> Option<S> + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -105,6 +130,7 @@ pub async fn serve<F, S, B>(
         .keep_alive_interval(Some(limits.idle))
         .keep_alive_timeout(limits.first_byte);
     let builder = Arc::new(builder);
+    let service = Arc::new(service);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = Backoff::default();
     let mut conns = tokio::task::JoinSet::new();
@@ -136,13 +162,14 @@ pub async fn serve<F, S, B>(
             tracing::info!(listener = what, "accepting connections again");
         }
         let _ = stream.set_nodelay(true);
-        let svc = Tracked::new(service(peer));
+        let deadline = Instant::now() + limits.first_byte;
         let (builder, stats, shutdown) = (builder.clone(), stats.clone(), shutdown.clone());
+        let (service, tls) = (service.clone(), tls.clone());
         conns.spawn(async move {
             let _open = Open::new(permit, stats.open.clone());
             let mut first = [0u8; 1];
             let spoke = tokio::select! {
-                r = tokio::time::timeout(limits.first_byte, stream.peek(&mut first)) => r,
+                r = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => r,
                 _ = shutdown.cancelled() => return,
             };
             match spoke {
@@ -157,28 +184,46 @@ pub async fn serve<F, S, B>(
                     return;
                 }
             }
-            let activity = svc.activity.clone();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(listener = what, error = %e, %peer, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = activity.idle_for(limits.idle), if !closing => {
-                        closing = true;
-                        stats.idle_closed.inc();
-                        conn.as_mut().graceful_shutdown();
-                    }
+            let Some(tls) = tls else {
+                let info = ConnInfo {
+                    peer,
+                    tls: false,
+                    client_cert: None,
+                };
+                if let Some(svc) = service(&info) {
+                    drive(what, peer, stream, &builder, svc, limits, &stats, &shutdown).await;
                 }
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let handshake = tokio::select! {
+                r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = what, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    stats.silent_closed.inc();
+                    tracing::debug!(listener = what, %peer, "closed a connection that stalled its TLS handshake");
+                    return;
+                }
+            };
+            let info = ConnInfo {
+                peer,
+                tls: true,
+                client_cert: stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned()),
+            };
+            if let Some(svc) = service(&info) {
+                drive(what, peer, stream, &builder, svc, limits, &stats, &shutdown).await;
             }
         });
     }
@@ -193,6 +238,52 @@ pub async fn serve<F, S, B>(
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+}
+
+/// Serves HTTP on one set-up connection until it ends, closing it gracefully on
+/// shutdown or after `limits.idle` with no request in flight.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I, S, B>(
+    what: &'static str,
+    peer: SocketAddr,
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    svc: S,
+    limits: ConnLimits,
+    stats: &ListenerMetrics,
+    shutdown: &CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let svc = Tracked::new(svc);
+    let activity = svc.activity.clone();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener = what, error = %e, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle_for(limits.idle), if !closing => {
+                closing = true;
+                stats.idle_closed.inc();
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// One open connection: its slot under `max_connections`, counted in the gauge.

@@ -1,5 +1,6 @@
 //! HTTP details below the proxy, shared by the proxy, the admin listener and the rule
-//! tests: the accept loop and its connection limits ([`listen`]), bodies ([`body`])
+//! tests: the accept loop and its connection limits ([`listen`]), TLS on the
+//! listeners with certificate reload ([`tls`]), bodies ([`body`])
 //! and the byte budget of those kept in memory ([`budget`]), case folding
 //! ([`fold`]), routing ([`route`]), path normalization ([`normalize`]), method
 //! overrides ([`method`]), hop-by-hop headers and redaction ([`headers`]), and
@@ -14,6 +15,7 @@ pub mod listen;
 pub mod method;
 pub mod normalize;
 pub mod route;
+pub mod tls;
 
 /// Unicode case folding as Go's `encoding/json` compares field names (each character
 /// lowered, then raised: `ſ` and `s` both become `S`, the Kelvin sign and `k` both

@@ -67,11 +67,14 @@ impl Ca {
     /// A client certificate.
     pub fn client(&self, id: &ClientId<'_>) -> Leaf {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        if let Some(cn) = id.cn {
-            p.distinguished_name.push(DnType::CommonName, cn);
-        }
+        // Encoded as most CAs do (organization, then common name), so the subject
+        // reads `CN=…,O=…` (RFC 4514 prints the names in reverse).
+        p.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(o) = id.org {
             p.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        if let Some(cn) = id.cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
         }
         for d in id.dns {
             p.subject_alt_names
@@ -125,4 +128,170 @@ impl Leaf {
 
 fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+// ---- A TLS client for airlock's listeners (tokio-rustls + hyper), for tests that
+// ---- need to choose ALPN, present a client certificate or see the server's
+// ---- certificate.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A client configuration trusting `ca_pem`, presenting `identity` when given, offering
+/// `alpn` (e.g. `[b"h2", b"http/1.1"]`).
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<&Leaf>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some(id) => {
+            let chain = vec![rustls::pki_types::CertificateDer::from(id.der.clone())];
+            let key = rustls_pemfile::private_key(&mut id.key_pem.as_bytes())
+                .unwrap()
+                .unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A TLS connection to `addr` as `localhost`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+}
+
+/// The answer to one request over TLS.
+#[derive(Debug)]
+pub struct TlsReply {
+    pub status: u16,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: String,
+    /// The serial number of the certificate the server presented (hex).
+    pub server_serial: String,
+}
+
+impl TlsReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends `req` on a new TLS connection to `addr` (HTTP/2 when the server picked `h2`
+/// by ALPN, else HTTP/1.1). Any failure (handshake, a certificate the server refuses,
+/// a closed connection) is an `Err` with what went wrong.
+pub async fn tls_send(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    req: http::Request<Full<Bytes>>,
+) -> Result<TlsReply, String> {
+    let fut = async move {
+        let tls = tls_connect(addr, cfg)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (_, conn) = tls.get_ref();
+        let h2 = conn.alpn_protocol() == Some(b"h2");
+        let server_serial = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| serial_of(c))
+            .unwrap_or_default();
+        let io = TokioIo::new(tls);
+        let resp = if h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            let mut req = req;
+            *req.version_mut() = http::Version::HTTP_2;
+            sender.send_request(req).await
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("http1 handshake: {e}"))?;
+            tokio::spawn(conn);
+            // HTTP/1.1 sends the path and a Host header, not the absolute form.
+            let mut req = req;
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string());
+            *req.uri_mut() = path.parse().unwrap();
+            if !req.headers().contains_key(http::header::HOST) {
+                req.headers_mut()
+                    .insert(http::header::HOST, "localhost".parse().unwrap());
+            }
+            sender.send_request(req).await
+        }
+        .map_err(|e| format!("request: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(TlsReply {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            server_serial,
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".to_string()))
+}
+
+/// A request `method path` to `https://localhost` with `headers`.
+pub fn tls_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The serial number of a DER certificate, as hex.
+pub fn serial_of(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    hex::encode(c.raw_serial())
+}
+
+/// Writes `text` to `path` as editors and deploy tools do: a new file renamed over the
+/// old one.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
