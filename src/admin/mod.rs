@@ -93,7 +93,7 @@ pub async fn run(listener: TcpListener, airlock: Arc<Airlock>, shutdown: Cancell
 /// Any path no route serves: `404 not_found`. Under `/api/` the caller must be a
 /// reviewer first, so the API's shape is not shown to anyone else.
 async fn not_found(State(airlock): State<Arc<Airlock>>, uri: Uri, headers: HeaderMap) -> ApiError {
-    if let Err(e) = authenticate_api(&airlock, &uri, &headers) {
+    if let Err(e) = authenticate_api(&airlock, &uri, &headers).await {
         return e;
     }
     ApiError(AirlockError::new(
@@ -110,7 +110,7 @@ async fn method_not_allowed(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiError {
-    if let Err(e) = authenticate_api(&airlock, &uri, &headers) {
+    if let Err(e) = authenticate_api(&airlock, &uri, &headers).await {
         return e;
     }
     ApiError(AirlockError::new(
@@ -120,9 +120,15 @@ async fn method_not_allowed(
 }
 
 /// The reviewer check for fallbacks under `/api/`; other paths need none.
-fn authenticate_api(airlock: &Airlock, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn authenticate_api(
+    airlock: &Airlock,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     if uri.path().starts_with("/api/") {
-        auth::authenticate(airlock, headers).map_err(ApiError)?;
+        auth::authenticate(airlock, headers)
+            .await
+            .map_err(ApiError)?;
     }
     Ok(())
 }
