@@ -202,6 +202,8 @@ impl KeyCache {
                 .map(|k| k.decoding.clone())
                 .collect()
         };
+        // Taken before looking: a fetch that ends after this brought what we need.
+        let asked = Instant::now();
         let fetch = {
             let mut s = self.state();
             let stale = s.fetched.is_none_or(|t| t.elapsed() > KEYS_TTL);
@@ -219,21 +221,20 @@ impl KeyCache {
                 .refetched
                 .is_none_or(|t| t.elapsed() >= self.refetch_every())
             {
-                s.refetched = Some(Instant::now());
+                s.refetched = Some(asked);
                 true
             } else {
                 false
             }
         };
         if fetch {
-            let waited = Instant::now();
             if let Ok(_guard) =
                 tokio::time::timeout(FETCH_TIMEOUT + Duration::from_secs(1), self.fetching.lock())
                     .await
             {
                 let done_meanwhile = {
                     let s = self.state();
-                    s.fetched.is_some_and(|t| t >= waited) || s.failed.is_some_and(|t| t >= waited)
+                    s.fetched.is_some_and(|t| t >= asked) || s.failed.is_some_and(|t| t >= asked)
                 };
                 if !done_meanwhile {
                     let got = self.fetch().await;
