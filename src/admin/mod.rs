@@ -2,8 +2,8 @@
 //! served by an `axum` [`Router`] on the same accept loop as the proxy
 //! ([`crate::http::listen`]).
 //!
-//! Every `/api/` call needs a reviewer token ([`auth::Reviewer`]); an agent's key is
-//! refused. Every answer is JSON, and every error is airlock's JSON error shape
+//! Every `/api/` call needs a reviewer token or OIDC token ([`auth::Reviewer`]); an
+//! agent's credential (key or JWT) is refused. Every answer is JSON, and every error is airlock's JSON error shape
 //! ([`answer::ApiError`]), including unknown pages (`404 not_found`) and wrong methods
 //! (`405 method_not_allowed`). This module never touches the agent-facing proxy.
 //!
