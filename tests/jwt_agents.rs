@@ -322,5 +322,15 @@ async fn a_fleet_entry_names_each_member_by_its_sub() {
     // A `sub` outside the pattern names no agent, though the token is otherwise valid.
     let r = send(&s, "POST", "/api/v1/deploy", &keys[0].sign(&claims("cd-1"))).await;
     assert_refused(&r, "no matching agent");
+    // Nor may a member take the name of a configured agent (it would pass for it in
+    // rules), though it fits the pattern.
+    let r = send(
+        &s,
+        "GET",
+        "/api/v1/items",
+        &keys[0].sign(&claims("ci-fleet")),
+    )
+    .await;
+    assert_refused(&r, "no matching agent");
     s.a.stop().await;
 }

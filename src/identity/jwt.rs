@@ -155,12 +155,15 @@ fn cache_for(caches: &mut Vec<Arc<KeyCache>>, check: &JwtCheck) -> Arc<KeyCache>
 #[derive(Debug, Clone, Default)]
 pub struct JwtAgents {
     agents: Vec<(Agent, Arc<KeyCache>)>,
+    /// Every configured agent id: a fleet member may not take one of them.
+    ids: Vec<String>,
 }
 
 impl JwtAgents {
     pub fn new(agents: &[Agent]) -> JwtAgents {
         let mut caches = Vec::new();
         JwtAgents {
+            ids: agents.iter().map(|a| a.id.clone()).collect(),
             agents: agents
                 .iter()
                 .filter_map(|a| {
@@ -195,6 +198,16 @@ impl JwtAgents {
                 Ok(claims) => identity(a, &claims),
                 Err(e) => Err(e),
             };
+            // A fleet member named like another configured agent would pass for it
+            // in rules: never.
+            let found = found.and_then(|c| {
+                let taken = j.fleet && self.ids.iter().any(|id| super::same_identity(id, &c.id));
+                if taken {
+                    Err("no matching agent")
+                } else {
+                    Ok(c)
+                }
+            });
             match found {
                 Ok(c) => return Ok(c),
                 Err(e) => {
@@ -323,5 +336,57 @@ impl Oidc {
             }
         }
         Ok(OidcPerson { name: who, groups })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: Value, payload: Value) -> String {
+        let e = |v: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        format!("{}.{}.c2ln", e(header), e(payload))
+    }
+
+    #[test]
+    fn none_and_hmac_are_refused_before_any_key_is_looked_up() {
+        let p = serde_json::json!({"iss": "https://i"});
+        for alg in ["none", "None", "HS256", "HS384", "HS512", "XX1"] {
+            assert_eq!(
+                peek(&token(serde_json::json!({"alg": alg}), p.clone())).unwrap_err(),
+                "algorithm not allowed",
+                "{alg}"
+            );
+        }
+        let ok = peek(&token(
+            serde_json::json!({"alg": "ES256", "kid": "k"}),
+            p.clone(),
+        ))
+        .unwrap();
+        assert_eq!(ok.alg, Algorithm::ES256);
+        assert_eq!(ok.kid.as_deref(), Some("k"));
+        assert_eq!(ok.iss.as_deref(), Some("https://i"));
+        assert_eq!(peek("a.b").unwrap_err(), "malformed");
+        assert_eq!(peek("a.b.c.d").unwrap_err(), "malformed");
+        assert_eq!(
+            peek(&token(serde_json::json!({"alg": "RS256", "kid": 7}), p)).unwrap_err(),
+            "malformed"
+        );
+        assert_eq!(
+            peek(&"x".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn names_are_printable_and_bounded() {
+        assert_eq!(name(&Value::String("ci-1".into())), Ok(Some("ci-1".into())));
+        assert_eq!(name(&Value::String("  ".into())), Ok(None));
+        assert_eq!(name(&Value::Null), Ok(None));
+        assert!(name(&Value::String("a\nb".into())).is_err());
+        assert!(name(&Value::String("x".repeat(MAX_NAME_CHARS + 1))).is_err());
+        assert!(name(&serde_json::json!(["a"])).is_err());
     }
 }
