@@ -251,6 +251,20 @@ async fn rotated_keys_are_fetched_and_a_kid_spray_does_not_hammer_the_idp() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
+
+    // A token signed before its key is published: refused; once the IdP publishes the
+    // key, the token is accepted (after the refetch pause, a few seconds).
+    let early = keys[2].sign(&claims("builder"));
+    assert_refused(
+        &send(&s, "GET", "/api/v1/items", &early).await,
+        "unknown key",
+    );
+    s.idp.publish(vec![keys[1].jwk(), keys[2].jwk()]);
+    eventually(DEADLINE.as_secs(), || async {
+        (send(&s, "GET", "/api/v1/items", &early).await.status == 200).then_some(())
+    })
+    .await;
+    assert!(s.idp.fetches() <= 5, "fetched {} times", s.idp.fetches());
     s.a.stop().await;
 }
 
