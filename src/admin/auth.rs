@@ -1,7 +1,9 @@
 //! Who is calling the admin API: the [`Reviewer`] extractor. A request gets past it
 //! only with a reviewer token (`Authorization: Bearer …`, matched against the
-//! `sha256:` digests in the config). An agent's key is refused outright, so an agent
-//! can never vote, reload or read approvals, not even another agent's.
+//! `sha256:` digests in the config) or an OIDC token naming a configured reviewer
+//! (`admin.oidc`). An agent's credential of any kind (a key, or a JWT that verifies as
+//! an agent's) is refused outright, so an agent can never vote, reload or read
+//! approvals, not even another agent's.
 
 use super::answer::ApiError;
 use crate::config;
@@ -24,14 +26,16 @@ impl FromRequestParts<Arc<Airlock>> for Reviewer {
         airlock: &Arc<Airlock>,
     ) -> Result<Self, Self::Rejection> {
         authenticate(airlock, &parts.headers)
+            .await
             .map(Reviewer)
             .map_err(ApiError)
     }
 }
 
 /// The reviewer a request's headers name: `401 unauthenticated` without a bearer
-/// token or with one nobody has, `403 agent_credential` for an agent's key.
-pub fn authenticate(
+/// token or with one nobody has (or an OIDC token naming no configured reviewer, or
+/// one that does not verify), `403 agent_credential` for an agent's key or JWT.
+pub async fn authenticate(
     airlock: &Airlock,
     headers: &HeaderMap,
 ) -> Result<config::Reviewer, AirlockError> {
@@ -48,7 +52,7 @@ pub fn authenticate(
             )
         })?;
     let snap = airlock.snapshot();
-    if snap.policy.agents.is_agent_key(token) {
+    if snap.policy.agents.is_agent_credential(token).await {
         return Err(AirlockError::new(
             Code::AgentCredential,
             "agent credentials are not accepted by the admin API",
@@ -56,7 +60,7 @@ pub fn authenticate(
     }
     snap.policy
         .reviewers
-        .by_token(token)
-        .cloned()
+        .by_bearer(token)
+        .await
         .ok_or_else(|| AirlockError::new(Code::Unauthenticated, "unknown reviewer token"))
 }

@@ -2,8 +2,8 @@
 //! served by an `axum` [`Router`] on the same accept loop as the proxy
 //! ([`crate::http::listen`]).
 //!
-//! Every `/api/` call needs a reviewer token ([`auth::Reviewer`]); an agent's key is
-//! refused. Every answer is JSON, and every error is airlock's JSON error shape
+//! Every `/api/` call needs a reviewer token or OIDC token ([`auth::Reviewer`]); an
+//! agent's credential (key or JWT) is refused. Every answer is JSON, and every error is airlock's JSON error shape
 //! ([`answer::ApiError`]), including unknown pages (`404 not_found`) and wrong methods
 //! (`405 method_not_allowed`). This module never touches the agent-facing proxy.
 //!
@@ -100,7 +100,7 @@ pub async fn run(
 /// Any path no route serves: `404 not_found`. Under `/api/` the caller must be a
 /// reviewer first, so the API's shape is not shown to anyone else.
 async fn not_found(State(airlock): State<Arc<Airlock>>, uri: Uri, headers: HeaderMap) -> ApiError {
-    if let Err(e) = authenticate_api(&airlock, &uri, &headers) {
+    if let Err(e) = authenticate_api(&airlock, &uri, &headers).await {
         return e;
     }
     ApiError(AirlockError::new(
@@ -117,7 +117,7 @@ async fn method_not_allowed(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiError {
-    if let Err(e) = authenticate_api(&airlock, &uri, &headers) {
+    if let Err(e) = authenticate_api(&airlock, &uri, &headers).await {
         return e;
     }
     ApiError(AirlockError::new(
@@ -127,9 +127,15 @@ async fn method_not_allowed(
 }
 
 /// The reviewer check for fallbacks under `/api/`; other paths need none.
-fn authenticate_api(airlock: &Airlock, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn authenticate_api(
+    airlock: &Airlock,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     if uri.path().starts_with("/api/") {
-        auth::authenticate(airlock, headers).map_err(ApiError)?;
+        auth::authenticate(airlock, headers)
+            .await
+            .map_err(ApiError)?;
     }
     Ok(())
 }

@@ -130,6 +130,24 @@ pub fn quorum_of(a: &Approval, reviewers: &Reviewers, now: DateTime<Utc>) -> Quo
     }
 }
 
+/// [`quorum_of`] with `voter` counted where they are eligible: a reviewer signed in
+/// with OIDC may be eligible by a group their token lists, which the configured
+/// reviewer table does not know.
+fn quorum_with(
+    a: &Approval,
+    reviewers: &Reviewers,
+    voter: &Reviewer,
+    now: DateTime<Utc>,
+) -> Quorum {
+    let mut q = quorum_of(a, reviewers, now);
+    for (need, r) in q.needs.iter_mut().zip(requirements_at(a, now)) {
+        if Reviewers::eligible(voter, &r.approvers) && !need.eligible.contains(&voter.id) {
+            need.eligible.push(voter.id.clone());
+        }
+    }
+    q
+}
+
 impl Approvals {
     /// Casts a reviewer's vote and returns the approval as it now stands. A repeated
     /// vote by the same reviewer (a double click, two racing requests) changes nothing
@@ -222,7 +240,7 @@ impl Approvals {
             .vote(
                 id,
                 &vote,
-                &quorum_of(&a, reviewers, now),
+                &quorum_with(&a, reviewers, reviewer, now),
                 now,
                 &audit,
                 self.signer.as_ref(),

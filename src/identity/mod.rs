@@ -13,10 +13,11 @@ pub mod mtls;
 
 pub use mtls::PeerCert;
 
-use crate::config::{Agent, Reviewer};
+use crate::config::{Agent, OidcConfig, Reviewer};
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// How an agent proved who it is.
@@ -290,17 +291,58 @@ impl Agents {
     }
 }
 
-/// The reviewer table.
+/// The reviewer table, and how reviewers' OIDC tokens are checked.
 #[derive(Debug, Clone, Default)]
 pub struct Reviewers {
     reviewers: Vec<Reviewer>,
+    oidc: Option<Arc<jwt::Oidc>>,
 }
 
 impl Reviewers {
     pub fn new(reviewers: &[Reviewer]) -> Reviewers {
+        Reviewers::with_oidc(reviewers, None)
+    }
+
+    /// The reviewer table with OIDC sign-in (`admin.oidc`) when configured.
+    pub fn with_oidc(reviewers: &[Reviewer], oidc: Option<&OidcConfig>) -> Reviewers {
         Reviewers {
             reviewers: reviewers.to_vec(),
+            oidc: oidc.map(|o| Arc::new(jwt::Oidc::new(o))),
         }
+    }
+
+    /// The reviewer a bearer secret names: a reviewer token, else an OIDC token whose
+    /// claim names a configured reviewer (`email` and the like compared with reviewer
+    /// ids as [`same_identity`] does; `sub` with their `subject`). The reviewer
+    /// returned carries the token's groups besides the configured ones. A token naming
+    /// nobody configured names no reviewer.
+    pub async fn by_bearer(&self, secret: &str) -> Option<Reviewer> {
+        if let Some(r) = self.by_token(secret) {
+            return Some(r.clone());
+        }
+        let oidc = self.oidc.as_ref()?;
+        let person = match oidc.person(secret).await {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(reason = why, "OIDC token refused");
+                return None;
+            }
+        };
+        let by_sub = oidc.claim() == "sub";
+        let r = self.reviewers.iter().find(|r| {
+            if by_sub {
+                r.subject.as_deref() == Some(person.name.as_str())
+            } else {
+                same_identity(&r.id, &person.name)
+            }
+        })?;
+        let mut r = r.clone();
+        for g in person.groups {
+            if !r.groups.contains(&g) {
+                r.groups.push(g);
+            }
+        }
+        Some(r)
     }
 
     /// The reviewer whose API token this is.

@@ -23,7 +23,10 @@ impl Policy {
         Policy {
             router: Router::new(&cfg.upstreams),
             agents: Agents::new(&cfg.agents),
-            reviewers: Reviewers::new(&cfg.reviewers),
+            reviewers: Reviewers::with_oidc(
+                &cfg.reviewers,
+                cfg.admin.as_ref().and_then(|a| a.oidc.as_ref()),
+            ),
             cfg,
             rules,
         }
