@@ -37,11 +37,22 @@ const RULES: &str = r#"rules:
     approval:
       approvers: [group:dba]
       timeout: 10m
+  - name: db-restore
+    description: Restoring a database over the live one
+    when:
+      upstream: api
+      method: POST
+      path: /v1/db/*/restore
+    then: approve
+    approval:
+      approvers: [group:dba]
+      quorum: 2
+      timeout: 10m
 "#;
 
-/// The standard identities, erin (dba; the rules check wants a configured reviewer
-/// for every quorum), a JWT agent `builder` (ES256, the agents' issuer) and
-/// `admin.oidc` from the SSO issuer; both publish their keys at `jwks_url`.
+/// The standard identities (none of them a dba: that group comes from tokens only),
+/// a JWT agent `builder` (ES256, the agents' issuer) and `admin.oidc` from the SSO
+/// issuer; both publish their keys at `jwks_url`.
 fn config(ws: &Workspace, upstream: &str, jwks_url: &str) -> PathBuf {
     let ids = identities_yaml();
     let (agents, reviewers) = ids.split_once("reviewers:").unwrap();
@@ -62,9 +73,7 @@ upstreams:
     timeout: 5s
 {agents}  - id: builder
     jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, jwks: "{jwks_url}", algorithms: [ES256]}}
-reviewers:{reviewers}  - id: erin@example.com
-    groups: [dba]
-"#
+reviewers:{reviewers}"#
         ),
     )
 }
@@ -151,6 +160,35 @@ async fn groups_from_the_token_make_a_reviewer_eligible() {
     c["groups"] = json!(["readers", "dba"]);
     let (status, v) = vote(&s.a, &s.key.sign(&c), &id, "approve", None).await;
     assert_eq!(status, 200, "{v}");
+    held.await.unwrap().assert_forwarded_on(&id);
+    s.a.stop().await;
+}
+
+#[tokio::test]
+async fn a_quorum_of_two_is_met_by_groups_only_tokens_give() {
+    let s = start().await;
+    let (held, id) = agent_hold(&s.a, "POST", "/api/v1/db/orders/restore", "{}").await;
+    let dba = |email: &str| {
+        let mut c = sign_in(email);
+        c["groups"] = json!(["dba"]);
+        s.key.sign(&c)
+    };
+    // No configured reviewer is a dba: the group comes from the tokens alone. The
+    // first approval counts and the request still waits for the second.
+    let (status, v) = vote(&s.a, &dba("dave@example.com"), &id, "approve", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "pending", "{v}");
+    assert_eq!(
+        v["requirements"][0]["approved_by"],
+        json!(["dave@example.com"]),
+        "{v}"
+    );
+    // The same person again is not a second approver.
+    let (status, v) = vote(&s.a, &dba("dave@example.com"), &id, "approve", None).await;
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = vote(&s.a, &dba("carol@example.com"), &id, "approve", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "approved", "{v}");
     held.await.unwrap().assert_forwarded_on(&id);
     s.a.stop().await;
 }

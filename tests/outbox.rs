@@ -80,6 +80,7 @@ async fn approve(s: &Arc<dyn Store>, id: &str) {
         decision: Decision::Approve,
         reason: None,
         time: Utc::now(),
+        groups: vec![],
     };
     let audit = VoteAudit {
         vote: event("vote", id),

@@ -122,7 +122,65 @@ fn vote(who: &str, d: Decision) -> Vote {
         decision: d,
         reason: Some(format!("{who} says so")),
         time: Utc::now(),
+        groups: vec![],
     }
+}
+
+/// A group quorum: votes count when their recorded groups name the group (a group
+/// an OIDC token gave the reviewer), and the store keeps who asked and how.
+async fn groups_and_requester(s: &Arc<dyn Store>) {
+    let mut a = approval("ap_g", 2, 60);
+    a.requester = airlock::store::Requester {
+        auth: "jwt".into(),
+        acting_for: Some("alice@example.com".into()),
+        client: Some("10.0.0.7".into()),
+    };
+    s.insert_approval(&a).await.unwrap();
+    assert_eq!(
+        s.approval("ap_g").await.unwrap().unwrap().requester,
+        a.requester
+    );
+    let quorum = airlock::store::Quorum {
+        needs: vec![airlock::store::Need {
+            quorum: 2,
+            eligible: vec![],
+            groups: vec!["dba".into()],
+        }],
+    };
+    let audit = VoteAudit {
+        vote: AuditEvent::new("vote"),
+        approved: AuditEvent::new("approved"),
+        denied: AuditEvent::new("denied"),
+        expired: AuditEvent::new("expired"),
+    };
+    let as_member = |who: &str, groups: &[&str]| Vote {
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..vote(who, Decision::Approve)
+    };
+    let cast = |v: Vote| {
+        let (s, quorum, audit) = (s.clone(), quorum.clone(), audit.clone());
+        async move {
+            s.vote("ap_g", &v, &quorum, Utc::now(), &audit, None)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        cast(as_member("x", &["dba"])).await,
+        VoteResult::Recorded(Status::Pending)
+    );
+    assert_eq!(
+        cast(as_member("y", &["readers"])).await,
+        VoteResult::Recorded(Status::Pending),
+        "a vote outside the group does not count"
+    );
+    assert_eq!(
+        cast(as_member("z", &["readers", "dba"])).await,
+        VoteResult::Recorded(Status::Approved)
+    );
+    let got = s.approval("ap_g").await.unwrap().unwrap();
+    let x = got.votes.iter().find(|v| v.reviewer == "x").unwrap();
+    assert_eq!(x.groups, ["dba"]);
 }
 
 async fn lifecycle(s: Arc<dyn Store>) {
@@ -419,7 +477,8 @@ async fn audit_chain(s: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_store_keeps_the_contract() {
     let (s, _dir) = sqlite_store();
-    lifecycle(s).await;
+    lifecycle(s.clone()).await;
+    groups_and_requester(&s).await;
 }
 
 #[tokio::test]
@@ -445,7 +504,8 @@ async fn postgres_store_keeps_the_contract() {
     let Some((s, _)) = postgres_store("contract").await else {
         return;
     };
-    lifecycle(s).await;
+    lifecycle(s.clone()).await;
+    groups_and_requester(&s).await;
 }
 
 #[tokio::test]

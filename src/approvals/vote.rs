@@ -59,12 +59,7 @@ pub fn progress(a: &Approval, reviewers: &Reviewers) -> Vec<Progress> {
                 .votes
                 .iter()
                 .filter(|v| v.decision == Decision::Approve)
-                .filter(|v| {
-                    reviewers
-                        .all()
-                        .iter()
-                        .any(|rv| rv.id == v.reviewer && Reviewers::eligible(rv, &r.approvers))
-                })
+                .filter(|v| counts_for(v, &r.approvers, reviewers))
                 .map(|v| v.reviewer.clone())
                 .collect();
             Progress {
@@ -76,6 +71,22 @@ pub fn progress(a: &Approval, reviewers: &Reviewers) -> Vec<Progress> {
             }
         })
         .collect()
+}
+
+/// Whether an approving vote counts for a requirement naming `approvers`: its reviewer
+/// is eligible as configured, or voted as a member of a group it names (a group from
+/// their OIDC token).
+fn counts_for(v: &Vote, approvers: &[String], reviewers: &Reviewers) -> bool {
+    let as_configured = reviewers
+        .all()
+        .iter()
+        .any(|rv| rv.id == v.reviewer && Reviewers::eligible(rv, approvers));
+    as_configured || groups_named(approvers).any(|g| v.groups.iter().any(|x| x == g))
+}
+
+/// The groups an approvers list names (`group:NAME`).
+fn groups_named(approvers: &[String]) -> impl Iterator<Item = &str> {
+    approvers.iter().filter_map(|a| a.strip_prefix("group:"))
 }
 
 /// Whether `reviewer` may vote on `a` at all: never on their own request (as the agent
@@ -125,27 +136,13 @@ pub fn quorum_of(a: &Approval, reviewers: &Reviewers, now: DateTime<Utc>) -> Quo
                     .filter(|rv| Reviewers::eligible(rv, &r.approvers))
                     .map(|rv| rv.id.clone())
                     .collect(),
+                // A reviewer signed in with OIDC may be eligible by a group their
+                // token lists, which the configured reviewer table does not know:
+                // their vote records it.
+                groups: groups_named(&r.approvers).map(str::to_string).collect(),
             })
             .collect(),
     }
-}
-
-/// [`quorum_of`] with `voter` counted where they are eligible: a reviewer signed in
-/// with OIDC may be eligible by a group their token lists, which the configured
-/// reviewer table does not know.
-fn quorum_with(
-    a: &Approval,
-    reviewers: &Reviewers,
-    voter: &Reviewer,
-    now: DateTime<Utc>,
-) -> Quorum {
-    let mut q = quorum_of(a, reviewers, now);
-    for (need, r) in q.needs.iter_mut().zip(requirements_at(a, now)) {
-        if Reviewers::eligible(voter, &r.approvers) && !need.eligible.contains(&voter.id) {
-            need.eligible.push(voter.id.clone());
-        }
-    }
-    q
 }
 
 impl Approvals {
@@ -233,6 +230,7 @@ impl Approvals {
             decision,
             reason: reason.clone(),
             time: now,
+            groups: reviewer.groups.clone(),
         };
         let started = std::time::Instant::now();
         let result = self
@@ -240,7 +238,7 @@ impl Approvals {
             .vote(
                 id,
                 &vote,
-                &quorum_with(&a, reviewers, reviewer, now),
+                &quorum_of(&a, reviewers, now),
                 now,
                 &audit,
                 self.signer.as_ref(),

@@ -429,17 +429,28 @@ impl Compiler<'_> {
 
 impl Compiler<'_> {
     /// Warns of approvers no reviewer matches; refuses a quorum nobody could reach.
+    /// With `admin.oidc.groups_claim`, a reviewer's groups may also come from their
+    /// token: any configured reviewer may turn out to be in a group the rule names.
     fn check_requirement(&mut self, cfg: &Config, approvers: &[String], quorum: u32) {
+        let token_groups = cfg
+            .admin
+            .as_ref()
+            .and_then(|a| a.oidc.as_ref())
+            .is_some_and(|o| o.groups_claim.is_some());
+        let by_token = |ap: &String| token_groups && ap.starts_with("group:");
         let eligible = cfg
             .reviewers
             .iter()
-            .filter(|r| crate::identity::Reviewers::eligible(r, approvers))
+            .filter(|r| {
+                crate::identity::Reviewers::eligible(r, approvers) || approvers.iter().any(by_token)
+            })
             .count();
         for ap in approvers {
-            let known = cfg
-                .reviewers
-                .iter()
-                .any(|r| crate::identity::Reviewers::eligible(r, std::slice::from_ref(ap)));
+            let known = by_token(ap)
+                || cfg
+                    .reviewers
+                    .iter()
+                    .any(|r| crate::identity::Reviewers::eligible(r, std::slice::from_ref(ap)));
             if !known {
                 self.warn(
                     Some(ap),

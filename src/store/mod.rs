@@ -70,8 +70,9 @@ impl Status {
 
 impl Status {
     /// The status after a vote, given the distinct reviewers who approved so far
-    /// (this vote included): any deny denies; approvals that meet `quorum` approve.
-    pub fn after_vote(decision: Decision, approvers: &[String], quorum: &Quorum) -> Status {
+    /// (this vote included), each with the groups they voted as members of: any deny
+    /// denies; approvals that meet `quorum` approve.
+    pub fn after_vote(decision: Decision, approvers: &[Approver], quorum: &Quorum) -> Status {
         match decision {
             Decision::Deny => Status::Denied,
             Decision::Approve if quorum.met(approvers) => Status::Approved,
@@ -87,11 +88,30 @@ pub struct Quorum {
 }
 
 /// `quorum` distinct approvals from the reviewers in `eligible` (ids as votes record
-/// them).
+/// them), or from reviewers who voted as members of one of `groups` (a group their
+/// OIDC token gave them, which the configured reviewer table does not know).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Need {
     pub quorum: u32,
     pub eligible: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// A reviewer who approved, with the groups they voted as members of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    pub id: String,
+    pub groups: Vec<String>,
+}
+
+impl Approver {
+    /// An approver with no groups recorded.
+    pub fn named(id: &str) -> Approver {
+        Approver {
+            id: id.to_string(),
+            groups: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -105,19 +125,28 @@ mod quorum_tests {
                 Need {
                     quorum: 1,
                     eligible: vec!["bob".into(), "dave".into()],
+                    groups: vec![],
                 },
                 Need {
                     quorum: 1,
                     eligible: vec!["carol".into(), "dave".into()],
+                    groups: vec!["dba".into()],
                 },
             ],
         };
-        assert!(!q.met(&["bob".into()]));
-        assert!(q.met(&["bob".into(), "carol".into()]));
-        assert!(q.met(&["dave".into()]), "dave is in both");
-        assert!(!q.met(&["eve".into()]));
-        assert!(Quorum::any(2).met(&["x".into(), "y".into()]));
-        assert!(!Quorum::any(2).met(&["x".into()]));
+        let a = Approver::named;
+        assert!(!q.met(&[a("bob")]));
+        assert!(q.met(&[a("bob"), a("carol")]));
+        assert!(q.met(&[a("dave")]), "dave is in both");
+        assert!(!q.met(&[a("eve")]));
+        let erin = Approver {
+            id: "erin".into(),
+            groups: vec!["dba".into()],
+        };
+        assert!(q.met(&[a("bob"), erin.clone()]), "erin voted as a dba");
+        assert!(!q.met(&[erin]), "but dba meets only the second need");
+        assert!(Quorum::any(2).met(&[a("x"), a("y")]));
+        assert!(!Quorum::any(2).met(&[a("x")]));
     }
 }
 
@@ -128,17 +157,22 @@ impl Quorum {
             needs: vec![Need {
                 quorum: n,
                 eligible: Vec::new(),
+                groups: Vec::new(),
             }],
         }
     }
 
-    /// Whether these approvers meet every need. A need with no eligible list counts
-    /// every approver.
-    pub fn met(&self, approvers: &[String]) -> bool {
+    /// Whether these approvers meet every need. A need with neither an eligible list
+    /// nor groups counts every approver.
+    pub fn met(&self, approvers: &[Approver]) -> bool {
         self.needs.iter().all(|n| {
             let count = approvers
                 .iter()
-                .filter(|a| n.eligible.is_empty() || n.eligible.contains(a))
+                .filter(|a| {
+                    (n.eligible.is_empty() && n.groups.is_empty())
+                        || n.eligible.contains(&a.id)
+                        || a.groups.iter().any(|g| n.groups.contains(g))
+                })
                 .count();
             count >= n.quorum as usize
         })
@@ -170,6 +204,10 @@ pub struct Vote {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub time: DateTime<Utc>,
+    /// The groups the reviewer voted as a member of (from the config and, signed in
+    /// with OIDC, from their token): what made the vote count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A held request's approval, as stored.

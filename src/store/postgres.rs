@@ -9,7 +9,8 @@
 
 use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
 use super::{
-    Approval, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit, VoteResult,
+    Approval, Approver, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit,
+    VoteResult,
 };
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
@@ -339,12 +340,21 @@ fn decode(r: &Row, votes: Vec<Vote>) -> Result<Approval, StoreError> {
     })
 }
 
+/// A vote's `groups` column: a JSON array, or NULL for none.
+fn decode_groups(v: Option<serde_json::Value>) -> Result<Vec<String>, StoreError> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| StoreError::Corrupt(format!("bad vote groups: {e}"))),
+    }
+}
+
 async fn votes_of(
     c: &impl tokio_postgres::GenericClient,
     id: &str,
 ) -> Result<Vec<Vote>, StoreError> {
     let rows = c
-        .query("SELECT reviewer, decision, reason, time FROM votes WHERE approval_id = $1 ORDER BY time, reviewer", &[&id])
+        .query("SELECT reviewer, decision, reason, time, groups FROM votes WHERE approval_id = $1 ORDER BY time, reviewer", &[&id])
         .await?;
     rows.iter()
         .map(|r| {
@@ -358,6 +368,7 @@ async fn votes_of(
                 },
                 reason: r.try_get(2)?,
                 time: r.try_get(3)?,
+                groups: decode_groups(r.try_get(4)?)?,
             })
         })
         .collect()
@@ -539,21 +550,33 @@ impl Store for PostgresStore {
                 .await?;
             VoteResult::ExpiredNow
         } else {
+            let groups = (!vote.groups.is_empty())
+                .then(|| serde_json::to_value(&vote.groups))
+                .transpose()
+                .map_err(|source| StoreError::Encode {
+                    what: "groups",
+                    source,
+                })?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO votes (approval_id, reviewer, decision, reason, time) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    &[&id, &vote.reviewer, &vote.decision.as_str(), &vote.reason, &vote.time],
+                    "INSERT INTO votes (approval_id, reviewer, decision, reason, time, groups) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[&id, &vote.reviewer, &vote.decision.as_str(), &vote.reason, &vote.time, &groups],
                 )
                 .await?;
             if inserted == 0 {
                 return Ok(VoteResult::AlreadyVoted);
             }
-            let approvers: Vec<String> = tx
-                .query("SELECT DISTINCT reviewer FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
+            let approvers = tx
+                .query("SELECT reviewer, groups FROM votes WHERE approval_id = $1 AND decision = 'approve'", &[&id])
                 .await?
                 .iter()
-                .map(|r| r.get(0))
-                .collect();
+                .map(|r| {
+                    Ok(Approver {
+                        id: r.try_get(0)?,
+                        groups: decode_groups(r.try_get(1)?)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
             let new = Status::after_vote(vote.decision, &approvers, quorum);
             if new != Status::Pending {
                 tx.execute(

@@ -10,7 +10,8 @@
 
 use super::outbox::{is_lifecycle, OutboxCounts, OutboxItem, Settle};
 use super::{
-    Approval, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit, VoteResult,
+    Approval, Approver, Decision, Quorum, Requester, Status, Store, StoreError, Vote, VoteAudit,
+    VoteResult,
 };
 use crate::audit::{
     format_time, AuditEvent, Chain, Checkpoint, CheckpointSigner, StoredRow, GENESIS_HASH,
@@ -400,20 +401,31 @@ impl RawApproval {
     }
 }
 
+/// A vote's `groups` column: a JSON array, or NULL for none.
+fn decode_groups(text: Option<&str>) -> Result<Vec<String>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(t)
+            .map_err(|e| StoreError::Corrupt(format!("bad vote groups: {e}"))),
+    }
+}
+
 fn load_votes(conn: &Connection, id: &str) -> Result<Vec<Vote>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT reviewer, decision, reason, time FROM votes WHERE approval_id = ?1 ORDER BY time, reviewer")?;
+    let mut stmt = conn.prepare_cached("SELECT reviewer, decision, reason, time, groups FROM votes WHERE approval_id = ?1 ORDER BY time, reviewer")?;
     let rows = stmt.query_map([id], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, Option<String>>(2)?,
             r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (reviewer, decision, reason, time) = row?;
+        let (reviewer, decision, reason, time, groups) = row?;
         out.push(Vote {
+            groups: decode_groups(groups.as_deref())?,
             reviewer,
             decision: if decision == "deny" {
                 Decision::Deny
@@ -578,17 +590,25 @@ impl Store for SqliteStore {
                 )?;
                 VoteResult::ExpiredNow
             } else {
+                let groups = (!vote.groups.is_empty())
+                    .then(|| serde_json::to_string(&vote.groups))
+                    .transpose()
+                    .map_err(|source| StoreError::Encode { what: "groups", source })?;
                 let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO votes (approval_id, reviewer, decision, reason, time) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, vote.reviewer, vote.decision.as_str(), vote.reason, ts(&vote.time)],
+                    "INSERT OR IGNORE INTO votes (approval_id, reviewer, decision, reason, time, groups) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, vote.reviewer, vote.decision.as_str(), vote.reason, ts(&vote.time), groups],
                 )?;
                 if inserted == 0 {
                     return Ok(VoteResult::AlreadyVoted);
                 }
-                let approvers: Vec<String> = tx
-                    .prepare("SELECT DISTINCT reviewer FROM votes WHERE approval_id = ?1 AND decision = 'approve'")?
-                    .query_map([&id], |r| r.get(0))?
+                let rows: Vec<(String, Option<String>)> = tx
+                    .prepare("SELECT reviewer, groups FROM votes WHERE approval_id = ?1 AND decision = 'approve'")?
+                    .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
+                let approvers = rows
+                    .into_iter()
+                    .map(|(id, g)| Ok(Approver { id, groups: decode_groups(g.as_deref())? }))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 let new = Status::after_vote(vote.decision, &approvers, &quorum);
                 if new != Status::Pending {
                     tx.execute(
