@@ -102,6 +102,20 @@ async fn hold(s: &Setup, token: String) -> (tokio::task::JoinHandle<AgentReply>,
     (task, id)
 }
 
+/// The pending approvals as the reviewer with `token` sees them.
+async fn pending_as(s: &Setup, token: &str) -> Vec<Value> {
+    let v: Value = client()
+        .get(s.a.admin_url("/api/v1/approvals?status=pending"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["approvals"].as_array().cloned().unwrap_or_default()
+}
+
 async fn held_event(s: &Setup, id: &str) -> Value {
     wait_audit_event(&s.ws.path().join("audit.jsonl"), "held", |e| {
         e["event"] == "held" && e["approval_id"] == id
@@ -120,6 +134,29 @@ async fn the_person_an_agent_acts_for_may_not_approve_and_another_reviewer_may()
 
     let pending = pending(&s.a, BOB).await;
     assert_eq!(pending[0]["agent"], "assistant");
+    // Reviewers see who asks, how, and for whom.
+    assert_eq!(pending[0]["auth"], "jwt");
+    assert_eq!(pending[0]["acting_for"], "alice@example.com");
+    assert_eq!(pending[0]["client"], "127.0.0.1");
+    let alice_view = pending_as(&s, ALICE).await;
+    assert_eq!(alice_view[0]["can_vote"], false, "{alice_view:?}");
+    // So does `airlock pending`, run with bob's OIDC token.
+    let bob_sso = s.key.sign(&sign_in("bob@example.com"));
+    let url = s.a.admin_url("");
+    let url = url.trim_end_matches('/').to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &["pending"],
+            &[("AIRLOCK_URL", &url), ("AIRLOCK_TOKEN", &bob_sso)],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("agent: assistant (jwt) acting for alice@example.com"),
+        "{out}"
+    );
     let ev = held_event(&s, &id).await;
     assert_eq!(ev["agent"], "assistant");
     assert_eq!(ev["auth"], "jwt");

@@ -1075,3 +1075,30 @@ async fn a_slow_slack_does_not_make_the_callback_miss_its_three_seconds() {
     assert_eq!(vote(&env.a, BOB, &id, "deny", None).await.0, 200);
     assert_eq!(held.await.unwrap().status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_says_whom_the_agent_acts_for_and_how_it_signed_in() {
+    use airlock::channels::slack::SlackChannel;
+    use airlock::channels::Channel;
+    let slack = Slack::start().await;
+    let ch = SlackChannel::new(slack_config(&slack, BOT_TOKEN), reqwest::Client::new());
+    let mut n = notice(airlock::approvals::Lifecycle::Opened, &[]);
+    n.approval.requester = airlock::store::Requester {
+        auth: "jwt".into(),
+        acting_for: Some("alice@example.com".into()),
+        client: Some("10.0.0.7".into()),
+    };
+    n.auth = "jwt".into();
+    ch.deliver(&n, None).await.unwrap();
+    let posted = slack.calls_of("chat.postMessage");
+    let blocks = posted[0]["blocks"].to_string();
+    assert!(
+        blocks.contains("deploy-bot acting for alice@example.com"),
+        "the headline: {blocks}"
+    );
+    assert!(
+        blocks.contains("acting for *alice@example.com*"),
+        "the agent field: {blocks}"
+    );
+    assert!(blocks.contains("*Authenticated by*\\njwt"), "how: {blocks}");
+}
