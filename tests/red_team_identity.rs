@@ -187,22 +187,20 @@ impl Setup {
         assert_eq!(r.status, 200, "{what}: {}", r.text);
     }
 
-    /// Holds `POST /api/v1/vms/vm-7/delete` sent with `token`.
+    /// Holds `POST /api/v1/vms/vm-7/delete` sent with `token`: (the agent's task,
+    /// the new approval's id).
     async fn hold(&self, token: String) -> (tokio::task::JoinHandle<AgentReply>, String) {
-        let before = pending(&self.a, BOB).await.len();
+        let before: Vec<String> = pending(&self.a, BOB).await.iter().map(id_of).collect();
         let url = self.a.url("/api/v1/vms/vm-7/delete");
         let task =
             tokio::spawn(async move { agent_send(&client(), &url, "POST", &token, "{}").await });
-        let list = wait_pending(&self.a, before + 1).await;
+        let list = wait_pending(&self.a, before.len() + 1).await;
         let id = list
             .iter()
             .map(id_of)
-            .find(|i| !list.is_empty() && !i.is_empty())
+            .find(|i| !before.contains(i))
             .unwrap();
-        let _ = id;
-        // The newest pending approval is ours: pick the one not seen before.
-        let ids: Vec<String> = list.iter().map(id_of).collect();
-        (task, ids.last().unwrap().clone())
+        (task, id)
     }
 
     fn sign_in(&self, email: &str) -> String {
