@@ -61,6 +61,12 @@ pub fn peek(token: &str) -> Result<Unverified, &'static str> {
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
         return Err("algorithm not allowed");
     }
+    // RFC 7515 4.1.11: a token naming header extensions that must be understood
+    // (`crit`) is refused, since none are (jsonwebtoken would silently ignore them,
+    // `b64: false` among them).
+    if header.contains_key("crit") {
+        return Err("malformed");
+    }
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.clone()),
@@ -312,7 +318,12 @@ impl Oidc {
             return Err("wrong issuer");
         }
         let claims = verify(&self.cfg.check, &self.keys, token, &head).await?;
-        if self.cfg.claim == "email" && claims.get("email_verified") == Some(&Value::Bool(false)) {
+        // Unverified unless the IdP says otherwise or says nothing: `false`, and also
+        // `"false"` (Cognito writes it as a string) or any other value but `true`.
+        if self.cfg.claim == "email"
+            && !matches!(claims.get("email_verified"), None | Some(Value::Bool(true)))
+            && claims.get("email_verified").and_then(Value::as_str) != Some("true")
+        {
             return Err("email not verified");
         }
         let who = claims

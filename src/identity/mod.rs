@@ -202,10 +202,12 @@ impl Agents {
         }
     }
 
-    /// The agent a key or bearer JWT in the headers names.
+    /// The agent a key or bearer JWT in the headers names. Several credentials (two
+    /// `Authorization` headers, a key header and a JWT) must all name the same agent.
     async fn by_headers(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let mut presented = false;
         let mut token_error = None;
+        let mut found: Option<Caller> = None;
         for h in &self.headers {
             for v in headers.get_all(h) {
                 let Some(secret) = v.to_str().ok().and_then(|v| secret_in(h, v)) else {
@@ -218,16 +220,28 @@ impl Agents {
                     .iter()
                     .filter(|a| a.header == *h)
                     .filter_map(|a| a.key_digest.as_ref().map(|k| (k, a)));
-                if let Some(a) = find_ct(&d, cands) {
-                    return Ok(Caller::agent(a, AuthKind::Key));
-                }
-                if *h == http::header::AUTHORIZATION && self.jwt.configured() {
+                let caller = if let Some(a) = find_ct(&d, cands) {
+                    Caller::agent(a, AuthKind::Key)
+                } else if *h == http::header::AUTHORIZATION && self.jwt.configured() {
                     match self.jwt.identify(secret).await {
-                        Ok(c) => return Ok(c),
-                        Err(e) => token_error = Some(e),
+                        Ok(c) => c,
+                        Err(e) => {
+                            token_error = Some(e);
+                            continue;
+                        }
                     }
+                } else {
+                    continue;
+                };
+                match &found {
+                    Some(f) if f.id != caller.id => return Err(AuthError::Conflict),
+                    Some(_) => {}
+                    None => found = Some(caller),
                 }
             }
+        }
+        if let Some(c) = found {
+            return Ok(c);
         }
         Err(match (presented, token_error) {
             (_, Some(e)) => e,
@@ -333,7 +347,7 @@ impl Reviewers {
             if by_sub {
                 r.subject.as_deref() == Some(person.name.as_str())
             } else {
-                same_identity(&r.id, &person.name)
+                signs_in_as(&r.id, &person.name)
             }
         })?;
         let mut r = r.clone();
@@ -369,6 +383,14 @@ impl Reviewers {
             None => same_identity(ap, &reviewer.id),
         })
     }
+}
+
+/// Whether an OIDC token's claim (`email`) signs in as reviewer `id`: equal, or equal
+/// but for ASCII case, as IdPs compare logins. Never after Unicode folding: that is
+/// for refusing (self-approval), not for granting, since `ａｌｉｃｅ@example.com` or
+/// `alice\u{200b}@example.com` is another account at the IdP, which may hand it out.
+fn signs_in_as(id: &str, claim: &str) -> bool {
+    id == claim || (id.is_ascii() && claim.is_ascii() && id.eq_ignore_ascii_case(claim))
 }
 
 /// Whether two identities (reviewer ids, agent owners, emails) name the same person:

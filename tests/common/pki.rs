@@ -52,6 +52,31 @@ impl Ca {
         Ca { cert, key, pem }
     }
 
+    /// An intermediate CA named `name`, signed by this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let pem = cert.pem();
+        Ca { cert, key, pem }
+    }
+
+    /// This CA itself as a client identity (its certificate and key).
+    pub fn as_leaf(&self) -> Leaf {
+        Leaf {
+            cert_pem: self.pem.clone(),
+            key_pem: self.key.serialize_pem(),
+            der: self.cert.der().to_vec(),
+        }
+    }
+
     /// A server certificate for `localhost` and `127.0.0.1` (plus `extra` DNS names).
     pub fn server(&self, extra: &[&str]) -> Leaf {
         let mut names = vec!["localhost".to_string()];
