@@ -31,7 +31,8 @@
 //!   are the steps of the request path;
 //! - [`rules`] is the pure rule engine; [`identity`] knows agents (keys, JWTs from the
 //!   organisation's IdP, client certificates) and reviewers (tokens, OIDC JWTs);
-//!   [`http`] owns bodies, routing, normalization and airlock's JSON answers;
+//!   [`http`] owns bodies, routing, normalization, the listeners' TLS and airlock's
+//!   JSON answers;
 //! - [`audit`] seals every event into the hash chain; [`store`] persists approvals,
 //!   votes and the audit log behind one trait (SQLite or PostgreSQL); [`metrics`] are
 //!   the Prometheus metrics;

@@ -63,6 +63,8 @@ upstreams:
   - id: ci-fleet
     owner: carol@example.com
     jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, jwks: "{jwks_url}", match: "re:^ci-"}}
+  - id: brief
+    jwt: {{issuer: "https://brief.example.com", audience: {AUDIENCE}, jwks: "{jwks_url}", leeway: 0s}}
   - id: ec-bot
     jwt: {{issuer: "https://ec.example.com", audience: {AUDIENCE}, jwks: {jwks_file}, algorithms: [ES256]}}
 reviewers:{reviewers}audit:
@@ -346,5 +348,33 @@ async fn a_fleet_entry_names_each_member_by_its_sub() {
     )
     .await;
     assert_refused(&r, "no matching agent");
+    s.a.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_that_verified_is_refused_once_it_expires() {
+    let keys = rsa_keys_async().await;
+    let s = start(vec![keys[0].jwk()], &[]).await;
+    // `brief` allows no clock leeway: its token is good until its `exp` second ends.
+    let mut c = claims("brief");
+    c["iss"] = serde_json::json!("https://brief.example.com");
+    let exp = now() + 2;
+    c["exp"] = serde_json::json!(exp);
+    let token = keys[0].sign(&c);
+    for _ in 0..3 {
+        let r = send(&s, "GET", "/api/v1/items", &token).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // Verified tokens are remembered, but never past their expiry: wait for the clock.
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = send(&s, "GET", "/api/v1/items", &token).await;
+    assert_refused(&r, "expired");
+    assert_eq!(
+        s.up.requests().len(),
+        3,
+        "the expired token never reached the upstream"
+    );
     s.a.stop().await;
 }

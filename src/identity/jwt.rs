@@ -10,6 +10,7 @@
 //! for refusing a token are short and static; a token is never logged.
 
 use super::jwks::{KeyCache, KeyError};
+use super::verified::Verified;
 use super::{AuthError, AuthKind, Caller};
 use crate::config::{Agent, JwtCheck, OidcConfig};
 use base64::Engine;
@@ -129,6 +130,16 @@ pub async fn verify(
     Err("bad signature")
 }
 
+/// Until when (Unix seconds) a verified token stays valid: its `exp` plus the leeway
+/// the check allows (`exp` is required, so a token without one never verifies).
+fn valid_until(claims: &Map<String, Value>, leeway: std::time::Duration) -> u64 {
+    let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0);
+    if !exp.is_finite() || exp <= 0.0 {
+        return 0;
+    }
+    (exp.floor() as u64).saturating_add(leeway.as_secs())
+}
+
 /// A name read from a verified token: a non-empty string of printable characters,
 /// not too long.
 fn name(v: &Value) -> Result<Option<String>, &'static str> {
@@ -163,12 +174,15 @@ pub struct JwtAgents {
     agents: Vec<(Agent, Arc<KeyCache>)>,
     /// Every configured agent id: a fleet member may not take one of them.
     ids: Vec<String>,
+    /// Tokens that verified, until they expire.
+    verified: Arc<Verified>,
 }
 
 impl JwtAgents {
     pub fn new(agents: &[Agent]) -> JwtAgents {
         let mut caches = Vec::new();
         JwtAgents {
+            verified: Arc::default(),
             ids: agents.iter().map(|a| a.id.clone()).collect(),
             agents: agents
                 .iter()
@@ -189,6 +203,9 @@ impl JwtAgents {
     /// the token claims is tried in config order; the first whose check passes and
     /// whose `match` the identity claim fits is the caller.
     pub async fn identify(&self, token: &str) -> Result<Caller, AuthError> {
+        if let Some(c) = self.verified.get(token) {
+            return Ok(c);
+        }
         let head = peek(token).map_err(AuthError::Token)?;
         let iss = head
             .iss
@@ -200,8 +217,12 @@ impl JwtAgents {
             if j.check.issuer != iss {
                 continue;
             }
+            let mut until = 0;
             let found = match verify(&j.check, keys, token, &head).await {
-                Ok(claims) => identity(a, &claims),
+                Ok(claims) => {
+                    until = valid_until(&claims, j.check.leeway);
+                    identity(a, &claims)
+                }
                 Err(e) => Err(e),
             };
             // A fleet member named like another configured agent would pass for it
@@ -215,7 +236,10 @@ impl JwtAgents {
                 }
             });
             match found {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    self.verified.put(token, &c, until);
+                    return Ok(c);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }

@@ -10,6 +10,7 @@
 pub mod jwks;
 pub mod jwt;
 pub mod mtls;
+pub mod verified;
 
 pub use mtls::PeerCert;
 
