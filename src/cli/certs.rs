@@ -296,23 +296,10 @@ fn write_all(dir: &Path, files: &[Output], force: bool) -> anyhow::Result<()> {
 
 /// Creates `path`, which must not exist, readable and writable by its owner only.
 fn create_private(path: &Path) -> anyhow::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(
-                "{} already exists: certificates and keys are never overwritten; pass --force to replace them",
-                path.display()
-            )
-        } else {
-            anyhow!("cannot create {}: {e}", path.display())
-        }
-    })
+    super::keys::create_private(
+        path,
+        "certificates and keys are never overwritten; pass --force to replace them",
+    )
 }
 
 #[cfg(test)]

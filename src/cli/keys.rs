@@ -103,8 +103,8 @@ fn audit_pair(private: &Path, public: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Creates `path` for a key: it must not exist yet, and it is readable and writable
-/// by its owner only from the moment it exists.
-fn create_key_file(path: &Path) -> anyhow::Result<File> {
+/// by its owner only from the moment it exists. `taken` says what to do when it exists.
+pub(super) fn create_private(path: &Path, taken: &str) -> anyhow::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -114,14 +114,19 @@ fn create_key_file(path: &Path) -> anyhow::Result<File> {
     }
     options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(
-                "{} already exists: keys are never overwritten; choose another path with --out / --public-out, or move the old key away first",
-                path.display()
-            )
+            anyhow!("{} already exists: {taken}", path.display())
         } else {
             anyhow!("cannot create {}: {e}", path.display())
         }
     })
+}
+
+/// Creates `path` for a key ([`create_private`]), never over an existing one.
+fn create_key_file(path: &Path) -> anyhow::Result<File> {
+    create_private(
+        path,
+        "keys are never overwritten; choose another path with --out / --public-out, or move the old key away first",
+    )
 }
 
 #[cfg(test)]
